@@ -1,0 +1,139 @@
+"""Engine and session setup for the results database: a SQLite file by default, any SQLAlchemy URL.
+
+SQLite is opened in WAL mode with `BEGIN IMMEDIATE` transactions and a busy timeout (several writer
+processes then neither fail with `database is locked` nor lose read-modify-write updates).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event, inspect, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .models import SCHEMA_VERSION, Base, Meta
+
+DEFAULT_DB_FILE = "orch.db"
+BUSY_TIMEOUT_S = 30.0
+
+
+class DatabaseError(Exception):
+    """The database cannot be used; the message names the URL (password hidden) and the fix."""
+
+    exit_code = 3
+
+
+def default_url() -> str:
+    return os.environ.get("ORCH_DB") or f"sqlite:///{Path(DEFAULT_DB_FILE).resolve()}"
+
+
+def safe_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # pragma: no cover - exercised by every sqlite test
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # pragma: no cover
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseError(f"database URL {url!r} is not a SQLAlchemy URL (fix: use sqlite:///PATH or "
+                            "postgresql+psycopg://USER@HOST:PORT/DB)") from None
+    kwargs: dict = {"future": True}
+    if parsed.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    else:
+        kwargs["pool_pre_ping"] = True
+        if parsed.get_backend_name() == "postgresql":
+            kwargs["connect_args"] = {"connect_timeout": 10}
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (ArgumentError, ImportError, SQLAlchemyError) as exc:
+        raise DatabaseError(f"cannot use database {safe_url(url)}: {exc} (fix: check the URL's driver, "
+                            "e.g. postgresql+psycopg://, and that the driver is installed)") from None
+    if parsed.get_backend_name() == "sqlite":
+        _sqlite_pragmas(engine)
+    return engine
+
+
+class Database:
+    """The results database: engine, sessions, and the schema of our `orch_` tables."""
+
+    def __init__(self, url: str | None = None, create: bool = True) -> None:
+        self.url = url or default_url()
+        self.engine = make_engine(self.url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        try:
+            if create:
+                self.create_schema()
+            else:
+                with self.engine.connect():
+                    pass
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise DatabaseError(f"cannot reach database {safe_url(self.url)}: {reason} (fix: start the server, "
+                                "or pass a reachable URL with --db / ORCH_DB)") from None
+
+    def create_schema(self) -> None:
+        Base.metadata.create_all(self.engine)
+        with self.session() as s:
+            row = s.get(Meta, "schema_version")
+            if row is None:
+                s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif int(row.value) > SCHEMA_VERSION:
+                raise DatabaseError(f"database {safe_url(self.url)} has schema version {row.value}, newer than this "
+                                    f"orch ({SCHEMA_VERSION}) (fix: upgrade orch)")
+
+    def has_schema(self) -> bool:
+        return inspect(self.engine).has_table("orch_studies")
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on any error."""
+        s = self._sessions()
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
+        finally:
+            s.close()
+
+    def scalar(self, stmt):
+        with self.session() as s:
+            return s.scalar(stmt)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+__all__ = ["Database", "DatabaseError", "default_url", "safe_url", "is_sqlite", "select"]

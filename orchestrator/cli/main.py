@@ -1,0 +1,175 @@
+"""The `orch` command line. Every user error ends as one clear message and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from db import Database, DatabaseError
+
+from ..config.errors import OrchError
+from ..config.fleet import Fleet, load_fleet
+from ..controller import Controller, StopRequested, install_signal_handlers
+from ..export import RENDERERS, markdown
+from ..studies import create_study, load_study_row, validate_study_file
+from . import status as status_views
+from .display import make_reporter
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Sweep orchestrator for training speedruns.")
+study_app = typer.Typer(no_args_is_help=True, help="Create, run and inspect parameter studies.")
+fleet_app = typer.Typer(no_args_is_help=True, help="The machines of the fleet.")
+app.add_typer(study_app, name="study")
+app.add_typer(fleet_app, name="fleet")
+
+DEFAULT_FLEET_FILE = "fleet.yaml"
+
+
+class State:
+    db_url: str | None = None
+
+
+def _db(url: str | None = None) -> Database:
+    return Database(url or State.db_url)
+
+
+def _fleet(path: Optional[Path]) -> Fleet:
+    if path is not None:
+        return load_fleet(path)
+    env = os.environ.get("ORCH_FLEET")
+    if env:
+        return load_fleet(env)
+    return load_fleet(DEFAULT_FLEET_FILE if Path(DEFAULT_FLEET_FILE).is_file() else None)
+
+
+FleetOption = typer.Option(None, "--fleet", help="fleet file (default: ./fleet.yaml, else this machine only)")
+JsonOption = typer.Option(False, "--json", help="print JSON")
+DbOption = typer.Option(None, "--db", help="SQLAlchemy URL of the results database (default: $ORCH_DB, else sqlite:///./orch.db)")
+
+
+@app.callback()
+def _global(db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the results database "
+                                             "(default: $ORCH_DB, else sqlite:///./orch.db)")) -> None:
+    State.db_url = db
+
+
+@study_app.command("create")
+def study_create(name: str, db: Optional[str] = DbOption, from_: Path = typer.Option(..., "--from", help="study YAML file")) -> None:
+    """Create study NAME from a study YAML file (validated first; nothing is written on error)."""
+    if not _valid_name(name):
+        raise OrchError(f"study name {name!r} is not allowed (fix: use letters, digits, '.', '_' and '-')")
+    validate_study_file(from_)
+    db = _db(db)
+    row = create_study(db, name, from_)
+    typer.echo(f"created study {row.name!r} ({row.direction} {row.objective_metric}) in {_where(db)}")
+
+
+@study_app.command("validate")
+def study_validate(path: Path) -> None:
+    """Check a study YAML file without touching any database."""
+    spec, _ = validate_study_file(path)
+    typer.echo(f"{path}: ok ({len(spec.parameters)} parameters, sampler {spec.sampler.name}, "
+               f"budget {spec.budget.max_trials} trials)")
+
+
+@study_app.command("run")
+def study_run(name: str, db: Optional[str] = DbOption, fleet: Optional[Path] = FleetOption,
+              max_new: Optional[int] = typer.Option(None, "--max-new", min=1, help="dispatch at most N new trials, then stop"),
+              plain: bool = typer.Option(False, "--plain", help="plain log lines even on a terminal")) -> None:
+    """Run (or resume) study NAME on the fleet until its budget is spent."""
+    inventory = _fleet(fleet)
+    db = _db(db)
+    row = load_study_row(db, name)
+    reporter = make_reporter(plain)
+    controller = Controller(db, row.name, inventory, reporter=reporter, max_new_trials=max_new)
+    install_signal_handlers(controller)
+    try:
+        progress = controller.run()
+    finally:
+        reporter.close()
+    typer.echo("")
+    typer.echo(markdown(db, load_study_row(db, name)))
+    state = "finished" if progress.done + progress.failed >= progress.max_trials else "stopped"
+    typer.echo(f"study {name!r} {state}: {progress.done} complete, {progress.failed} failed")
+
+
+@study_app.command("status")
+def study_status(name: str, db: Optional[str] = DbOption, as_json: bool = JsonOption) -> None:
+    """Trials by state, the best so far, and what is running now."""
+    view = status_views.study_status(_db(db), name)
+    typer.echo(json.dumps(view, indent=2, default=str) if as_json else status_views.render_study_status(view))
+
+
+@study_app.command("list")
+def study_list(db: Optional[str] = DbOption, as_json: bool = JsonOption) -> None:
+    """Every study in the database."""
+    view = status_views.study_list(_db(db))
+    typer.echo(json.dumps(view, indent=2, default=str) if as_json else status_views.render_study_list(view))
+
+
+@fleet_app.command("status")
+def fleet_status(db: Optional[str] = DbOption, fleet: Optional[Path] = FleetOption, as_json: bool = JsonOption) -> None:
+    """Machines, their GPUs and the trials running on them."""
+    view = status_views.fleet_status(_db(db), _fleet(fleet))
+    typer.echo(json.dumps(view, indent=2, default=str) if as_json else status_views.render_fleet_status(view))
+
+
+@app.command("export")
+def export(name: str, db: Optional[str] = DbOption, format: str = typer.Option("md", "--format", help="md | csv | json"),
+           out: Optional[Path] = typer.Option(None, "--out", help="write to this file instead of stdout")) -> None:
+    """Result tables of study NAME: trials grouped by round, a mark for each hit of the target."""
+    if format not in RENDERERS:
+        raise OrchError(f"unknown export format {format!r} (fix: use one of {', '.join(RENDERERS)})")
+    db = _db(db)
+    text = RENDERERS[format](db, load_study_row(db, name))
+    if out is None:
+        typer.echo(text)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        typer.echo(f"wrote {out}")
+
+
+def _valid_name(name: str) -> bool:
+    import re
+
+    return bool(re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", name))
+
+
+def _where(db: Database) -> str:
+    from db import safe_url
+
+    return safe_url(db.url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, prog_name="orch", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.TyperException as exc:  # usage errors: wrong option, missing argument, bad value
+        exc.show()
+        return exc.exit_code
+    except typer.Abort:
+        print("orch: aborted", file=sys.stderr)
+        return 130
+    except StopRequested as exc:
+        print(f"orch: stopped ({exc}); running trials were re-queued: `orch study run` resumes", file=sys.stderr)
+        return 130
+    except (OrchError, DatabaseError) as exc:
+        print(f"orch: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,153 @@
+"""Status views (`orch study status`, `orch study list`, `orch fleet status`): plain dicts for --json,
+rendered as tables for people."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timezone
+from io import StringIO
+
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import func, select
+
+from db import Database, MachineRow, MetricPointRow, StudyRow, TrialRow
+
+from ..config.fleet import Fleet
+from ..config.study import StudySpec
+from ..launchers import get_launcher
+from ..studies import load_study_row
+
+
+def _age_s(when: datetime | None) -> float | None:
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return round((datetime.now(timezone.utc) - when).total_seconds(), 1)
+
+
+def _latest_val(db: Database, trial_ids: list[int]) -> dict[int, tuple[int, float]]:
+    if not trial_ids:
+        return {}
+    with db.session() as s:
+        newest = (select(MetricPointRow.trial_id, func.max(MetricPointRow.step).label("step"))
+                  .where(MetricPointRow.trial_id.in_(trial_ids), MetricPointRow.kind == "val",
+                         MetricPointRow.val_loss.is_not(None)).group_by(MetricPointRow.trial_id).subquery())
+        rows = s.execute(select(MetricPointRow.trial_id, MetricPointRow.step, MetricPointRow.val_loss).join(
+            newest, (MetricPointRow.trial_id == newest.c.trial_id) & (MetricPointRow.step == newest.c.step))
+            .where(MetricPointRow.kind == "val")).all()
+    return {r.trial_id: (r.step, r.val_loss) for r in rows}
+
+
+def _running_trials(db: Database, where) -> list[dict]:
+    with db.session() as s:
+        rows = s.execute(select(TrialRow, StudyRow.name).join(StudyRow).where(TrialRow.state == "running", where)
+                         .order_by(TrialRow.number)).all()
+    latest = _latest_val(db, [r.TrialRow.id for r in rows])
+    out = []
+    for row, study in rows:
+        step_val = latest.get(row.id)
+        out.append({"study": study, "number": row.number, "machine": row.machine, "slot": row.slot,
+                    "elapsed_s": _age_s(row.started_at), "heartbeat_age_s": _age_s(row.heartbeat_at),
+                    "step": step_val[0] if step_val else None, "val_loss": step_val[1] if step_val else None})
+    return out
+
+
+def study_status(db: Database, name: str) -> dict:
+    row = load_study_row(db, name)
+    spec = StudySpec.model_validate(row.spec)
+    with db.session() as s:
+        trials = list(s.scalars(select(TrialRow).where(TrialRow.study_id == row.id)))
+    counts = Counter(t.state for t in trials)
+    done = [t for t in trials if t.state == "complete" and t.feasible and t.value is not None]
+    best = (min if spec.objective.direction == "minimize" else max)(done, key=lambda t: t.value) if done else None
+    return {
+        "study": row.name, "status": row.status, "objective": f"{spec.objective.direction} {spec.objective.metric}",
+        "constraints": [str(c) for c in spec.objective.constraints], "sampler": spec.sampler.name,
+        "budget": spec.budget.max_trials, "rounds": row.rounds, "trials": dict(sorted(counts.items())),
+        "hits": sum(1 for t in trials if t.state == "complete" and t.feasible),
+        "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params,
+                                           "machine": best.machine},
+        "running": _running_trials(db, TrialRow.study_id == row.id),
+        "controller": row.lease_owner,
+    }
+
+
+def render_study_status(view: dict) -> str:
+    lines = [f"study {view['study']} [{view['status']}]: {view['objective']}"
+             + (f" subject to {', '.join(view['constraints'])}" if view["constraints"] else ""),
+             f"sampler {view['sampler']}, budget {view['budget']}, rounds {view['rounds']}, hits {view['hits']}",
+             "trials: " + (", ".join(f"{k} {v}" for k, v in view["trials"].items()) or "none")]
+    if view["best"]:
+        b = view["best"]
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in b["params"].items())
+        lines.append(f"best: trial {b['number']} value {b['value']:.4g} on {b['machine']} ({params})")
+    for r in view["running"]:
+        lines.append(f"running: trial {r['number']} on {r['machine']} {r['slot']} for {r['elapsed_s']}s, "
+                     f"step {r['step']}, val_loss {r['val_loss']}")
+    if view["controller"]:
+        lines.append(f"controller: {view['controller']}")
+    return "\n".join(lines)
+
+
+def study_list(db: Database) -> list[dict]:
+    with db.session() as s:
+        studies = list(s.scalars(select(StudyRow).order_by(StudyRow.id)))
+        counts = dict(s.execute(select(TrialRow.study_id, func.count()).group_by(TrialRow.study_id)).all())
+    return [{"study": r.name, "status": r.status, "objective": f"{r.direction} {r.objective_metric}",
+             "trials": counts.get(r.id, 0), "rounds": r.rounds, "created_at": r.created_at} for r in studies]
+
+
+def _table(columns: list[str], rows: list[list]) -> str:
+    table = Table(box=None, pad_edge=False)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*["" if v is None else str(v) for v in row])
+    buffer = StringIO()
+    Console(file=buffer, width=160, color_system=None).print(table)
+    return buffer.getvalue().rstrip()
+
+
+def render_study_list(view: list[dict]) -> str:
+    if not view:
+        return "no studies yet (create one: orch study create NAME --from studies/demo.yaml)"
+    return _table(["study", "status", "objective", "trials", "rounds"],
+                  [[v["study"], v["status"], v["objective"], v["trials"], v["rounds"]] for v in view])
+
+
+def fleet_status(db: Database, fleet: Fleet) -> dict:
+    with db.session() as s:
+        states = {m.name: m for m in s.scalars(select(MachineRow))}
+    running = _running_trials(db, TrialRow.machine.in_([m.name for m in fleet.machines]))
+    machines = []
+    for machine in fleet.machines:
+        info = get_launcher(machine.launcher).probe(machine)
+        known = states.get(machine.name)
+        busy = [r for r in running if r["machine"] == machine.name]
+        state = "down" if not info.reachable else (known.state if known and known.state == "draining" else
+                                                  ("busy" if busy else "idle"))
+        machines.append({
+            "name": machine.name, "host": machine.host, "launcher": machine.launcher, "reachable": info.reachable,
+            "state": state, "gpu_count": info.gpu_count, "gpu_type": info.gpu_type or ("no GPU" if not info.gpu_count else None),
+            "cpu_slots": machine.resolved_cpu_slots() if not info.gpu_count else None, "gpus": info.gpus,
+            "running": busy, "error": info.error,
+            "last_seen": known.last_seen if known else None,
+        })
+    return {"fleet": fleet.source, "machines": machines}
+
+
+def render_fleet_status(view: dict) -> str:
+    rows = []
+    for m in view["machines"]:
+        gpus = f"{m['gpu_count']} x {m['gpu_type']}" if m["gpu_count"] else f"no GPU ({m['cpu_slots']} CPU slots)"
+        trials = ", ".join(f"{r['study']}#{r['number']} {r['slot']} {r['elapsed_s']}s val {r['val_loss']}"
+                           for r in m["running"]) or "-"
+        rows.append([m["name"], m["launcher"], m["state"], gpus, trials])
+    out = _table(["machine", "launcher", "state", "GPUs", "running"], rows)
+    for m in view["machines"]:
+        for g in m["gpus"]:
+            out += (f"\n  {m['name']} gpu{g['index']}: {g['name']} util {g['utilization_pct']}% mem "
+                    f"{g['memory_used_mib']}/{g['memory_total_mib']} MiB temp {g['temperature_c']}C")
+    return f"fleet: {view['fleet']}\n{out}"

@@ -1,0 +1,317 @@
+"""Study definitions (`studies/*.yaml`): typed models and the checks done before anything runs.
+
+A study says what to run (trainer command, log format), what to search (parameters, derived
+parameters, how each value reaches the job), what to optimise (objective and constraints), how to
+search (sampler), and how much (budget, repeats, timeout, retries). See studies/demo.yaml.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import ConfigError
+from .expressions import ExpressionError, names_in, parse_expression
+from .validation import FIX_MARK, validate_doc
+from .yaml_source import YamlDoc, load_yaml_file, load_yaml_text
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+ENV_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+FLAG_PATTERN = re.compile(r"^--?[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: names every template may use besides the parameters
+BUILTIN_TEMPLATE_NAMES = frozenset({"trial", "repeat", "seed", "study"})
+SAMPLERS = ("random", "grid", "tpe", "gp", "bisection")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Parameter(_Strict):
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: list[str | int | float | bool] | None = None
+    flag: str | None = None
+    env: str | None = None
+    format: str | None = None  # Python format spec for the value, e.g. ".4f"
+
+    @model_validator(mode="after")
+    def _check(self) -> "Parameter":
+        if self.type == "categorical":
+            if not self.choices:
+                raise bad("a categorical parameter needs choices", "add `choices: [a, b]`")
+            if self.low is not None or self.high is not None:
+                raise bad("a categorical parameter takes no low/high", "remove low/high, list `choices:`")
+        else:
+            if self.low is None or self.high is None:
+                raise bad(f"a {self.type} parameter needs a range", "add `low:` and `high:`")
+            if self.low >= self.high:
+                raise bad(f"range is empty: low ({self.low:g}) >= high ({self.high:g})", "make low smaller than high")
+            if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+                raise bad("an int parameter needs integer bounds", "write whole numbers for low and high, or use type: float")
+            if self.step is not None and self.step <= 0:
+                raise bad(f"step must be positive, got {self.step:g}", "use a step like 0.01")
+            if self.step is not None:
+                spans = (self.high - self.low) / self.step
+                if abs(spans - round(spans)) > 1e-6:
+                    fixed = self.low + int(spans) * self.step
+                    raise bad(f"range {self.low:g}..{self.high:g} is not a whole number of steps of {self.step:g}",
+                              f"set high to {fixed:.10g}")
+            if self.log and self.low <= 0:
+                raise bad("a log-scale parameter needs low > 0", "raise low above 0 or drop `log: true`")
+            if self.log and self.step is not None:
+                raise bad("log: true and step cannot be combined", "drop one of them")
+        if self.flag is not None and not FLAG_PATTERN.match(self.flag):
+            raise bad(f"{self.flag!r} is not a command-line flag", "write it like --name")
+        if self.env is not None and not ENV_PATTERN.match(self.env):
+            raise bad(f"{self.env!r} is not an environment variable name", "use letters, digits and _")
+        if self.format is not None:
+            _check_format_spec(self.format)
+        return self
+
+    def contains(self, value: Any) -> bool:
+        if self.type == "categorical":
+            return value in (self.choices or [])
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.type == "int" and value != int(value):
+            return False
+        return self.low - 1e-12 <= value <= self.high + 1e-12
+
+
+class Derived(_Strict):
+    expr: str
+    min: float | None = None
+    max: float | None = None
+    flag: str | None = None
+    env: str | None = None
+    format: str | None = None
+
+    @field_validator("expr")
+    @classmethod
+    def _parse(cls, expr: str) -> str:
+        try:
+            parse_expression(expr)
+        except ExpressionError as exc:
+            raise bad(str(exc), "write arithmetic over parameter names, e.g. 1 - stage1 - stage2") from None
+        return expr
+
+
+class Trainer(_Strict):
+    command: list[str] = Field(min_length=1)
+    log_format: str = "orch"
+    env: dict[str, str] = Field(default_factory=dict)
+    secret_env: list[str] = Field(default_factory=list)  # taken from the controller's env, never stored
+    code_dir: str = "."  # relative to the study file's directory; its git revision is recorded
+    files: list[str] = Field(default_factory=list)  # globs under code_dir, checksummed on each trial
+    image: str | None = None  # overrides the machine's container image
+
+    @field_validator("secret_env")
+    @classmethod
+    def _env_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not ENV_PATTERN.match(name):
+                raise bad(f"{name!r} is not an environment variable name", "use letters, digits and _")
+        return names
+
+
+class Arguments(_Strict):
+    """argv elements and env vars built from templates over parameter values (`{stage1:.3f}`)."""
+
+    flags: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("flags")
+    @classmethod
+    def _flag_names(cls, flags: dict[str, str]) -> dict[str, str]:
+        for flag in flags:
+            if not FLAG_PATTERN.match(flag):
+                raise bad(f"{flag!r} is not a command-line flag", "write it like --name")
+        return flags
+
+
+_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+
+
+class Constraint(BaseModel):
+    metric: str
+    op: Literal["<=", ">="]
+    threshold: float
+
+    def violation(self, value: float) -> float:
+        """Optuna's convention: <= 0 when satisfied."""
+        return value - self.threshold if self.op == "<=" else self.threshold - value
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.threshold:g}"
+
+
+class Objective(_Strict):
+    minimize: str | None = None
+    maximize: str | None = None
+    subject_to: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_direction(self) -> "Objective":
+        if (self.minimize is None) == (self.maximize is None):
+            raise bad("the objective needs exactly one direction", "give one of `minimize: METRIC` or `maximize: METRIC`")
+        for text in self.subject_to:
+            if not _CONSTRAINT.match(text):
+                raise bad(f"constraint {text!r} is malformed", "write `METRIC <= NUMBER` or `METRIC >= NUMBER`")
+        return self
+
+    @property
+    def metric(self) -> str:
+        return self.minimize or self.maximize  # type: ignore[return-value]
+
+    @property
+    def direction(self) -> str:
+        return "minimize" if self.minimize else "maximize"
+
+    @property
+    def constraints(self) -> list[Constraint]:
+        out = []
+        for text in self.subject_to:
+            metric, op, number = _CONSTRAINT.match(text).groups()  # type: ignore[union-attr]
+            out.append(Constraint(metric=metric, op=op, threshold=float(number)))
+        return out
+
+
+class Sampler(_Strict):
+    name: Literal["random", "grid", "tpe", "gp", "bisection"] = "tpe"
+    seed: int | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Budget(_Strict):
+    max_trials: int = Field(ge=1)
+    parallel: int | None = Field(default=None, ge=1)  # cap on trials at once; default: every free slot
+    # rounds: wait until a round's trials have all ended, then dispatch the next round on every free slot
+    # (how record teams search, and what k-section samplers expect); continuous: fill each slot as it frees
+    dispatch: Literal["rounds", "continuous"] = "rounds"
+
+
+class Resources(_Strict):
+    gpus: int = Field(default=0, ge=0)  # per trial; 0 = a CPU slot
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class StudySpec(_Strict):
+    description: str = ""
+    trainer: Trainer
+    parameters: dict[str, Parameter] = Field(min_length=1)
+    derived: dict[str, Derived] = Field(default_factory=dict)
+    arguments: Arguments = Field(default_factory=Arguments)
+    objective: Objective
+    sampler: Sampler = Field(default_factory=Sampler)
+    budget: Budget
+    repeats: int = Field(default=1, ge=1)
+    timeout_s: float = Field(default=3600, gt=0)
+    retries: int = Field(default=2, ge=0)  # re-runs of a trial lost to a machine or controller failure
+    resources: Resources = Field(default_factory=Resources)
+
+    def all_names(self) -> list[str]:
+        return [*self.parameters, *self.derived]
+
+
+def bad(problem: str, fix: str) -> ValueError:
+    return ValueError(f"{problem}{FIX_MARK}{fix}")
+
+
+def _check_format_spec(spec: str) -> None:
+    try:
+        format(1.5, spec)
+    except ValueError as exc:
+        raise bad(f"format {spec!r} is not a Python format spec ({exc})", "use a spec like .4f or g") from None
+
+
+def template_fields(template: str) -> list[tuple[str, str]]:
+    """(name, format_spec) pairs of a `{name:spec}` template; raises ValueError on anything else."""
+    out = []
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name) or conversion:
+            raise ValueError(f"template field {{{name}}} must be a plain parameter name")
+        out.append((name, spec or ""))
+    return out
+
+
+def _cross_checks(spec: StudySpec, doc: YamlDoc) -> None:
+    names = set(spec.parameters)
+    for pname in spec.parameters:
+        if not re.match(NAME_PATTERN, pname):
+            raise doc.error(("parameters", pname), f"parameter name {pname!r} is not an identifier", fix="use letters, digits and _")
+    # derived parameters may use parameters and earlier derived ones
+    for dname, derived in spec.derived.items():
+        if dname in names or dname in BUILTIN_TEMPLATE_NAMES:
+            raise doc.error(("derived", dname), f"name {dname!r} is already used", fix="rename the derived parameter")
+        unknown = sorted(names_in(parse_expression(derived.expr)) - names)
+        if unknown:
+            raise doc.error(("derived", dname, "expr"), f"references unknown name {unknown[0]!r}",
+                            fix=f"use one of the parameters defined above it: {', '.join(sorted(names))}")
+        names.add(dname)
+    for section in ("flags", "env"):
+        for key, template in getattr(spec.arguments, section).items():
+            try:
+                fields = template_fields(template)
+            except ValueError as exc:
+                raise doc.error(("arguments", section, key), str(exc), fix="write {name} or {name:.4f}") from None
+            for name, fmt in fields:
+                if name not in names and name not in BUILTIN_TEMPLATE_NAMES:
+                    raise doc.error(("arguments", section, key), f"template references unknown name {name!r}",
+                                    fix=f"use a parameter ({', '.join(sorted(names))}) or one of {', '.join(sorted(BUILTIN_TEMPLATE_NAMES))}")
+                if fmt:
+                    try:
+                        _check_format_spec(fmt)
+                    except ValueError as exc:
+                        problem, _, fix = str(exc).partition(FIX_MARK)
+                        raise doc.error(("arguments", section, key), problem, fix=fix) from None
+    for section, key in (("trainer", "env"),):
+        for env_name in getattr(spec.trainer, key):
+            if not ENV_PATTERN.match(env_name):
+                raise doc.error((section, key, env_name), f"{env_name!r} is not a valid environment variable name", fix="use letters, digits and _")
+    if spec.sampler.name == "grid":
+        for pname, param in spec.parameters.items():
+            if param.type == "float" and param.step is None:
+                raise doc.error(("parameters", pname), "the grid sampler needs a `step:` for float parameters",
+                                fix="add `step: 0.01` (or use another sampler)")
+    if spec.budget.parallel is not None and spec.budget.parallel > spec.budget.max_trials:
+        raise doc.error(("budget", "parallel"), f"parallel ({spec.budget.parallel}) exceeds max_trials ({spec.budget.max_trials})",
+                        fix="lower parallel or raise max_trials")
+
+
+def check_metrics(spec: StudySpec, known_metrics: frozenset[str], format_name: str, doc: YamlDoc | None = None) -> None:
+    """The objective and constraint metrics must be ones the trainer's log format reports."""
+    wanted = [("objective", spec.objective.direction, spec.objective.metric)]
+    wanted += [("objective", "subject_to", c.metric) for c in spec.objective.constraints]
+    for *path, metric in wanted:
+        if metric not in known_metrics:
+            message = f"metric {metric!r} is never printed by the {format_name!r} log format"
+            fix = f"use one of {', '.join(sorted(known_metrics))}"
+            if doc is not None:
+                raise doc.error(tuple(path), message, fix=fix)
+            raise ConfigError(message, field=".".join(path), fix=fix)
+
+
+def parse_study(doc: YamlDoc) -> StudySpec:
+    spec = validate_doc(StudySpec, doc)
+    _cross_checks(spec, doc)
+    return spec
+
+
+def load_study_file(path: str | Path) -> tuple[StudySpec, YamlDoc]:
+    doc = load_yaml_file(path)
+    return parse_study(doc), doc
+
+
+def load_study_text(text: str, file: str = "<study>") -> tuple[StudySpec, YamlDoc]:
+    doc = load_yaml_text(text, file)
+    return parse_study(doc), doc

@@ -1,0 +1,464 @@
+"""The controller (`orch study run`): ask the sampler, fill free slots, stream logs into the database, tell
+Optuna each outcome, until the budget is spent. It can be killed at any moment: `recovery` reconciles the
+database on the next start, so no outcome is lost and no trial runs twice without being recorded as a retry.
+
+Crash-safe order of a dispatch: Optuna `ask` -> enqueue the variant's repeats -> our row `pending` ->
+start the job -> our row `running`. Order of a finish: our row `complete`/`failed` -> Optuna `tell`.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+from sqlalchemy import func, select, update
+
+from db import Database, EventRow, MetricPointRow, StudyRow, TrialRow
+
+from . import lease
+from .config.errors import OrchError
+from .config.fleet import Fleet, Machine
+from .jobs import InvalidParams, build_job, resolve_values, variant_key
+from .launchers import get_launcher
+from .launchers.base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot
+from .outcomes import decide, tell
+from .parsers import LogStream, MetricPoint, get_adapter
+from .provenance import CodeInfo, code_info
+from .recovery import enqueue_retry, recover
+from .samplers import build_sampler, distributions
+from .scheduler import Scheduler
+from .studies import OpenStudy, open_study
+
+HEARTBEAT_S = 5.0
+#: states that count against the budget (lost and invalid trials do not: they are re-run or skipped)
+COUNTED_STATES = ("pending", "running", "complete", "failed")
+MAX_INVALID_IN_A_ROW = 50
+
+
+@dataclass
+class Running:
+    number: int
+    row_id: int
+    trial_id: int
+    slot: Slot
+    handle: JobHandle
+    stream: LogStream
+    deadline: float
+    started: float
+    timed_out: bool = False
+    last_val: float | None = None
+    last_step: int | None = None
+    pending_points: list[MetricPoint] = field(default_factory=list)
+    stored_points: set[tuple[str, int]] = field(default_factory=set)
+
+
+@dataclass
+class Progress:
+    """What a display shows; the controller updates it and calls the reporter."""
+
+    study: str
+    max_trials: int
+    done: int = 0
+    failed: int = 0
+    running: dict[int, Running] = field(default_factory=dict)
+    queued: int = 0
+    round: int = 0
+    best_value: float | None = None
+    best_number: int | None = None
+    message: str = ""
+
+
+class StopRequested(Exception):
+    pass
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Controller:
+    def __init__(self, db: Database, name: str, fleet: Fleet, *, reporter: Callable[[Progress, str], None] | None = None,
+                 launchers: dict[str, Launcher] | None = None, heartbeat_s: float = HEARTBEAT_S,
+                 max_new_trials: int | None = None) -> None:
+        self.db, self.name, self.fleet = db, name, fleet
+        self.reporter = reporter or (lambda progress, message: None)
+        self.launchers = launchers or {}
+        self.heartbeat_s = heartbeat_s
+        self.max_new_trials = max_new_trials  # stop after dispatching this many (tests, `--max-new`)
+        self.events: "queue.Queue[Event]" = queue.Queue()
+        self.running: dict[int, Running] = {}
+        self.owner = lease.controller_id()
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self.dispatched = 0
+
+    # ---- setup ---------------------------------------------------------------------------------------
+    def _launcher(self, machine: Machine) -> Launcher:
+        if machine.launcher not in self.launchers:
+            self.launchers[machine.launcher] = get_launcher(machine.launcher)
+        return self.launchers[machine.launcher]
+
+    def _open(self) -> OpenStudy:
+        opened = open_study(self.db, self.name)
+        history = len(opened.optuna.get_trials(deepcopy=False))
+        opened.optuna.sampler = build_sampler(opened.spec, history)
+        return opened
+
+    def _probe_fleet(self) -> dict[str, MachineInfo]:
+        infos = {}
+        for machine in self.fleet.machines:
+            info = self._launcher(machine).probe(machine)
+            infos[machine.name] = info
+            self._record_machine(machine, info)
+        return infos
+
+    def _record_machine(self, machine: Machine, info: MachineInfo) -> None:
+        from db import MachineRow
+
+        with self.db.session() as s:
+            row = s.scalar(select(MachineRow).where(MachineRow.name == machine.name))
+            state = "idle" if info.reachable else "down"
+            if row is None:
+                row = MachineRow(name=machine.name, host=machine.host, launcher=machine.launcher, state=state)
+                s.add(row)
+            elif row.state != state and row.state != "draining":
+                s.add(EventRow(machine=machine.name, kind="machine.state", old=row.state, new=state, message=info.error))
+                row.state = state
+            row.host, row.launcher = machine.host, machine.launcher
+            row.gpu_count, row.gpu_type, row.driver_version = info.gpu_count, info.gpu_type, info.driver_version
+            row.labels = dict(machine.labels)
+            row.last_seen = _now() if info.reachable else row.last_seen
+
+    # ---- main loop -----------------------------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        self._stop_reason = reason
+        self._stop.set()
+        self.events.put(ExitEvent(-1, None, "wake"))
+
+    def run(self) -> Progress:
+        opened = self._open()
+        self.study, self.spec = opened, opened.spec
+        self.adapter = get_adapter(self.spec.trainer.log_format)
+        self.dists = distributions(self.spec)
+        sid = opened.row.id
+        lease.acquire(self.db, sid, self.owner)
+        self.progress = Progress(study=self.name, max_trials=self.spec.budget.max_trials)
+        try:
+            recover(self.db, opened, self.spec, self.adapter, report=lambda m: self._say(m))
+            self.scheduler = Scheduler(self.fleet, self.spec.resources.gpus, self.spec.resources.labels)
+            self.infos = self._probe_fleet()
+            self.scheduler.unavailable = self._unavailable_machines()
+            self.scheduler.plan(self.infos)
+            spec_dir = Path(opened.row.spec_dir or ".")
+            self.code = code_info((spec_dir / self.spec.trainer.code_dir).resolve(), self.spec.trainer.files)
+            self._set_status("running")
+            self._loop()
+        finally:
+            self._shutdown()
+            lease.release(self.db, sid, self.owner)
+        return self.progress
+
+    def _loop(self) -> None:
+        next_beat = time.monotonic() + self.heartbeat_s
+        invalid_in_a_row = 0
+        while True:
+            self._refresh_progress()
+            if self._stop.is_set():
+                raise StopRequested(self._stop_reason)
+            slots_wanted = self._slots_to_fill()
+            if slots_wanted == 0 and not self.running:
+                self._finish_study()
+                return
+            round_open = self.spec.budget.dispatch == "rounds" and self.running
+            free = [] if round_open else self.scheduler.free({r.slot for r in self.running.values()})[:slots_wanted]
+            if free:
+                self._new_round()
+                for slot in free:
+                    if self._dispatch(slot):
+                        invalid_in_a_row = 0
+                    else:
+                        invalid_in_a_row += 1
+                        if invalid_in_a_row >= MAX_INVALID_IN_A_ROW:
+                            raise OrchError(f"{MAX_INVALID_IN_A_ROW} sampled points in a row broke a derived "
+                                            "parameter's bounds (fix: narrow the parameter ranges in the study)")
+                continue
+            timeout = max(0.0, min([next_beat - time.monotonic()] + [r.deadline - time.monotonic()
+                                                                       for r in self.running.values()]))
+            self._drain(timeout)
+            now = time.monotonic()
+            for run in list(self.running.values()):
+                if now >= run.deadline and not run.timed_out:
+                    run.timed_out = True
+                    run.handle.cancel("timeout")
+                    self._event(run.number, "trial.timeout", None, None, f"timeout after {self.spec.timeout_s:g} s")
+            if now >= next_beat:
+                self._heartbeat()
+                next_beat = now + self.heartbeat_s
+
+    def _slots_to_fill(self) -> int:
+        if self.max_new_trials is not None and self.dispatched >= self.max_new_trials:
+            return 0
+        counted, waiting = self._budget_counts()
+        remaining = self.spec.budget.max_trials - counted
+        want = remaining
+        if self.spec.budget.parallel is not None:
+            want = min(want, self.spec.budget.parallel - len(self.running))
+        if self.max_new_trials is not None:
+            want = min(want, self.max_new_trials - self.dispatched)
+        self.progress.queued = max(0, min(remaining, waiting))
+        return max(0, want)
+
+    def _budget_counts(self) -> tuple[int, int]:
+        with self.db.session() as s:
+            counted = s.scalar(select(func.count()).select_from(TrialRow).where(
+                TrialRow.study_id == self.study.row.id, TrialRow.state.in_(COUNTED_STATES)))
+        waiting = len(self.study.optuna.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        return counted, waiting
+
+    # ---- dispatch ------------------------------------------------------------------------------------
+    def _new_round(self) -> None:
+        with self.db.session() as s:
+            row = s.get(StudyRow, self.study.row.id)
+            row.rounds += 1
+            self.round = row.rounds
+        self.progress.round = self.round
+
+    def _dispatch(self, slot: Slot) -> bool:
+        """Run one new trial on `slot`. False when the sampled values were invalid (nothing started)."""
+        study = self.study.optuna
+        trial = study.ask(self.dists)
+        number, trial_id = trial.number, trial._trial_id
+        attrs = trial.user_attrs
+        retry_of, attempt = attrs.get("retry_of"), int(attrs.get("attempt", 1))
+        repeat_index = int(attrs.get("repeat_index", 0))
+        params = dict(trial.params)
+        try:
+            values = resolve_values(self.spec, params)
+        except InvalidParams as exc:
+            with self.db.session() as s:
+                s.add(TrialRow(study_id=self.study.row.id, number=number, optuna_trial_id=trial_id, round=self.round,
+                               variant=variant_key(params), params=params, state="invalid", exit_reason="invalid_params",
+                               note=str(exc), retry_of=retry_of, attempt=attempt, repeat_index=repeat_index))
+                s.add(EventRow(study_id=self.study.row.id, trial_number=number, kind="trial.state", new="invalid",
+                               message=str(exc)))
+            study.tell(number, state=TrialState.FAIL)
+            self._say(f"trial {number}: skipped, {exc}")
+            return False
+        if retry_of is None and repeat_index == 0:
+            self._enqueue_repeats(params, number)
+        machine = self.fleet.machine(slot.machine)
+        info = self.infos[slot.machine]
+        job = build_job(self.spec, self.name, number, repeat_index, values)
+        workdir = (Path(machine.workdir) / self.name / f"trial-{number:04d}").resolve()
+        with self.db.session() as s:
+            row = TrialRow(study_id=self.study.row.id, number=number, optuna_trial_id=trial_id, round=self.round,
+                           variant=variant_key(params), repeat_index=repeat_index, retry_of=retry_of, attempt=attempt,
+                           params=values, state="pending", machine=slot.machine, slot=slot.label,
+                           gpu_model=info.gpu_type if slot.gpu_ids else None, gpu_count=len(slot.gpu_ids),
+                           driver_version=info.driver_version if slot.gpu_ids else None,
+                           command=job.argv, env=job.stored_env(), container_image=job.image or machine.container.image,
+                           code_revision=self.code.revision, code_branch=self.code.branch, code_dirty=self.code.dirty,
+                           file_checksums=self.code.checksums, workdir=str(workdir), log_path=str(workdir / "train.log"),
+                           controller=self.owner)
+            s.add(row)
+            s.flush()
+            row_id = row.id
+            s.add(EventRow(study_id=self.study.row.id, trial_number=number, machine=slot.machine, kind="trial.state",
+                           new="pending", message=f"round {self.round} on {slot.machine} {slot.label}"))
+        try:
+            handle = self._launcher(machine).start(job, machine, slot, workdir, self.events)
+        except (OSError, OrchError) as exc:
+            self._finish_row(row_id, number, trial_id, "failed", "launch_error", None, None, {}, {}, f"could not start: {exc}")
+            return True
+        with self.db.session() as s:
+            s.execute(update(TrialRow).where(TrialRow.id == row_id).values(
+                state="running", pid=handle.pid, pid_start=handle.pid_start, started_at=_now(), heartbeat_at=_now(),
+                command=handle.command, container_image_id=handle.container_image_id))
+            s.add(EventRow(study_id=self.study.row.id, trial_number=number, machine=slot.machine, kind="trial.state",
+                           old="pending", new="running"))
+        now = time.monotonic()
+        self.running[number] = Running(number=number, row_id=row_id, trial_id=trial_id, slot=slot, handle=handle,
+                                       stream=self.adapter.stream(), deadline=now + self.spec.timeout_s, started=now)
+        self.dispatched += 1
+        self._say(f"trial {number}: started on {slot.machine} {slot.label} "
+                  + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()))
+        return True
+
+    def _enqueue_repeats(self, params: dict, number: int) -> None:
+        counted, waiting = self._budget_counts()
+        room = self.spec.budget.max_trials - counted - waiting - 1  # this trial is not in the DB yet
+        for index in range(1, min(self.spec.repeats, room + 1)):
+            self.study.optuna.enqueue_trial(params, user_attrs={"repeat_of": number, "repeat_index": index},
+                                            skip_if_exists=False)
+
+    # ---- events --------------------------------------------------------------------------------------
+    def _drain(self, timeout: float) -> None:
+        try:
+            event = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        batch = [event]
+        while True:
+            try:
+                batch.append(self.events.get_nowait())
+            except queue.Empty:
+                break
+        exits = []
+        for event in batch:
+            if isinstance(event, LineEvent):
+                run = self.running.get(event.key)
+                if run is not None:
+                    for point in run.stream.feed(event.line):
+                        run.pending_points.append(point)
+                        if point.kind == "val" and point.val_loss is not None:
+                            run.last_val, run.last_step = point.val_loss, point.step
+            elif event.key in self.running:
+                exits.append(event)
+        self._flush_points()
+        for event in exits:
+            self._on_exit(self.running.pop(event.key), event)
+
+    def _flush_points(self) -> None:
+        """Write the points streamed since the last flush; a point seen again (a human line's JSON twin)
+        replaces the stored one."""
+        inserts, updates = [], []
+        for run in self.running.values():
+            latest = {(p.kind, p.step): p for p in run.pending_points}
+            for key, p in latest.items():
+                values = dict(total_steps=p.total_steps, val_loss=p.val_loss, train_loss=p.train_loss,
+                              train_time_ms=p.train_time_ms, step_avg_ms=p.step_avg_ms, extra=p.extra or None)
+                if key in run.stored_points:
+                    updates.append((run.row_id, p.kind, p.step, values))
+                else:
+                    run.stored_points.add(key)
+                    inserts.append(MetricPointRow(trial_id=run.row_id, kind=p.kind, step=p.step, **values))
+            run.pending_points.clear()
+        if inserts or updates:
+            with self.db.session() as s:
+                s.add_all(inserts)
+                for trial_id, kind, step, values in updates:
+                    s.execute(update(MetricPointRow).where(MetricPointRow.trial_id == trial_id, MetricPointRow.kind == kind,
+                                                           MetricPointRow.step == step).values(**values))
+
+    def _on_exit(self, run: Running, event: ExitEvent) -> None:
+        parsed = run.stream.finish()
+        outcome = decide(self.spec, parsed, event.returncode, timed_out=run.timed_out, launcher_error=event.error)
+        self._finish_row(run.row_id, run.number, run.trial_id, outcome.state, outcome.exit_reason, outcome.value,
+                         outcome.feasible, outcome.constraints, outcome.metrics, outcome.note,
+                         exit_code=event.returncode, versions=parsed.versions, gpu_name=parsed.gpu_name)
+        if outcome.state == "complete":
+            mark = "hit" if outcome.feasible else "miss"
+            self._say(f"trial {run.number}: {self.spec.objective.metric}={outcome.value:.4g} "
+                      + " ".join(f"{k}={outcome.metrics[k]:.4f}" for k in outcome.constraints if k in outcome.metrics)
+                      + f" ({mark})")
+        else:
+            self._say(f"trial {run.number}: failed ({outcome.exit_reason}) {outcome.note or ''}".rstrip())
+
+    def _finish_row(self, row_id: int, number: int, trial_id: int, state: str, exit_reason: str, value, feasible,
+                    constraints: dict, metrics: dict, note: str | None, exit_code: int | None = None,
+                    versions: dict | None = None, gpu_name: str | None = None) -> None:
+        with self.db.session() as s:
+            row = s.get(TrialRow, row_id)
+            old = row.state
+            row.state, row.exit_reason, row.value, row.feasible = state, exit_reason, value, feasible
+            row.metrics, row.note, row.exit_code, row.ended_at = metrics or None, note, exit_code, _now()
+            row.versions = versions or row.versions
+            if gpu_name and not row.gpu_model:
+                row.gpu_model = gpu_name
+            s.add(EventRow(study_id=self.study.row.id, trial_number=number, machine=row.machine, kind="trial.state",
+                           old=old, new=state, message=note))
+        tell(self.study.optuna, trial_id, number, state, value, constraints)
+
+    # ---- housekeeping --------------------------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        if not lease.renew(self.db, self.study.row.id, self.owner):
+            self.request_stop("lost the study's lease to another controller")
+            return
+        if self.running:
+            with self.db.session() as s:
+                s.execute(update(TrialRow).where(TrialRow.id.in_([r.row_id for r in self.running.values()]))
+                          .values(heartbeat_at=_now()))
+        self.scheduler.unavailable = self._unavailable_machines()
+
+    def _unavailable_machines(self) -> set[str]:
+        from db import MachineRow
+
+        with self.db.session() as s:
+            return set(s.scalars(select(MachineRow.name).where(MachineRow.state.in_(("down", "draining")))))
+
+    def _refresh_progress(self) -> None:
+        p = self.progress
+        with self.db.session() as s:
+            rows = s.execute(select(TrialRow.state, TrialRow.value, TrialRow.feasible, TrialRow.number).where(
+                TrialRow.study_id == self.study.row.id)).all()
+        p.done = sum(1 for r in rows if r.state == "complete")
+        p.failed = sum(1 for r in rows if r.state == "failed")
+        feasible = [r for r in rows if r.state == "complete" and r.feasible is not False and r.value is not None]
+        if feasible:
+            pick = min if self.spec.objective.direction == "minimize" else max
+            best = pick(feasible, key=lambda r: r.value)
+            p.best_value, p.best_number = best.value, best.number
+        p.running = dict(self.running)
+        self.reporter(p, "")
+
+    def _say(self, message: str) -> None:
+        if hasattr(self, "progress"):
+            self.reporter(self.progress, message)
+
+    def _event(self, number: int | None, kind: str, old: str | None, new: str | None, message: str) -> None:
+        with self.db.session() as s:
+            s.add(EventRow(study_id=self.study.row.id, trial_number=number, kind=kind, old=old, new=new, message=message))
+
+    def _set_status(self, status: str) -> None:
+        with self.db.session() as s:
+            row = s.get(StudyRow, self.study.row.id)
+            if row.status != status:
+                s.add(EventRow(study_id=row.id, kind="study.state", old=row.status, new=status))
+                row.status = status
+                row.finished_at = _now() if status == "finished" else None
+
+    def _finish_study(self) -> None:
+        counted, _ = self._budget_counts()
+        if counted >= self.spec.budget.max_trials:
+            self._set_status("finished")
+
+    def _shutdown(self) -> None:
+        """Stop every job still running: each becomes `lost` and is re-queued as a retry for the next run."""
+        if not self.running:
+            return
+        for run in self.running.values():
+            run.handle.cancel(self._stop_reason or "controller exit")
+        deadline = time.monotonic() + 15
+        while self.running and time.monotonic() < deadline:
+            try:
+                event = self.events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if isinstance(event, ExitEvent) and event.key in self.running:
+                run = self.running.pop(event.key)
+                note = f"stopped: {self._stop_reason or 'controller exit'}"
+                self._finish_row(run.row_id, run.number, run.trial_id, "lost", "interrupted", None, None, {}, {}, note,
+                                 exit_code=event.returncode)
+                with self.db.session() as s:
+                    row = s.get(TrialRow, run.row_id)
+                enqueue_retry(self.study.optuna, row, self.spec.retries, self.spec)
+        self.running.clear()
+
+
+def install_signal_handlers(controller: Controller) -> None:
+    def _handler(signum, _frame):
+        controller.request_stop(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+
+
+__all__ = ["Controller", "Progress", "StopRequested", "install_signal_handlers"]

@@ -1,0 +1,89 @@
+"""The parameter-injection plug-in interface: turn a trial's parameters into what its job needs.
+
+An `Injector` knows how one trainer takes parameters: a patched copy of its script (modded-nanogpt), environment
+variables (parameter-golf) or command-line flags (nanochat). `prepare` validates every value first and returns an
+`Injection`: the files it wrote under the trial's workdir, extra argv elements and environment variables (each
+value a separate string, never pasted into a shell line), and a unified diff text to store on the trial so a
+record write-up can show exactly what changed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+class InjectionError(ValueError):
+    """A parameter (or option) that cannot be injected; the message names the parameter and the fix."""
+
+
+@dataclass
+class Injection:
+    files: list[Path] = field(default_factory=list)  # files written (absolute paths under workdir)
+    argv: list[str] = field(default_factory=list)  # extra command-line arguments, one element each
+    env: dict[str, str] = field(default_factory=dict)  # extra environment variables
+    diff: str = ""  # unified diff text of what changed, for the trial record
+
+
+class Injector:
+    """One trainer's way of taking parameters. Register instances in `orchestrator.injection.registry`."""
+
+    name: ClassVar[str]
+
+    def prepare(self, params: dict[str, Any], workdir: Path, options: dict[str, Any] | None = None) -> Injection:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------------------
+# value checks shared by the injectors
+
+_SAFE_TEXT = re.compile(r"^[^\x00-\x1f\x7f]*$")
+
+
+def check_scalar(name: str, value: Any) -> bool | int | float | str:
+    """A parameter value must be a finite number, a bool, or a single-line string without control characters."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InjectionError(f"parameter {name!r}: {value!r} is not a finite number")
+        return value
+    if isinstance(value, str):
+        if not _SAFE_TEXT.match(value):
+            raise InjectionError(
+                f"parameter {name!r}: string values may not contain newlines or control characters ({value!r})"
+            )
+        return value
+    try:  # numpy scalars and friends (what Optuna samples can be)
+        import numbers
+
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real):
+            return check_scalar(name, float(value))
+    except Exception:  # pragma: no cover - defensive
+        pass
+    raise InjectionError(
+        f"parameter {name!r}: unsupported value {value!r} of type {type(value).__name__}; "
+        "use a number, a bool or a string"
+    )
+
+
+def format_number(value: int | float) -> str:
+    """Shortest text that reads back to the same number (`repr` of a float round-trips)."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return repr(value) if isinstance(value, float) else str(int(value))
+
+
+def env_diff(before: dict[str, str], after: dict[str, str], label: str) -> str:
+    import difflib
+
+    old = [f"{k}={v}\n" for k, v in sorted(before.items())]
+    new = [f"{k}={v}\n" for k, v in sorted(after.items())]
+    return "".join(difflib.unified_diff(old, new, f"a/{label}", f"b/{label}"))

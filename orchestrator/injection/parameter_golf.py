@@ -1,0 +1,54 @@
+"""parameter-golf: parameters become environment variables (its train_gpt.py reads `os.environ.get("NAME", ...)`).
+
+Parameter names map to variable names by upper-casing (`matrix_lr` -> `MATRIX_LR`); names already upper-case are
+kept. Values: bools become `1`/`0`, numbers their shortest round-tripping text, strings must be one line without
+control characters. With `options.script` (the train_gpt.py of the run), every name is checked against the
+variables the script actually reads, so a typo is an error instead of a silently ignored setting.
+
+Options: `script` (optional path, enables the name check), `extra_allowed` (names to accept anyway).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+from ._script_scan import env_var_names
+from .base import Injection, InjectionError, Injector, check_scalar, env_diff, format_number
+
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ParameterGolfInjector(Injector):
+    name = "parameter-golf"
+
+    def prepare(self, params: dict[str, Any], workdir: Path, options: dict[str, Any] | None = None) -> Injection:
+        options = dict(options or {})
+        known: set[str] | None = None
+        if options.get("script"):
+            known = env_var_names(Path(options["script"])) | set(options.get("extra_allowed") or ())
+        env: dict[str, str] = {}
+        for param, value in params.items():
+            if not isinstance(param, str) or not _PARAM_NAME.match(param):
+                raise InjectionError(
+                    f"parameter {param!r}: an environment variable name must be letters, digits and underscores"
+                )
+            var = param if param.isupper() else param.upper()
+            if not _ENV_NAME.match(var):  # pragma: no cover - implied by _PARAM_NAME
+                raise InjectionError(f"parameter {param!r}: {var!r} is not a valid environment variable name")
+            if known is not None and var not in known:
+                close = difflib.get_close_matches(var, sorted(known), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise InjectionError(
+                    f"parameter {param!r}: the script {options['script']} never reads ${var}{hint} "
+                    "(add it to options.extra_allowed if it is read indirectly)"
+                )
+            value = check_scalar(param, value)
+            text = value if isinstance(value, str) else format_number(value)
+            if var in env and env[var] != text:
+                raise InjectionError(f"parameters set ${var} twice with different values")
+            env[var] = text
+        return Injection(files=[], argv=[], env=env, diff=env_diff({}, env, "environment"))

@@ -1,0 +1,119 @@
+"""From a trial's parameter values to a job: derived values, argv and env, validated, never a shell line.
+
+`JobSpec` is what every launcher runs. Values reach the job as separate argv elements or env vars,
+formatted from validated numbers/choices; nothing is ever interpolated into a shell command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config.expressions import ExpressionError, evaluate, parse_expression
+from .config.study import StudySpec, template_fields
+
+
+class InvalidParams(ValueError):
+    """The sampled or enqueued values cannot make a valid job (out of range, derived bound broken)."""
+
+
+@dataclass
+class JobSpec:
+    study: str
+    trial: int
+    argv: list[str]
+    env: dict[str, str]  # set for the job; stored on the trial
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)  # set for the job, never stored
+    gpus: int = 0
+    timeout_s: float = 3600.0
+    image: str | None = None
+    log_format: str = "orch"
+
+    def stored_env(self) -> dict[str, str]:
+        return dict(self.env) | {name: "***" for name in self.secret_env}
+
+
+def format_value(value: Any, spec: str = "") -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if spec:
+        return format(value, spec)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidParams(f"value {value} is not finite")
+        return format(value, ".10g")
+    return str(value)
+
+
+def variant_key(params: dict[str, Any]) -> str:
+    """A stable short key for a parameter set: repeats of one variant share it."""
+    canonical = json.dumps({k: (round(v, 10) if isinstance(v, float) else v) for k, v in sorted(params.items())},
+                           sort_keys=True)
+    return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+
+
+def resolve_values(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
+    """Check sampled values against their parameters and add the derived ones, in order."""
+    values: dict[str, Any] = {}
+    for name, param in spec.parameters.items():
+        if name not in params:
+            raise InvalidParams(f"parameter {name!r} has no value")
+        value = params[name]
+        if not param.contains(value):
+            raise InvalidParams(f"parameter {name}={value!r} is outside its range")
+        values[name] = int(value) if param.type == "int" else value
+    for name, derived in spec.derived.items():
+        try:
+            value = float(evaluate(parse_expression(derived.expr), values))
+        except ExpressionError as exc:
+            raise InvalidParams(f"derived {name} = {derived.expr}: {exc}") from None
+        if not math.isfinite(value):
+            raise InvalidParams(f"derived {name} = {derived.expr} is not finite")
+        if derived.min is not None and value < derived.min - 1e-12:
+            raise InvalidParams(f"derived {name} = {value:.6g} is below its min {derived.min:g}")
+        if derived.max is not None and value > derived.max + 1e-12:
+            raise InvalidParams(f"derived {name} = {value:.6g} is above its max {derived.max:g}")
+        values[name] = round(value, 12)
+    return values
+
+
+def _render(template: str, names: dict[str, Any]) -> str:
+    out = template
+    for name, fmt in template_fields(template):
+        out = out.replace("{" + name + (":" + fmt if fmt else "") + "}", format_value(names[name], fmt))
+    return out
+
+
+def build_job(spec: StudySpec, study: str, trial: int, repeat: int, values: dict[str, Any],
+              python: str | None = None, environ: dict[str, str] | None = None) -> JobSpec:
+    """The job for one trial. `{python}` in the command is the interpreter that runs jobs."""
+    environ = os.environ if environ is None else environ
+    names = {**values, "trial": trial, "repeat": repeat, "seed": trial, "study": study}
+    argv = [python or sys.executable if part == "{python}" else part for part in spec.trainer.command]
+    env = dict(spec.trainer.env)
+    params_and_derived = {**{n: (p.flag, p.env, p.format) for n, p in spec.parameters.items()},
+                          **{n: (d.flag, d.env, d.format) for n, d in spec.derived.items()}}
+    for name, (flag, env_name, fmt) in params_and_derived.items():
+        text = format_value(values[name], fmt or "")
+        if flag:
+            argv += [flag, text]
+        if env_name:
+            env[env_name] = text
+    for flag, template in spec.arguments.flags.items():
+        argv += [flag, _render(template, names)]
+    for env_name, template in spec.arguments.env.items():
+        env[env_name] = _render(template, names)
+    for part in argv:
+        if "\x00" in part:
+            raise InvalidParams("an argument contains a NUL byte")
+    secrets = {}
+    for name in spec.trainer.secret_env:
+        if name in environ:
+            secrets[name] = environ[name]
+    return JobSpec(study=study, trial=trial, argv=argv, env=env, secret_env=secrets, gpus=spec.resources.gpus,
+                   timeout_s=spec.timeout_s, image=spec.trainer.image, log_format=spec.trainer.log_format)

@@ -1,0 +1,135 @@
+"""Local launcher: one subprocess per trial on this machine, in its own working directory and process group.
+
+- Pinned to its GPUs through CUDA_VISIBLE_DEVICES, or to its CPU slot's cores (affinity + OMP threads).
+- stdout and stderr go, merged, to `train.log` in the trial's directory and, line by line, to the
+  controller's queue (metric points reach the database while the run goes).
+- The job's process group is killed on cancel or timeout; PR_SET_PDEATHSIG makes the job receive SIGTERM
+  if the controller dies, even by SIGKILL (the trainer, or torchrun, then ends its own workers).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from ..config.fleet import Machine
+from ..gpu import local_gpus
+from ..jobs import JobSpec
+from .base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot
+
+KILL_GRACE_S = 5.0
+_PR_SET_PDEATHSIG = 1
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - non-Linux
+    _libc = None
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (clock ticks since boot): with the pid it names one process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def process_alive(pid: int | None, start: str | None) -> bool:
+    return pid is not None and start is not None and process_start_time(pid) == start
+
+
+def kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class LocalJob(JobHandle):
+    def __init__(self, key: int, proc: subprocess.Popen, workdir: Path, log_path: Path, command: list[str]) -> None:
+        self.key, self.proc, self.workdir, self.log_path, self.command = key, proc, workdir, log_path, command
+        self.pid = proc.pid
+        self.pid_start = process_start_time(proc.pid)
+        self._cancelled = threading.Event()
+
+    def cancel(self, reason: str) -> None:
+        if self._cancelled.is_set():
+            return
+        self._cancelled.set()
+        kill_group(self.pid, signal.SIGTERM)
+
+        def _escalate() -> None:
+            deadline = time.monotonic() + KILL_GRACE_S
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+            kill_group(self.pid, signal.SIGKILL)  # also reaps children that outlived the leader
+
+        threading.Thread(target=_escalate, daemon=True, name=f"kill-{self.key}").start()
+
+
+def _pump(job: LocalJob, log_file, events: "queue.Queue[Event]") -> None:
+    stream = job.proc.stdout
+    try:
+        for raw in iter(stream.readline, b""):
+            log_file.write(raw)
+            log_file.flush()
+            events.put(LineEvent(job.key, raw.decode("utf-8", errors="replace")))
+    finally:
+        log_file.close()
+        returncode = job.proc.wait()
+        events.put(ExitEvent(job.key, returncode))
+
+
+class LocalLauncher(Launcher):
+    name = "local"
+
+    def probe(self, machine: Machine) -> MachineInfo:
+        gpus = local_gpus()
+        if isinstance(machine.gpus, int):
+            gpus = gpus[: machine.gpus] if gpus else []
+            count = machine.gpus if not gpus else len(gpus)
+        else:
+            count = len(gpus) if machine.gpus == "auto" else 0
+        return MachineInfo(reachable=True, gpu_count=count, gpu_type=gpus[0]["name"] if gpus else machine.gpu_type,
+                           driver_version=gpus[0]["driver_version"] if gpus else None, gpus=gpus)
+
+    def start(self, job: JobSpec, machine: Machine, slot: Slot, workdir: Path,
+              events: "queue.Queue[Event]") -> LocalJob:
+        workdir.mkdir(parents=True, exist_ok=True)
+        log_path = workdir / "train.log"
+        env = {**os.environ, **machine.env, **job.env, **job.secret_env}
+        if slot.gpu_ids:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, slot.gpu_ids))
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+            env.setdefault("OMP_NUM_THREADS", str(max(1, len(slot.cpu_ids))))
+        env["PYTHONUNBUFFERED"] = "1"
+        cpu_ids = set(slot.cpu_ids) & os.sched_getaffinity(0) if slot.cpu_ids else set()
+
+        def _child_setup() -> None:  # runs in the child between fork and exec: keep it minimal
+            if _libc is not None:
+                _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if cpu_ids:
+                os.sched_setaffinity(0, cpu_ids)
+
+        log_file = open(log_path, "ab")
+        try:
+            proc = subprocess.Popen(job.argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_child_setup)
+        except OSError as exc:
+            log_file.write(f"orch: cannot start {job.argv[0]!r}: {exc}\n".encode())
+            log_file.close()
+            raise
+        handle = LocalJob(job.trial, proc, workdir, log_path, list(job.argv))
+        threading.Thread(target=_pump, args=(handle, log_file, events), daemon=True, name=f"log-{job.trial}").start()
+        return handle

@@ -1,0 +1,159 @@
+"""Reconcile a study after its controller died: run at the start of every `orch study run`.
+
+| found | meaning | action |
+| --- | --- | --- |
+| Optuna trial RUNNING, no row of ours | asked, never dispatched | row `lost`, Optuna FAIL, retry queued |
+| row `pending` | never started | `lost`, Optuna FAIL, retry queued |
+| row `running` | its job died with the controller (PR_SET_PDEATHSIG) | if the log has a final line, the outcome is recorded from it; else `lost` and a retry is queued |
+| row finished, Optuna RUNNING | died between our commit and Optuna's tell | tell Optuna now |
+| row `lost` with no retry | died between marking and queueing | queue the retry |
+
+A retry is a new trial with the same parameters whose row says `retry_of` and `attempt`: nothing runs
+twice without being recorded as a retry.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+from sqlalchemy import select
+
+from db import Database, EventRow, MetricPointRow, TrialRow
+
+from .config.study import StudySpec
+from .jobs import variant_key
+from .launchers.local import kill_group, process_alive
+from .outcomes import decide, tell
+from .parsers import LogAdapter
+from .studies import OpenStudy
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def enqueue_retry(study: optuna.Study, row: TrialRow, max_retries: int, spec: StudySpec | None = None) -> bool:
+    """Queue a re-run of `row` unless one exists or its retries are spent. True when one was queued."""
+    if row.attempt > max_retries:
+        return False
+    for frozen in study.get_trials(deepcopy=False):
+        if frozen.user_attrs.get("retry_of") == row.number:
+            return False
+    params = dict(row.params)
+    if spec is not None:
+        params = {k: v for k, v in params.items() if k in spec.parameters}
+    else:
+        sampled = study._storage.get_trial(row.optuna_trial_id).params if row.optuna_trial_id is not None else {}
+        params = {k: v for k, v in params.items() if k in sampled} or params
+    study.enqueue_trial(params, user_attrs={"retry_of": row.number, "attempt": row.attempt + 1,
+                                            "repeat_index": row.repeat_index}, skip_if_exists=False)
+    return True
+
+
+def _same_host(controller: str | None) -> bool:
+    return bool(controller) and controller.split(":", 1)[0] == socket.gethostname()
+
+
+def _parse_log(adapter: LogAdapter, path: str | None):
+    if not path or not Path(path).is_file():
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return adapter.parse_lines(f)
+
+
+def recover(db: Database, opened: OpenStudy, spec: StudySpec, adapter: LogAdapter,
+            report: Callable[[str], None] = lambda m: None) -> int:
+    """Reconcile; returns how many trials were touched."""
+    study, sid = opened.optuna, opened.row.id
+    frozen_by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    touched = 0
+    with db.session() as s:
+        rows = {r.number: r for r in s.scalars(select(TrialRow).where(TrialRow.study_id == sid))}
+    for number, frozen in sorted(frozen_by_number.items()):
+        if number in rows or frozen.state != TrialState.RUNNING:
+            continue
+        with db.session() as s:
+            row = TrialRow(study_id=sid, number=number, optuna_trial_id=frozen._trial_id, round=0,
+                           variant=variant_key(frozen.params), params=dict(frozen.params), state="lost",
+                           exit_reason="never_started", retry_of=frozen.user_attrs.get("retry_of"),
+                           attempt=int(frozen.user_attrs.get("attempt", 1)),
+                           repeat_index=int(frozen.user_attrs.get("repeat_index", 0)),
+                           note="asked by a controller that died before dispatching it", ended_at=_now())
+            s.add(row)
+            s.add(EventRow(study_id=sid, trial_number=number, kind="trial.state", new="lost", message=row.note))
+        rows[number] = row
+        tell(study, frozen._trial_id, number, "failed", None, {})
+        enqueue_retry(study, row, spec.retries, spec)
+        report(f"recovery: trial {number} was asked but never started; re-queued")
+        touched += 1
+    for number, row in sorted(rows.items()):
+        frozen = frozen_by_number.get(number)
+        if row.state in ("pending", "running"):
+            touched += 1
+            _recover_unfinished(db, study, spec, adapter, row, report)
+        elif frozen is not None and frozen.state == TrialState.RUNNING:
+            touched += 1
+            tell(study, row.optuna_trial_id, number, row.state, row.value,
+                 _constraints_of(spec, row) if row.state == "complete" else {})
+            report(f"recovery: told Optuna the recorded outcome of trial {number}")
+        if row.state == "lost":
+            if enqueue_retry(study, row, spec.retries, spec):
+                touched += 1
+                report(f"recovery: re-queued lost trial {number}")
+    return touched
+
+
+def _constraints_of(spec: StudySpec, row: TrialRow) -> dict[str, float]:
+    metrics = row.metrics or {}
+    return {c.metric: c.violation(metrics[c.metric]) if c.metric in metrics else float("inf")
+            for c in spec.objective.constraints}
+
+
+def _recover_unfinished(db: Database, study: optuna.Study, spec: StudySpec, adapter: LogAdapter, row: TrialRow,
+                        report: Callable[[str], None]) -> None:
+    if row.state == "running" and _same_host(row.controller) and process_alive(row.pid, row.pid_start):
+        kill_group(row.pid, signal.SIGKILL)  # an orphan: its controller is gone, its result cannot be trusted live
+    parsed = _parse_log(adapter, row.log_path) if row.state == "running" else None
+    outcome = decide(spec, parsed, None) if parsed is not None and parsed.complete else None
+    with db.session() as s:
+        live = s.get(TrialRow, row.id)
+        old = live.state
+        if outcome is not None:
+            live.state, live.exit_reason, live.value, live.feasible = outcome.state, outcome.exit_reason, outcome.value, outcome.feasible
+            live.metrics, live.versions = outcome.metrics or None, parsed.versions or live.versions
+            live.note = "outcome recovered from the log after a controller restart"
+            _store_missing_points(s, live.id, parsed.points)
+        else:
+            live.state, live.exit_reason = "lost", "controller_died" if old == "running" else "never_started"
+            live.note = ("the job ended with its controller before finishing" if old == "running"
+                         else "recorded but never started: the controller died first")
+        live.ended_at = _now()
+        s.add(EventRow(study_id=live.study_id, trial_number=live.number, machine=live.machine, kind="trial.state",
+                       old=old, new=live.state, message=live.note))
+        state, value, trial_id, number = live.state, live.value, live.optuna_trial_id, live.number
+    if outcome is not None:
+        tell(study, trial_id, number, state, value, outcome.constraints)
+        report(f"recovery: trial {number} had finished; outcome taken from its log")
+    else:
+        tell(study, trial_id, number, "failed", None, {})
+        with db.session() as s:
+            live = s.get(TrialRow, row.id)
+        queued = enqueue_retry(study, live, spec.retries, spec)
+        report(f"recovery: trial {number} was lost ({old}); " + ("re-queued" if queued else "retries spent"))
+
+
+def _store_missing_points(s, trial_id: int, points) -> None:
+    have = set(s.execute(select(MetricPointRow.kind, MetricPointRow.step).where(MetricPointRow.trial_id == trial_id)).all())
+    for p in points:
+        if (p.kind, p.step) in have:
+            continue
+        have.add((p.kind, p.step))
+        s.add(MetricPointRow(trial_id=trial_id, kind=p.kind, step=p.step, total_steps=p.total_steps, val_loss=p.val_loss,
+                             train_loss=p.train_loss, train_time_ms=p.train_time_ms, step_avg_ms=p.step_avg_ms,
+                             extra=p.extra or None))

@@ -1,0 +1,263 @@
+"""Competition rule checks, as pure functions over run results (numbers in, a verdict dataclass out).
+
+- modded-nanogpt: a record must show, at p < 0.01, that the mean final val_loss of its runs is below 3.28
+  (one-sided one-sample Student t-test of the runs' val_loss against 3.28).
+- parameter-golf: artifact (code + compressed model) <= 16,000,000 bytes (decimal), training <= 600 s, and a
+  record must beat the current best by >= 0.005 nats (with several runs: at p < 0.01, the same t-test against
+  `best - 0.005`).
+- nanochat: CORE metric > 0.256525 (GPT-2 1.6B's CORE score).
+
+The Student-t CDF comes from scipy.stats when scipy is importable, otherwise from the regularized incomplete beta
+function computed here (Lentz's continued fraction; agrees with scipy to ~1e-12); `t_method` in the results says
+which one was used. Every result has `passed`, the numbers, and a one-line `explanation`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+MODDED_NANOGPT_TARGET = 3.28
+MODDED_NANOGPT_ALPHA = 0.01
+PARAMETER_GOLF_MAX_ARTIFACT_BYTES = 16_000_000
+PARAMETER_GOLF_MAX_TRAIN_TIME_S = 600.0
+PARAMETER_GOLF_MIN_IMPROVEMENT = 0.005
+PARAMETER_GOLF_ALPHA = 0.01
+NANOCHAT_CORE_THRESHOLD = 0.256525
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Student t distribution
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return h
+
+
+def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f"x must be in [0, 1], got {x}")
+    if x in (0.0, 1.0):
+        return x
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def _student_t_cdf_builtin(t: float, df: float) -> float:
+    if math.isinf(t):
+        return 1.0 if t > 0 else 0.0
+    x = df / (df + t * t)
+    tail = 0.5 * regularized_incomplete_beta(df / 2.0, 0.5, x)  # P(T > |t|)
+    return tail if t < 0 else 1.0 - tail
+
+
+try:  # scipy is a dev extra, not a dependency
+    from scipy.stats import t as _scipy_t  # type: ignore
+
+    T_METHOD = "scipy"
+except Exception:  # pragma: no cover - depends on the environment
+    _scipy_t = None
+    T_METHOD = "builtin"
+
+
+def student_t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with `df` degrees of freedom (scipy when available, else the builtin)."""
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be > 0, got {df}")
+    if _scipy_t is not None:
+        return float(_scipy_t.cdf(t, df))
+    return _student_t_cdf_builtin(t, df)
+
+
+@dataclass(frozen=True)
+class TTest:
+    n: int
+    mean: float
+    std: float  # sample standard deviation (ddof=1)
+    t_stat: float
+    p_value: float  # one-sided: P(mean >= threshold) evidence; small means "mean is below threshold"
+
+
+def one_sided_t_test_below(values: Sequence[float], threshold: float) -> TTest:
+    """One-sample t-test of H1: mean(values) < threshold. Needs at least 2 values."""
+    xs = [float(v) for v in values]
+    n = len(xs)
+    if n < 2:
+        raise ValueError("a t-test needs at least 2 runs")
+    if any(not math.isfinite(v) for v in xs):
+        raise ValueError("values must be finite numbers (a diverged run has no val_loss)")
+    mean = sum(xs) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in xs) / (n - 1))
+    if std == 0.0:
+        t_stat = -math.inf if mean < threshold else (math.inf if mean > threshold else 0.0)
+        p = 0.0 if mean < threshold else (1.0 if mean > threshold else 0.5)
+        return TTest(n, mean, std, t_stat, p)
+    t_stat = (mean - threshold) / (std / math.sqrt(n))
+    return TTest(n, mean, std, t_stat, student_t_cdf(t_stat, n - 1))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# modded-nanogpt
+
+
+@dataclass(frozen=True)
+class ModdedNanoGPTRecordCheck:
+    passed: bool
+    n: int
+    mean: float | None
+    std: float | None
+    t_stat: float | None
+    p_value: float | None
+    target: float
+    alpha: float
+    t_method: str
+    explanation: str
+
+
+def check_modded_nanogpt(
+    val_losses: Sequence[float], target: float = MODDED_NANOGPT_TARGET, alpha: float = MODDED_NANOGPT_ALPHA
+) -> ModdedNanoGPTRecordCheck:
+    """The record rule: p < alpha (0.01) that the mean final val_loss is below target (3.28), one-sided t-test."""
+    losses = [float(v) for v in val_losses]
+    if len(losses) < 2:
+        mean = losses[0] if losses else None
+        return ModdedNanoGPTRecordCheck(
+            False, len(losses), mean, None, None, None, target, alpha, T_METHOD,
+            f"need at least 2 runs for the t-test, have {len(losses)}",
+        )
+    test = one_sided_t_test_below(losses, target)
+    passed = test.p_value < alpha
+    verdict = "passes" if passed else "fails"
+    explanation = (
+        f"{verdict}: mean val_loss {test.mean:.4f} (std {test.std:.4f}, n={test.n}) vs {target}: "
+        f"t={test.t_stat:.3f}, one-sided p={test.p_value:.2g} {'<' if passed else '>='} {alpha}"
+    )
+    return ModdedNanoGPTRecordCheck(
+        passed, test.n, test.mean, test.std, test.t_stat, test.p_value, target, alpha, T_METHOD, explanation
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# parameter-golf
+
+
+@dataclass(frozen=True)
+class ParameterGolfCheck:
+    passed: bool
+    artifact_bytes: int | None
+    max_artifact_bytes: int
+    train_time_s: float | None
+    max_train_time_s: float
+    score: float | None  # mean of the runs' scores (val_loss in nats by default)
+    best_score: float | None
+    improvement: float | None  # best_score - score (positive = better)
+    min_improvement: float
+    p_value: float | None  # with >= 2 runs: P-value that mean < best - min_improvement
+    n: int
+    checks: dict[str, bool] = field(default_factory=dict)
+    explanation: str = ""
+
+
+def check_parameter_golf(
+    artifact_bytes: int | None,
+    train_time_s: float | None,
+    scores: float | Sequence[float] | None = None,
+    best_score: float | None = None,
+    *,
+    min_improvement: float = PARAMETER_GOLF_MIN_IMPROVEMENT,
+    max_artifact_bytes: int = PARAMETER_GOLF_MAX_ARTIFACT_BYTES,
+    max_train_time_s: float = PARAMETER_GOLF_MAX_TRAIN_TIME_S,
+    alpha: float = PARAMETER_GOLF_ALPHA,
+) -> ParameterGolfCheck:
+    """Artifact <= 16,000,000 bytes, training <= 600 s and, when `best_score` is given, an improvement of at least
+    0.005 nats over it (lower is better; pass val_loss values, in nats). With 2+ scores the improvement must also
+    be significant: one-sided t-test that the mean is below best - 0.005 at p < alpha."""
+    checks: dict[str, bool] = {}
+    reasons: list[str] = []
+    checks["artifact_size"] = artifact_bytes is not None and artifact_bytes <= max_artifact_bytes
+    if artifact_bytes is None:
+        reasons.append("artifact size unknown")
+    elif not checks["artifact_size"]:
+        reasons.append(f"artifact {artifact_bytes:,} B > {max_artifact_bytes:,} B")
+    checks["train_time"] = train_time_s is not None and train_time_s <= max_train_time_s
+    if train_time_s is None:
+        reasons.append("training time unknown")
+    elif not checks["train_time"]:
+        reasons.append(f"training {train_time_s:.1f} s > {max_train_time_s:g} s")
+
+    values = [] if scores is None else ([float(scores)] if isinstance(scores, (int, float)) else [float(s) for s in scores])
+    score = sum(values) / len(values) if values else None
+    improvement = p_value = None
+    if best_score is not None:
+        if score is None:
+            checks["improvement"] = False
+            reasons.append("no score to compare with the best")
+        else:
+            improvement = best_score - score
+            checks["improvement"] = improvement >= min_improvement - 1e-12
+            if not checks["improvement"]:
+                reasons.append(f"improvement {improvement:.4f} < {min_improvement}")
+            if len(values) >= 2:
+                p_value = one_sided_t_test_below(values, best_score - min_improvement).p_value
+                checks["significance"] = p_value < alpha
+                if not checks["significance"]:
+                    reasons.append(f"improvement not significant (p={p_value:.2g} >= {alpha})")
+    passed = all(checks.values())
+    sizes = f"artifact {artifact_bytes:,} B" if artifact_bytes is not None else "artifact ?"
+    time_text = f"train {train_time_s:.1f} s" if train_time_s is not None else "train ?"
+    gain = f", improvement {improvement:.4f}" if improvement is not None else ""
+    explanation = (f"passes: {sizes}, {time_text}{gain}" if passed else "fails: " + "; ".join(reasons))
+    return ParameterGolfCheck(
+        passed, artifact_bytes, max_artifact_bytes, train_time_s, max_train_time_s, score, best_score, improvement,
+        min_improvement, p_value, len(values), checks, explanation,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# nanochat
+
+
+@dataclass(frozen=True)
+class NanochatCheck:
+    passed: bool
+    core_metric: float | None
+    threshold: float
+    margin: float | None
+    explanation: str
+
+
+def check_nanochat(core_metric: float | None, threshold: float = NANOCHAT_CORE_THRESHOLD) -> NanochatCheck:
+    """The time-to-GPT-2 target: CORE strictly greater than 0.256525."""
+    if core_metric is None or not math.isfinite(core_metric):
+        return NanochatCheck(False, core_metric, threshold, None, "fails: no CORE metric in the run's results")
+    margin = core_metric - threshold
+    passed = core_metric > threshold
+    explanation = f"{'passes' if passed else 'fails'}: CORE {core_metric:.4f} {'>' if passed else '<='} {threshold}"
+    return NanochatCheck(passed, core_metric, threshold, margin, explanation)

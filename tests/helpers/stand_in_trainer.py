@@ -1,0 +1,76 @@
+"""A stand-in trainer for controller tests: a real process that prints the project's metric lines
+(docs/contracts.md) with an outcome computed from its parameters, fast and deterministic.
+
+The real trainer is exercised by tests/trainer and by the demo test; this one lets controller tests
+run dozens of trials in seconds and inject failures on purpose (crash, divergence, hang).
+
+Model: time = sum over stages of steps x per-stage cost (stage 1 cheapest); loss falls with the share
+of the expensive stages, plus seeded noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stage-durations", default=os.environ.get("TRAINER_STAGE_DURATIONS", "0.34,0.33,0.33"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--val-every", type=int, default=25)
+    ap.add_argument("--wall-s", type=float, default=0.0, help="real seconds the run takes (spread over the steps)")
+    ap.add_argument("--noise", type=float, default=0.002)
+    ap.add_argument("--crash-at", type=int, default=-1, help="exit 1 without a final line at this step")
+    ap.add_argument("--diverge-at", type=int, default=-1)
+    ap.add_argument("--hang", action="store_true", help="never finish (for timeout and kill tests)")
+    ap.add_argument("--marker", default="", help="append a line to this file at start (counts real starts)")
+    args = ap.parse_args()
+    fractions = [float(x) for x in args.stage_durations.split(",")]
+    if abs(sum(fractions) - 1) > 1e-6 or any(f < 0 for f in fractions):
+        print(f"trainer: error: stage durations {fractions} must be >= 0 and sum to 1 (fix the study)", file=sys.stderr)
+        return 2
+    if args.marker:
+        with open(args.marker, "a") as f:
+            f.write(f"{os.getpid()} {args.stage_durations} {args.seed}\n")
+    rng = random.Random(args.seed)
+    costs = [21.0, 38.0, 55.0]
+    step_ms = [costs[min(i, 2)] for i, f in enumerate(fractions) for _ in range(round(f * args.steps))]
+    step_ms = (step_ms + [costs[-1]] * args.steps)[: args.steps]
+    final_loss = 3.20 + 0.25 * fractions[0] ** 2 + rng.gauss(0.0, args.noise)
+    emit = lambda obj: print("@@metrics " + json.dumps(obj), flush=True)  # noqa: E731
+    emit({"event": "start", "versions": {"python": sys.version.split()[0]}, "world_size": 1, "gpu_name": None})
+    elapsed = 0.0
+    for step in range(1, args.steps + 1):
+        if args.wall_s:
+            time.sleep(args.wall_s / args.steps)
+        while args.hang:
+            time.sleep(0.05)
+        elapsed += step_ms[step - 1]
+        if step == args.crash_at:
+            print("Traceback (most recent call last):\nRuntimeError: simulated crash", flush=True)
+            return 1
+        if step == args.diverge_at:
+            emit({"event": "final", "step": step, "total_steps": args.steps, "val_loss": None,
+                  "train_time_ms": elapsed, "exit_reason": "diverged"})
+            return 3
+        if step % args.val_every == 0 or step == args.steps:
+            loss = final_loss + 2.0 * (1 - step / args.steps)
+            print(f"step:{step}/{args.steps} val_loss:{loss:.4f} train_time:{elapsed:.0f}ms "
+                  f"step_avg:{elapsed / step:.2f}ms", flush=True)
+            emit({"event": "val", "step": step, "total_steps": args.steps, "val_loss": round(loss, 4),
+                  "train_time_ms": round(elapsed), "step_avg_ms": round(elapsed / step, 2)})
+    emit({"event": "final", "step": args.steps, "total_steps": args.steps, "val_loss": round(final_loss, 4),
+          "train_time_ms": round(elapsed), "step_avg_ms": round(elapsed / args.steps, 2), "tokens": 1000 * args.steps,
+          "peak_memory_mib": 10, "exit_reason": "completed", "world_size": 1, "gpu_name": None,
+          "versions": {"python": sys.version.split()[0]}})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Fleet and study files: valid ones load; each kind of bad input names the file, the line, the field and a fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.config import ConfigError, OrchError, load_fleet
+from orchestrator.config.fleet import parse_fleet
+from orchestrator.config.yaml_source import load_yaml_text
+from orchestrator.studies import validate_study_file
+
+GOOD_FLEET = """\
+defaults:
+  launcher: ssh
+  user: speedrun
+  known_hosts: ~/.ssh/known_hosts
+  container: {runtime: docker, image: "nanogpt:1", env: {A: "1"}}
+  labels: {site: west}
+machines:
+  - name: b200-0
+    host: 10.0.0.10
+    gpus: 8
+    gpu_type: B200
+    container: {env: {B: "2"}}
+  - name: b200-1
+    host: 10.0.0.11
+    gpus: 8
+    labels: {rack: r2}
+"""
+
+
+def _fleet(text: str):
+    return parse_fleet(load_yaml_text(text, "fleet.yaml"))
+
+
+def test_defaults_are_inherited_and_merged():
+    fleet = _fleet(GOOD_FLEET)
+    first, second = fleet.machines
+    assert first.launcher == "ssh" and first.user == "speedrun" and first.port == 22
+    assert first.container.runtime == "docker" and first.container.image == "nanogpt:1"
+    assert first.container.env == {"A": "1", "B": "2"}
+    assert second.labels == {"site": "west", "rack": "r2"}
+
+
+def test_embedded_default_is_this_machine_only():
+    fleet = load_fleet(None)
+    assert [m.name for m in fleet.machines] == ["local"]
+    assert fleet.machines[0].launcher == "local" and fleet.machines[0].gpus == "auto"
+    assert fleet.machines[0].resolved_cpu_slots() >= 1
+
+
+@pytest.mark.parametrize("text, line, field, words", [
+    ("machines:\n  - name: a\n    lancher: local\n", 3, "machines[0].lancher", "unknown field"),
+    ("machines:\n  - host: x\n", 2, "machines[0]", "no name"),
+    ("machines:\n  - name: a\n  - name: b\n  - name: a\n", 4, "machines[2].name", "duplicate machine name"),
+    ("machines:\n  - name: a\n    gpus: eight\n", 3, "machines[0].gpus", "positive integer"),
+    ("machines:\n  - name: a\n    gpus: 0\n", 3, "machines[0].gpus", "positive integer"),
+    ("machines:\n  - name: a\n    gpus: -8\n", 3, "machines[0].gpus", "positive integer"),
+    ("machines:\n  - name: a\n    launcher: slurm\n", 3, "machines[0].launcher", "'local', 'ssh' or 'ray'"),
+    ("machines:\n  - name: a\n    container: {runtime: lxc, image: x}\n", 3, "machines[0].container.runtime", "docker"),
+    ("machines:\n  - name: a\n    container: {runtime: podman}\n", 3, "machines[0].container", "needs an image"),
+    ("machines:\n  - name: a\n    launcher: ssh\n", 2, "machines[0]", "known_hosts"),
+    ("machines:\n  - name: a\n    port: 70000\n", 3, "machines[0].port", "65535"),
+    ("machines: []\n", 1, "machines", "non-empty"),
+    ("defaults:\n  gpus: many\nmachines:\n  - name: a\n", 2, "defaults.gpus", "positive integer"),
+    ("machine:\n  - name: a\n", 1, "machine", "unknown field"),
+    ("machines:\n  - name: a\n    name: b\n", 3, None, "duplicate key"),
+    ("machines:\n  - name: a\n   gpus: 8\n", 3, None, "not valid YAML"),
+])
+def test_bad_fleet_names_line_field_and_fix(text, line, field, words):
+    with pytest.raises(ConfigError) as info:
+        _fleet(text)
+    error = info.value
+    assert error.file == "fleet.yaml"
+    assert error.line == line
+    if field:
+        assert error.field == field
+    assert words in str(error)
+    assert error.fix, f"no fix in: {error}"
+
+
+GOOD_STUDY = """\
+trainer:
+  command: ["{python}", "-m", "trainer"]
+parameters:
+  stage1: {type: float, low: 0.2, high: 0.6, step: 0.02}
+  stage2: {type: float, low: 0.1, high: 0.34, step: 0.02}
+derived:
+  stage3: {expr: "1 - stage1 - stage2", min: 0.05}
+arguments:
+  flags: {--stage-durations: "{stage1:.4f},{stage2:.4f},{stage3:.4f}"}
+objective:
+  minimize: train_time_s
+  subject_to: ["val_loss <= 3.28"]
+budget: {max_trials: 6}
+"""
+
+
+def _study(tmp_path, text):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return validate_study_file(path)
+
+
+def test_good_study(tmp_path):
+    spec, _ = _study(tmp_path, GOOD_STUDY)
+    assert spec.objective.metric == "train_time_s"
+    assert [str(c) for c in spec.objective.constraints] == ["val_loss <= 3.28"]
+    assert spec.all_names() == ["stage1", "stage2", "stage3"]
+
+
+@pytest.mark.parametrize("old, new, field, words", [
+    ("budget: {max_trials: 6}", "budget: {max_trials: 6, paralel: 2}", "budget.paralel", "unknown field"),
+    ("low: 0.2, high: 0.6", "low: 0.6, high: 0.2", "parameters.stage1", "range is empty"),
+    ("low: 0.2, high: 0.6", "low: 0.2, high: 0.61", "parameters.stage1", "whole number of steps"),
+    ('"1 - stage1 - stage2"', '"1 - stage1 - stage4"', "derived.stage3.expr", "unknown name 'stage4'"),
+    ('"1 - stage1 - stage2"', '"__import__(\'os\')"', "derived.stage3.expr", "only the functions"),
+    ("minimize: train_time_s", "minimize: wall_clock", "objective.minimize", "never printed"),
+    ('"val_loss <= 3.28"', '"val_bpb <= 1.2"', "objective.subject_to", "never printed"),
+    ('"val_loss <= 3.28"', '"val_loss < 3.28"', "objective", "malformed"),
+    ("{max_trials: 6}", "{max_trials: 0}", "budget.max_trials", "greater than or equal to 1"),
+    ("type: float, low: 0.2", "type: decimal, low: 0.2", "parameters.stage1.type", "float"),
+    ('"{stage1:.4f},', '"{stage9:.4f},', "arguments.flags.--stage-durations", "unknown name 'stage9'"),
+    ("trainer:\n", "trainer:\n  log_format: tensorboard\n", "trainer.log_format", "unknown log format"),
+])
+def test_bad_study_names_line_field_and_fix(tmp_path, old, new, field, words):
+    assert old in GOOD_STUDY
+    with pytest.raises(ConfigError) as info:
+        _study(tmp_path, GOOD_STUDY.replace(old, new, 1))
+    error = info.value
+    assert error.file.endswith("s.yaml") and error.line is not None
+    assert error.field == field
+    assert words in str(error)
+    assert error.fix
+
+
+def test_study_that_is_not_yaml(tmp_path):
+    with pytest.raises(ConfigError, match=r"s\.yaml:3: not valid YAML"):
+        _study(tmp_path, "trainer:\n  command: [unclosed\nparameters: {}\n")
+
+
+def test_study_that_is_a_list(tmp_path):
+    with pytest.raises(OrchError, match="expected a mapping"):
+        _study(tmp_path, "- a\n- b\n")
