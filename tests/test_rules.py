@@ -1,0 +1,102 @@
+"""Competition rule checks with known values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from orchestrator import rules
+from orchestrator.rules import (
+    _student_t_cdf_builtin,
+    check_modded_nanogpt,
+    check_nanochat,
+    check_parameter_golf,
+    one_sided_t_test_below,
+    student_t_cdf,
+)
+
+
+@pytest.mark.parametrize(
+    "t,df,expected",
+    [
+        (0.0, 5, 0.5),
+        (1.0, 1, 0.75),  # Cauchy: 1/2 + atan(1)/pi
+        (-1.0, 1, 0.25),
+        (2.0, 2, 0.5 + 2.0 / (2 * math.sqrt(6.0))),  # df=2 closed form: 1/2 + t / (2 sqrt(2 + t^2))
+        (-3.746947, 4, 0.01),  # t table: one-sided 1% critical value at df=4
+        (2.776445, 4, 0.975),
+        (-2.821438, 9, 0.01),
+        (1.959964, 10**7, 0.975),  # -> normal
+    ],
+)
+def test_student_t_cdf_known_values(t, df, expected):
+    assert _student_t_cdf_builtin(t, df) == pytest.approx(expected, abs=2e-7)
+    assert student_t_cdf(t, df) == pytest.approx(expected, abs=2e-7)
+
+
+def test_builtin_agrees_with_scipy_when_present():
+    scipy_stats = pytest.importorskip("scipy.stats", reason="scipy not installed; builtin checked against tables above")
+    for df in (1, 2, 3, 7, 19, 99):
+        for t in (-8.0, -2.5, -0.3, 0.0, 0.7, 3.1):
+            assert _student_t_cdf_builtin(t, df) == pytest.approx(scipy_stats.t.cdf(t, df), abs=1e-10)
+
+
+def test_t_test_statistic():
+    test = one_sided_t_test_below([3.2780, 3.2775, 3.2790, 3.2770, 3.2785], 3.28)
+    assert test.n == 5 and test.mean == pytest.approx(3.278)
+    assert test.std == pytest.approx(0.000790569, rel=1e-5)
+    assert test.t_stat == pytest.approx(-0.002 / (0.000790569 / math.sqrt(5)), rel=1e-5)  # -5.6569
+    assert test.p_value == pytest.approx(_student_t_cdf_builtin(-5.656854, 4), rel=1e-4)
+    assert test.p_value < 0.01
+
+
+def test_modded_nanogpt_record_passes():
+    result = check_modded_nanogpt([3.2780, 3.2775, 3.2790, 3.2770, 3.2785])
+    assert result.passed and result.p_value < 0.01 and result.n == 5
+    assert result.explanation.startswith("passes") and "3.2780" in result.explanation
+    assert result.t_method == rules.T_METHOD
+
+
+def test_modded_nanogpt_record_fails_when_not_significant():
+    # mean 3.2790 < 3.28 but with this spread p > 0.01
+    result = check_modded_nanogpt([3.2770, 3.2810, 3.2790])
+    assert not result.passed and result.mean == pytest.approx(3.279)
+    assert result.t_stat == pytest.approx(-0.001 / (0.002 / math.sqrt(3)), rel=1e-6)  # -0.866
+    assert result.p_value == pytest.approx(0.2388, abs=1e-3)
+    assert "fails" in result.explanation
+
+
+def test_modded_nanogpt_needs_two_runs():
+    result = check_modded_nanogpt([3.27])
+    assert not result.passed and result.p_value is None and "at least 2" in result.explanation
+
+
+def test_parameter_golf_limits():
+    ok = check_parameter_golf(15_863_489, 600.0)
+    assert ok.passed and ok.checks == {"artifact_size": True, "train_time": True}
+    big = check_parameter_golf(16_000_001, 599.0)
+    assert not big.passed and "16,000,001" in big.explanation
+    slow = check_parameter_golf(15_000_000, 600.04)
+    assert not slow.passed and "600.0 s > 600 s" in slow.explanation
+    assert check_parameter_golf(16_000_000, 600).passed  # both limits are inclusive
+
+
+def test_parameter_golf_improvement():
+    better = check_parameter_golf(15_900_000, 590, scores=2.0700, best_score=2.0760)
+    assert better.passed and better.improvement == pytest.approx(0.006)
+    marginal = check_parameter_golf(15_900_000, 590, scores=2.0720, best_score=2.0760)
+    assert not marginal.passed and "improvement 0.0040 < 0.005" in marginal.explanation
+    # several runs: the mean must be below best - 0.005 at p < 0.01
+    runs = check_parameter_golf(15_900_000, 590, scores=[2.0600, 2.0602, 2.0598], best_score=2.0760)
+    assert runs.passed and runs.p_value < 0.01 and runs.n == 3
+    noisy = check_parameter_golf(15_900_000, 590, scores=[2.0600, 2.0750, 2.0560], best_score=2.0760)
+    assert not noisy.passed and noisy.checks["significance"] is False
+
+
+def test_nanochat_core():
+    assert check_nanochat(0.2612).passed
+    assert check_nanochat(0.2612).margin == pytest.approx(0.2612 - 0.256525)
+    edge = check_nanochat(0.256525)
+    assert not edge.passed and "<=" in edge.explanation
+    assert not check_nanochat(None).passed
