@@ -1,0 +1,106 @@
+"""Triton kernels for ``relu(x @ w.T) ** 2`` (imported lazily; see relu2_mlp.py).
+
+``_relu2_fwd_kernel``: a tiled matmul (fp32 accumulators) whose epilogue applies relu and squares
+before the single store, so the pre-activation never reaches memory.
+``_relu2_bwd_kernel``: dh = dy * 2 * relu(h) = 2 * dy * sqrt(y), one elementwise pass; relu(h) is
+recovered from the saved output y (in bf16 this is as accurate as saving h in bf16).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._common import interpreting
+
+
+@triton.jit
+def _relu2_fwd_kernel(
+    X, W, Y, M, N, K, stride_x, stride_w, stride_y,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BN)
+    width = GROUP_M * num_n
+    group = pid // width
+    first_m = group * GROUP_M
+    gsize = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % gsize
+    pid_n = (pid % width) // gsize
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    mmask = rm < M
+    nmask = rn < N
+    rm64 = rm.to(tl.int64)
+    rn64 = rn.to(tl.int64)
+    rk = tl.arange(0, BK)
+    acc = tl.zeros((BM, BN), tl.float32)
+    for k0 in range(0, K, BK):
+        kk = k0 + rk
+        if EVEN_K:
+            a = tl.load(X + rm64[:, None] * stride_x + kk[None, :], mask=mmask[:, None], other=0.0)
+            b = tl.load(W + rn64[None, :] * stride_w + kk[:, None], mask=nmask[None, :], other=0.0)
+        else:
+            a = tl.load(X + rm64[:, None] * stride_x + kk[None, :],
+                        mask=mmask[:, None] & (kk[None, :] < K), other=0.0)
+            b = tl.load(W + rn64[None, :] * stride_w + kk[:, None],
+                        mask=nmask[None, :] & (kk[:, None] < K), other=0.0)
+        if UPCAST:  # interpreter: numpy has no bf16 matmul
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PREC)
+    r = tl.maximum(acc, 0.0)
+    y = r * r
+    tl.store(Y + rm64[:, None] * stride_y + rn64[None, :], y.to(Y.dtype.element_ty),
+             mask=mmask[:, None] & nmask[None, :])
+
+
+@triton.jit
+def _relu2_bwd_kernel(DY, Y, DH, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+    dh = 2.0 * dy * tl.sqrt(y)
+    tl.store(DH + offs, dh.to(DH.dtype.element_ty), mask=mask)
+
+
+def _fwd_configs():
+    return [
+        triton.Config({"BM": 128, "BN": 256, "BK": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        triton.Config({"BM": 128, "BN": 128, "BK": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
+        triton.Config({"BM": 128, "BN": 128, "BK": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+    ]
+
+
+if interpreting():
+    _FWD = _relu2_fwd_kernel
+    _FWD_META = {"BM": 16, "BN": 32, "BK": 16, "GROUP_M": 2}
+    _BWD_BLOCK = 256
+else:
+    _FWD = triton.autotune(_fwd_configs(), key=["M", "N", "K", "PREC"])(_relu2_fwd_kernel)
+    _FWD_META = {}
+    _BWD_BLOCK = 4096
+
+
+def relu2_forward(x2, w, prec):
+    import torch
+
+    M, K = x2.shape
+    N = w.shape[0]
+    y = torch.empty((M, N), device=x2.device, dtype=x2.dtype)
+    bk = _FWD_META.get("BK", 64)
+    grid = lambda meta: (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]),)  # noqa: E731
+    _FWD[grid](x2, w, y, M, N, K, x2.stride(0), w.stride(0), y.stride(0),
+               EVEN_K=(K % bk == 0), UPCAST=interpreting(), PREC=prec, **_FWD_META)
+    return y
+
+
+def relu2_dh(dy, y):
+    import torch
+
+    dh = torch.empty_like(y)
+    n = y.numel()
+    _relu2_bwd_kernel[(triton.cdiv(n, _BWD_BLOCK),)](dy, y, dh, n, BLOCK=_BWD_BLOCK, num_warps=8)
+    return dh

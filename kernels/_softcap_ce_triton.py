@@ -1,0 +1,198 @@
+"""Triton kernels for the fused soft-capped LM-head cross-entropy (imported lazily; see softcap_ce.py).
+
+Forward: ``_ce_fwd_kernel`` tiles (rows x vocab); each program owns BM rows and one slice of the
+vocabulary, computes logit tiles on the fly (x_blk @ W_tile^T, fp32 accumulators), applies the
+soft cap and keeps an online logsumexp (running max m, running sum l) plus the target's logit.
+Only (split, row) partials leave the chip: O(N * splits) floats, never the (N, V) logits.
+Backward: ``_ce_dz_kernel`` recomputes each logit tile and writes dL/dz (softmax - onehot, times the
+soft cap's derivative and the row's upstream grad) in the input dtype for one chunk of rows; the
+two products dx = dz @ W and dW += dz^T @ x then run through cuBLAS (torch.mm).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._common import interpreting
+
+
+@triton.jit
+def _tanh(x):
+    # tanh(x) = sign(x) * (1 - e) / (1 + e), e = exp(-2|x|) in (0, 1]: no overflow, saturates to +-1
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _ce_fwd_kernel(
+    X, W, T, M_OUT, L_OUT, ZT_OUT,
+    N, V, D, stride_x, stride_w,
+    softcap,
+    HAS_CAP: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n_split = tl.num_programs(1)
+    rm = pid_m * BM + tl.arange(0, BM)
+    mmask = rm < N
+    rm64 = rm.to(tl.int64)
+    tgt = tl.load(T + rm, mask=mmask, other=-1).to(tl.int32)
+    rk = tl.arange(0, BK)
+    n_tiles = tl.cdiv(V, BN)
+    per = tl.cdiv(n_tiles, n_split)
+    t0 = pid_s * per
+    t1 = tl.minimum(t0 + per, n_tiles)
+    m_i = tl.full((BM,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BM,), tl.float32)
+    zt = tl.zeros((BM,), tl.float32)
+    for t in range(t0, t1):
+        rn = t * BN + tl.arange(0, BN)
+        nmask = rn < V
+        rn64 = rn.to(tl.int64)
+        acc = tl.zeros((BM, BN), tl.float32)
+        for k0 in range(0, D, BK):
+            kk = k0 + rk
+            if EVEN_K:
+                a = tl.load(X + rm64[:, None] * stride_x + kk[None, :], mask=mmask[:, None], other=0.0)
+                b = tl.load(W + rn64[None, :] * stride_w + kk[:, None], mask=nmask[None, :], other=0.0)
+            else:
+                a = tl.load(X + rm64[:, None] * stride_x + kk[None, :],
+                            mask=mmask[:, None] & (kk[None, :] < D), other=0.0)
+                b = tl.load(W + rn64[None, :] * stride_w + kk[:, None],
+                            mask=nmask[None, :] & (kk[:, None] < D), other=0.0)
+            if UPCAST:  # interpreter: numpy has no bf16 matmul
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=PREC)
+        if HAS_CAP:
+            s = softcap * _tanh(acc / softcap)
+        else:
+            s = acc
+        s = tl.where(nmask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s - m_new[:, None]), axis=1)
+        m_i = m_new
+        zt += tl.sum(tl.where(rn[None, :] == tgt[:, None], s, 0.0), axis=1)
+    out = pid_s * N + rm
+    tl.store(M_OUT + out, m_i, mask=mmask)
+    tl.store(L_OUT + out, l_i, mask=mmask)
+    tl.store(ZT_OUT + out, zt, mask=mmask)
+
+
+@triton.jit
+def _ce_dz_kernel(
+    X, W, T, LSE, G, DZ,
+    N, V, D, stride_x, stride_w, stride_dz,
+    softcap,
+    HAS_CAP: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(N, BM)
+    num_n = tl.cdiv(V, BN)
+    # grouped ordering: GROUP_M row blocks sweep the vocab together, so W tiles are reused from L2
+    width = GROUP_M * num_n
+    group = pid // width
+    first_m = group * GROUP_M
+    gsize = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % gsize
+    pid_n = (pid % width) // gsize
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    mmask = rm < N
+    nmask = rn < V
+    rm64 = rm.to(tl.int64)
+    rn64 = rn.to(tl.int64)
+    rk = tl.arange(0, BK)
+    acc = tl.zeros((BM, BN), tl.float32)
+    for k0 in range(0, D, BK):
+        kk = k0 + rk
+        if EVEN_K:
+            a = tl.load(X + rm64[:, None] * stride_x + kk[None, :], mask=mmask[:, None], other=0.0)
+            b = tl.load(W + rn64[None, :] * stride_w + kk[:, None], mask=nmask[None, :], other=0.0)
+        else:
+            a = tl.load(X + rm64[:, None] * stride_x + kk[None, :],
+                        mask=mmask[:, None] & (kk[None, :] < D), other=0.0)
+            b = tl.load(W + rn64[None, :] * stride_w + kk[:, None],
+                        mask=nmask[None, :] & (kk[:, None] < D), other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PREC)
+    tgt = tl.load(T + rm, mask=mmask, other=-1).to(tl.int32)
+    lse = tl.load(LSE + rm, mask=mmask, other=0.0)
+    g = tl.load(G + rm, mask=mmask, other=0.0)
+    if HAS_CAP:
+        th = _tanh(acc / softcap)
+        s = softcap * th
+    else:
+        s = acc
+    p = tl.exp(s - lse[:, None])
+    d = tl.where(rn[None, :] == tgt[:, None], p - 1.0, p) * g[:, None]
+    if HAS_CAP:
+        d = d * (1.0 - th * th)
+    ptrs = DZ + rm64[:, None] * stride_dz + rn64[None, :]
+    tl.store(ptrs, d.to(DZ.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+
+
+def _fwd_configs():
+    return [
+        triton.Config({"BM": 128, "BN": 128, "BK": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BM": 128, "BN": 256, "BK": 64}, num_warps=8, num_stages=3),
+    ]
+
+
+def _dz_configs():
+    return [
+        triton.Config({"BM": 128, "BN": 128, "BK": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        triton.Config({"BM": 128, "BN": 256, "BK": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        triton.Config({"BM": 128, "BN": 128, "BK": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+    ]
+
+
+if interpreting():
+    _FWD = _ce_fwd_kernel
+    _DZ = _ce_dz_kernel
+    _FWD_META = {"BM": 16, "BN": 32, "BK": 16}
+    _DZ_META = {"BM": 16, "BN": 32, "BK": 16, "GROUP_M": 2}
+else:
+    _FWD = triton.autotune(_fwd_configs(), key=["V", "D", "HAS_CAP", "PREC"])(_ce_fwd_kernel)
+    _DZ = triton.autotune(_dz_configs(), key=["V", "D", "HAS_CAP", "PREC"])(_ce_dz_kernel)
+    _FWD_META = {}
+    _DZ_META = {}
+
+
+def ce_forward_partials(x, w, targets, softcap, n_split, prec):
+    """Returns (m, l, zt), each (n_split, N) fp32."""
+    import torch
+
+    N, D = x.shape
+    V = w.shape[0]
+    m = torch.empty((n_split, N), device=x.device, dtype=torch.float32)
+    l = torch.empty_like(m)
+    zt = torch.empty_like(m)
+    has_cap = softcap is not None and softcap > 0
+    cap = float(softcap) if has_cap else 1.0
+    bk = _FWD_META.get("BK", 64)
+    grid = lambda meta: (triton.cdiv(N, meta["BM"]), n_split)  # noqa: E731
+    _FWD[grid](
+        x, w, targets, m, l, zt, N, V, D, x.stride(0), w.stride(0), cap,
+        HAS_CAP=has_cap, EVEN_K=(D % bk == 0), UPCAST=interpreting(), PREC=prec, **_FWD_META,
+    )
+    return m, l, zt
+
+
+def ce_dz(x, w, targets, lse, g, dz, softcap, prec):
+    """Writes dL/dz for rows of x into dz[:, :V] (dz may have a padded row stride)."""
+    N, D = x.shape
+    V = w.shape[0]
+    has_cap = softcap is not None and softcap > 0
+    cap = float(softcap) if has_cap else 1.0
+    bk = _DZ_META.get("BK", 64)
+    grid = lambda meta: (triton.cdiv(N, meta["BM"]) * triton.cdiv(V, meta["BN"]),)  # noqa: E731
+    _DZ[grid](
+        x, w, targets, lse, g, dz, N, V, D, x.stride(0), w.stride(0), dz.stride(0), cap,
+        HAS_CAP=has_cap, EVEN_K=(D % bk == 0), UPCAST=interpreting(), PREC=prec, **_DZ_META,
+    )

@@ -1,0 +1,86 @@
+"""Triton kernel for the symmetric product ``X @ X.mT`` (imported lazily; see xxt.py).
+
+The grid runs over the lower-triangle tile pairs (i >= j) of the (M, M) output only (program p maps
+to row i = floor((sqrt(8p + 1) - 1) / 2), corrected in integers, and j = p - i(i + 1)/2) and over the batch; each program computes tile (i, j) once and stores it at (i, j)
+and, transposed, at (j, i): about half the FLOPs of a full matmul.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._common import interpreting
+
+
+@triton.jit
+def _xxt_kernel(
+    X, C, M, K, stride_xb, stride_xm, stride_cb, stride_cm, B,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    ti = ((tl.sqrt(8.0 * pid.to(tl.float32) + 1.0) - 1.0) * 0.5).to(tl.int32)
+    ti = tl.where((ti + 1) * (ti + 2) // 2 <= pid, ti + 1, ti)  # fix float rounding either way
+    ti = tl.where(ti * (ti + 1) // 2 > pid, ti - 1, ti)
+    tj = pid - ti * (ti + 1) // 2
+    ri = ti * BM + tl.arange(0, BM)
+    rj = tj * BM + tl.arange(0, BM)
+    imask = ri < M
+    jmask = rj < M
+    rk = tl.arange(0, BK)
+    Xb = X + b * stride_xb
+    acc = tl.zeros((BM, BM), tl.float32)
+    for k0 in range(0, K, BK):
+        kk = k0 + rk
+        if EVEN_K:
+            a = tl.load(Xb + ri[:, None] * stride_xm + kk[None, :], mask=imask[:, None], other=0.0)
+            bt = tl.load(Xb + rj[None, :] * stride_xm + kk[:, None], mask=jmask[None, :], other=0.0)
+        else:
+            a = tl.load(Xb + ri[:, None] * stride_xm + kk[None, :],
+                        mask=imask[:, None] & (kk[None, :] < K), other=0.0)
+            bt = tl.load(Xb + rj[None, :] * stride_xm + kk[:, None],
+                         mask=jmask[None, :] & (kk[:, None] < K), other=0.0)
+        if UPCAST:  # interpreter: numpy has no bf16 matmul
+            a = a.to(tl.float32)
+            bt = bt.to(tl.float32)
+        acc = tl.dot(a, bt, acc, input_precision=PREC)
+    out = acc.to(C.dtype.element_ty)
+    Cb = C + b * stride_cb
+    tl.store(Cb + ri[:, None] * stride_cm + rj[None, :], out, mask=imask[:, None] & jmask[None, :])
+    if ti != tj:
+        tl.store(Cb + rj[:, None] * stride_cm + ri[None, :], tl.trans(out), mask=jmask[:, None] & imask[None, :])
+
+
+def _configs():
+    return [
+        triton.Config({"BM": 64, "BK": 64}, num_warps=4, num_stages=4),
+        triton.Config({"BM": 64, "BK": 128}, num_warps=4, num_stages=3),
+        triton.Config({"BM": 128, "BK": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BM": 128, "BK": 64}, num_warps=4, num_stages=4),
+    ]
+
+
+if interpreting():
+    _KERNEL = _xxt_kernel
+    _META = {"BM": 16, "BK": 16}
+else:
+    _KERNEL = triton.autotune(_configs(), key=["M", "K", "B", "PREC"])(_xxt_kernel)
+    _META = {}
+
+
+def xxt_forward(x3, prec):
+    """x3: (B, M, K) with unit stride in the last dim. Returns (B, M, M)."""
+    import torch
+
+    B, M, K = x3.shape
+    c = torch.empty((B, M, M), device=x3.device, dtype=x3.dtype)
+
+    def grid(meta):
+        n = triton.cdiv(M, meta["BM"])
+        return (n * (n + 1) // 2, B)
+
+    _KERNEL[grid](x3, c, M, K, x3.stride(0), x3.stride(1), c.stride(0), c.stride(1), B,
+                  EVEN_K=(K % 128 == 0) if not _META else (K % _META["BK"] == 0),
+                  UPCAST=interpreting(), PREC=prec, **_META)
+    return c
