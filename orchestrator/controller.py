@@ -206,6 +206,10 @@ class Controller:
     def _slots_to_fill(self) -> int:
         if self.max_new_trials is not None and self.dispatched >= self.max_new_trials:
             return 0
+        converged = getattr(self.study.optuna.sampler, "is_converged", None)
+        if converged is not None and converged(self.study.optuna):
+            self.progress.message = "the sampler has converged"
+            return 0
         counted, waiting = self._budget_counts()
         remaining = self.spec.budget.max_trials - counted
         want = remaining
@@ -427,7 +431,8 @@ class Controller:
 
     def _finish_study(self) -> None:
         counted, _ = self._budget_counts()
-        if counted >= self.spec.budget.max_trials:
+        converged = getattr(self.study.optuna.sampler, "is_converged", None)
+        if counted >= self.spec.budget.max_trials or (converged is not None and converged(self.study.optuna)):
             self._set_status("finished")
 
     def _shutdown(self) -> None:

@@ -12,9 +12,10 @@ from sqlalchemy import select
 from db import Database, StudyRow, TrialRow
 from db.models import EventRow
 
-from .config.errors import OrchError
+from .config.errors import ConfigError, OrchError
 from .config.study import StudySpec, check_metrics, load_study_file
 from .parsers import UnknownFormat, get_adapter
+from .samplers import build_sampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -47,6 +48,10 @@ def validate_study_file(path: str | Path) -> tuple[StudySpec, str]:
     except UnknownFormat as exc:
         raise doc.error(("trainer", "log_format"), str(exc), fix="pick a known format") from None
     check_metrics(spec, adapter.metrics, adapter.name, doc)
+    try:
+        build_sampler(spec)
+    except ConfigError as exc:
+        raise doc.error(("sampler",), exc.detail, fix=exc.fix) from None
     return spec, Path(path).read_text(encoding="utf-8")
 
 

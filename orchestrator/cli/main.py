@@ -82,9 +82,9 @@ def study_run(name: str, db: Optional[str] = DbOption, fleet: Optional[Path] = F
               max_new: Optional[int] = typer.Option(None, "--max-new", min=1, help="dispatch at most N new trials, then stop"),
               plain: bool = typer.Option(False, "--plain", help="plain log lines even on a terminal")) -> None:
     """Run (or resume) study NAME on the fleet until its budget is spent."""
-    inventory = _fleet(fleet)
     db = _db(db)
     row = load_study_row(db, name)
+    inventory = _fleet(fleet)
     reporter = make_reporter(plain)
     controller = Controller(db, row.name, inventory, reporter=reporter, max_new_trials=max_new)
     install_signal_handlers(controller)
@@ -93,9 +93,11 @@ def study_run(name: str, db: Optional[str] = DbOption, fleet: Optional[Path] = F
     finally:
         reporter.close()
     typer.echo("")
-    typer.echo(markdown(db, load_study_row(db, name)))
-    state = "finished" if progress.done + progress.failed >= progress.max_trials else "stopped"
-    typer.echo(f"study {name!r} {state}: {progress.done} complete, {progress.failed} failed")
+    final = load_study_row(db, name)
+    typer.echo(markdown(db, final))
+    state = "finished" if final.status == "finished" else "stopped before its budget was spent (run again to continue)"
+    why = f" ({progress.message})" if progress.message else ""
+    typer.echo(f"study {name!r} {state}{why}: {progress.done} complete, {progress.failed} failed")
 
 
 @study_app.command("status")
@@ -133,6 +135,30 @@ def export(name: str, db: Optional[str] = DbOption, format: str = typer.Option("
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
         typer.echo(f"wrote {out}")
+
+
+@app.command("parse-log")
+def parse_log(path: Path, format: str = typer.Option("auto", "--format",
+              help="auto | orch | modded-nanogpt | parameter-golf | nanochat"),
+              as_json: bool = JsonOption,
+              series: bool = typer.Option(True, "--series/--no-series", help="include the step series")) -> None:
+    """Parse a training log (any supported trainer, any size) into its outcome and step series."""
+    from ..parsers.files import LogFileError, parse_log_file, parsed_run_to_json
+
+    try:
+        run = parse_log_file(path, format=format)
+    except LogFileError as exc:
+        raise OrchError(str(exc)) from None
+    data = parsed_run_to_json(run, path=path, series=series)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    status = "complete" if data["complete"] else f"incomplete ({data['reason']})"
+    typer.echo(f"{path}: {data['format']}, {status}")
+    for key in ("official_metric", "official_value", "final_step", "total_steps", "val_loss", "val_bpb",
+                "train_time_ms", "step_avg_ms", "peak_memory_mib", "gpu_name", "gpu_count", "torch_version"):
+        if data.get(key) is not None:
+            typer.echo(f"  {key}: {data[key]}")
 
 
 def _valid_name(name: str) -> bool:

@@ -40,7 +40,23 @@ def _gp(spec: StudySpec, seed: int | None) -> optuna.samplers.BaseSampler:
     return optuna.samplers.GPSampler(seed=seed, **spec.sampler.options)
 
 
-BUILDERS: dict[str, Builder] = {"random": _random, "grid": _grid, "tpe": _tpe, "gp": _gp}
+def _bisection(spec: StudySpec, seed: int | None) -> optuna.samplers.BaseSampler:
+    from .bisection import BisectionSampler
+
+    options = dict(spec.sampler.options)
+    constraints = spec.objective.constraints
+    if "coordinates" not in options:
+        raise ConfigError("the bisection sampler needs `coordinates:` under sampler.options", field="sampler.options",
+                          fix="list the parameters to search, e.g. coordinates: [{name: stage1, low: 0.25, high: 0.5}]")
+    if constraints and "constraint_key" not in options:
+        options["constraint_key"], options["threshold"] = constraints[0].metric, constraints[0].threshold
+    try:
+        return BisectionSampler(seed=seed, **options)
+    except ValueError as exc:
+        raise ConfigError(str(exc), field="sampler.options", fix="see docs/search.md for the sampler's arguments") from None
+
+
+BUILDERS: dict[str, Builder] = {"random": _random, "grid": _grid, "tpe": _tpe, "gp": _gp, "bisection": _bisection}
 
 
 def build_sampler(spec: StudySpec, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
