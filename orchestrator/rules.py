@@ -7,9 +7,9 @@
   `best - 0.005`).
 - nanochat: CORE metric > 0.256525 (GPT-2 1.6B's CORE score).
 
-The Student-t CDF comes from scipy.stats when scipy is importable, otherwise from the regularized incomplete beta
-function computed here (Lentz's continued fraction; agrees with scipy to ~1e-12); `t_method` in the results says
-which one was used. Every result has `passed`, the numbers, and a one-line `explanation`.
+The Student-t CDF is orchestrator.analysis.variants.student_t_cdf (the regularized incomplete beta function by
+its continued fraction; agrees with scipy to ~1e-12). Every result has `passed`, the numbers, and a one-line
+`explanation`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
+
+from .analysis.variants import student_t_cdf
 
 MODDED_NANOGPT_TARGET = 3.28
 MODDED_NANOGPT_ALPHA = 0.01
@@ -28,72 +30,9 @@ NANOCHAT_CORE_THRESHOLD = 0.256525
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Student t distribution
+# Student t test (the distribution itself lives in orchestrator.analysis.variants)
 
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            break
-    return h
-
-
-def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
-    """I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"x must be in [0, 1], got {x}")
-    if x in (0.0, 1.0):
-        return x
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def _student_t_cdf_builtin(t: float, df: float) -> float:
-    if math.isinf(t):
-        return 1.0 if t > 0 else 0.0
-    x = df / (df + t * t)
-    tail = 0.5 * regularized_incomplete_beta(df / 2.0, 0.5, x)  # P(T > |t|)
-    return tail if t < 0 else 1.0 - tail
-
-
-try:  # scipy is a dev extra, not a dependency
-    from scipy.stats import t as _scipy_t  # type: ignore
-
-    T_METHOD = "scipy"
-except Exception:  # pragma: no cover - depends on the environment
-    _scipy_t = None
-    T_METHOD = "builtin"
-
-
-def student_t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with `df` degrees of freedom (scipy when available, else the builtin)."""
-    if df <= 0:
-        raise ValueError(f"degrees of freedom must be > 0, got {df}")
-    if _scipy_t is not None:
-        return float(_scipy_t.cdf(t, df))
-    return _student_t_cdf_builtin(t, df)
+T_METHOD = "builtin"  # the Student-t CDF of orchestrator.analysis.variants (continued fraction, no scipy)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import pytest
 from orchestrator.injection import InjectionError, get_injector
 from orchestrator.injection.modded_nanogpt import const_eval
 
-from ._fixtures import log
+from tests.helpers.shared_logs import log
 
 
 def script_from_log(log_path: Path) -> str:

@@ -16,7 +16,7 @@ from orchestrator.parsers.files import (
     parsed_run_to_json,
 )
 
-from ._fixtures import log
+from tests.helpers.shared_logs import log
 
 
 def test_registry_has_all_formats():

@@ -8,7 +8,7 @@ from orchestrator.parsers import get_adapter
 from orchestrator.parsers.files import parse_log_file
 from orchestrator.parsers.modded_nanogpt import ModdedNanoGPTAdapter
 
-from ._fixtures import log
+from tests.helpers.shared_logs import log
 
 MNG = "modded-nanogpt"
 

@@ -7,7 +7,7 @@ import pytest
 from orchestrator.parsers.files import parse_log_file
 from orchestrator.parsers.parameter_golf import ParameterGolfAdapter
 
-from ._fixtures import log
+from tests.helpers.shared_logs import log
 
 PG = "parameter-golf"
 
