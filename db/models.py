@@ -97,6 +97,7 @@ class TrialRow(Base):
     code_dirty: Mapped[bool | None] = mapped_column(Boolean)
     file_checksums: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # path -> md5
     versions: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # read from the log
+    injection_diff: Mapped[str | None] = mapped_column(Text)  # what parameter injection changed (a unified diff)
     workdir: Mapped[str | None] = mapped_column(Text)
     log_path: Mapped[str | None] = mapped_column(Text)
     pid: Mapped[int | None] = mapped_column(Integer)

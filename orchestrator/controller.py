@@ -26,7 +26,7 @@ from db import Database, EventRow, MetricPointRow, StudyRow, TrialRow
 from . import lease
 from .config.errors import OrchError
 from .config.fleet import Fleet, Machine
-from .jobs import InvalidParams, build_job, resolve_values, variant_key
+from .jobs import InvalidParams, apply_injection, build_job, resolve_values, variant_key
 from .launchers import get_launcher
 from .launchers.base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot
 from .outcomes import decide, tell
@@ -99,6 +99,7 @@ class Controller:
         self._stop = threading.Event()
         self._stop_reason = ""
         self.dispatched = 0
+        self._last_invalid = ""
 
     # ---- setup ---------------------------------------------------------------------------------------
     def _launcher(self, machine: Machine) -> Launcher:
@@ -187,8 +188,9 @@ class Controller:
                     else:
                         invalid_in_a_row += 1
                         if invalid_in_a_row >= MAX_INVALID_IN_A_ROW:
-                            raise OrchError(f"{MAX_INVALID_IN_A_ROW} sampled points in a row broke a derived "
-                                            "parameter's bounds (fix: narrow the parameter ranges in the study)")
+                            raise OrchError(f"{MAX_INVALID_IN_A_ROW} sampled points in a row could not make a valid job "
+                                            f"(last: {self._last_invalid}) (fix: narrow the parameter ranges or correct "
+                                            "the injection settings in the study)")
                 continue
             timeout = max(0.0, min([next_beat - time.monotonic()] + [r.deadline - time.monotonic()
                                                                        for r in self.running.values()]))
@@ -247,21 +249,19 @@ class Controller:
         try:
             values = resolve_values(self.spec, params)
         except InvalidParams as exc:
-            with self.db.session() as s:
-                s.add(TrialRow(study_id=self.study.row.id, number=number, optuna_trial_id=trial_id, round=self.round,
-                               variant=variant_key(params), params=params, state="invalid", exit_reason="invalid_params",
-                               note=str(exc), retry_of=retry_of, attempt=attempt, repeat_index=repeat_index))
-                s.add(EventRow(study_id=self.study.row.id, trial_number=number, kind="trial.state", new="invalid",
-                               message=str(exc)))
-            study.tell(number, state=TrialState.FAIL)
-            self._say(f"trial {number}: skipped, {exc}")
+            self._skip_invalid(number, trial_id, params, retry_of, attempt, repeat_index, str(exc))
             return False
-        if retry_of is None and repeat_index == 0:
-            self._enqueue_repeats(params, number)
         machine = self.fleet.machine(slot.machine)
         info = self.infos[slot.machine]
         job = build_job(self.spec, self.name, number, repeat_index, values)
         workdir = (Path(machine.workdir) / self.name / f"trial-{number:04d}").resolve()
+        try:
+            diff = apply_injection(self.spec, values, job, workdir, Path(self.study.row.spec_dir or "."))
+        except InvalidParams as exc:
+            self._skip_invalid(number, trial_id, params, retry_of, attempt, repeat_index, str(exc))
+            return False
+        if retry_of is None and repeat_index == 0:
+            self._enqueue_repeats(params, number)
         with self.db.session() as s:
             row = TrialRow(study_id=self.study.row.id, number=number, optuna_trial_id=trial_id, round=self.round,
                            variant=variant_key(params), repeat_index=repeat_index, retry_of=retry_of, attempt=attempt,
@@ -271,7 +271,7 @@ class Controller:
                            command=job.argv, env=job.stored_env(), container_image=job.image or machine.container.image,
                            code_revision=self.code.revision, code_branch=self.code.branch, code_dirty=self.code.dirty,
                            file_checksums=self.code.checksums, workdir=str(workdir), log_path=str(workdir / "train.log"),
-                           controller=self.owner)
+                           injection_diff=diff, controller=self.owner)
             s.add(row)
             s.flush()
             row_id = row.id
@@ -295,6 +295,19 @@ class Controller:
         self._say(f"trial {number}: started on {slot.machine} {slot.label} "
                   + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()))
         return True
+
+    def _skip_invalid(self, number: int, trial_id: int, params: dict, retry_of, attempt: int, repeat_index: int,
+                      reason: str) -> None:
+        """Values that cannot make a valid job: recorded as `invalid` (Optuna FAIL), nothing is started."""
+        with self.db.session() as s:
+            s.add(TrialRow(study_id=self.study.row.id, number=number, optuna_trial_id=trial_id, round=self.round,
+                           variant=variant_key(params), params=params, state="invalid", exit_reason="invalid_params",
+                           note=reason, retry_of=retry_of, attempt=attempt, repeat_index=repeat_index))
+            s.add(EventRow(study_id=self.study.row.id, trial_number=number, kind="trial.state", new="invalid",
+                           message=reason))
+        self.study.optuna.tell(number, state=TrialState.FAIL)
+        self._last_invalid = reason
+        self._say(f"trial {number}: skipped, {reason}")
 
     def _enqueue_repeats(self, params: dict, number: int) -> None:
         counted, waiting = self._budget_counts()

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .config.expressions import ExpressionError, evaluate, parse_expression
@@ -80,6 +81,28 @@ def resolve_values(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
             raise InvalidParams(f"derived {name} = {value:.6g} is above its max {derived.max:g}")
         values[name] = round(value, 12)
     return values
+
+
+def apply_injection(spec: StudySpec, values: dict[str, Any], job: JobSpec, workdir: Path, spec_dir: Path) -> str | None:
+    """Let the study's injector prepare the trial's files/argv/env; returns the diff to store, if any."""
+    inject = spec.trainer.inject
+    if inject is None:
+        return None
+    from .injection import InjectionError, get_injector
+
+    options = dict(inject.options)
+    for key in ("script",):
+        if key in options:
+            options[key] = str((spec_dir / str(options[key])).resolve())
+    params = {inject.map.get(name, name): value for name, value in values.items() if not inject.map or name in inject.map}
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = get_injector(inject.name).prepare(params, workdir, options)
+    except InjectionError as exc:
+        raise InvalidParams(f"injection ({inject.name}): {exc}") from None
+    job.argv += result.argv
+    job.env.update(result.env)
+    return result.diff or None
 
 
 def _render(template: str, names: dict[str, Any]) -> str:

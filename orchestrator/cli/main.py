@@ -121,20 +121,69 @@ def fleet_status(db: Optional[str] = DbOption, fleet: Optional[Path] = FleetOpti
     typer.echo(json.dumps(view, indent=2, default=str) if as_json else status_views.render_fleet_status(view))
 
 
+@fleet_app.command("trust")
+def fleet_trust(name: str, fleet: Optional[Path] = FleetOption,
+                replace: bool = typer.Option(False, "--replace", help="replace a different key already recorded"),
+                expect: Optional[str] = typer.Option(None, "--expect", help="record only if the key has this SHA256:... fingerprint")) -> None:
+    """Record ssh machine NAME's host key in its known_hosts file (prints the fingerprint)."""
+    from ..config.errors import ConfigError
+    from ..launchers.ssh import trust_host
+
+    inventory = _fleet(fleet)
+    try:
+        machine = inventory.machine(name)
+    except KeyError:
+        raise ConfigError(f"no machine named {name!r}", file=inventory.source, field="machines",
+                          fix=f"use one of {', '.join(m.name for m in inventory.machines)}") from None
+    if machine.launcher != "ssh" or not machine.known_hosts:
+        raise ConfigError(f"machine {name!r} is not an ssh machine with a known_hosts file", file=inventory.source,
+                          field="known_hosts", fix="set `launcher: ssh` and `known_hosts: PATH` on the machine")
+    result = trust_host(machine, replace=replace, expect=expect)
+    typer.echo(f"{result.machine}: {result.entry} {result.key_type} {result.fingerprint} ({result.status} in {result.known_hosts})")
+
+
 @app.command("export")
-def export(name: str, db: Optional[str] = DbOption, format: str = typer.Option("md", "--format", help="md | csv | json"),
-           out: Optional[Path] = typer.Option(None, "--out", help="write to this file instead of stdout")) -> None:
-    """Result tables of study NAME: trials grouped by round, a mark for each hit of the target."""
+def export(name: str, db: Optional[str] = DbOption,
+           format: str = typer.Option("md", "--format", help="md | html | csv | json"),
+           out: Optional[Path] = typer.Option(None, "--out", help="write to this file instead of stdout"),
+           plots: Optional[bool] = typer.Option(None, "--plots/--no-plots", help="html: inline plots (default on); "
+                                                "md: PNG files beside --out, linked (default off)")) -> None:
+    """The write-up of study NAME (md, html: headline, rounds, reproduction, plots) or every trial (csv, json)."""
+    from ..export import export_text
+
     if format not in RENDERERS:
         raise OrchError(f"unknown export format {format!r} (fix: use one of {', '.join(RENDERERS)})")
     db = _db(db)
-    text = RENDERERS[format](db, load_study_row(db, name))
+    text = export_text(format, db, load_study_row(db, name), out=out, plots=plots)
     if out is None:
         typer.echo(text)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
         typer.echo(f"wrote {out}")
+
+
+import_app = typer.Typer(no_args_is_help=True, help="Load finished runs from elsewhere into the database.")
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("csv")
+def import_csv(file: Path, study: str = typer.Option(..., "--study", help="name of the new study"),
+               db: Optional[str] = DbOption,
+               objective: Optional[str] = typer.Option(None, "--objective", help="minimize:METRIC or maximize:METRIC "
+                                                       "(default minimize:train_time_s; column time_s = train_time_s)"),
+               constraint: Optional[list[str]] = typer.Option(None, "--constraint", help="METRIC <= X or METRIC >= X, "
+                                                              "repeatable (default val_loss <= 3.28; 'none' for none)"),
+               from_: Optional[Path] = typer.Option(None, "--from", help="study YAML to import under (else one is generated)")) -> None:
+    """Create study NAME from a CSV table of finished runs (round, parameters, machine, time_s, val_loss, note)."""
+    from ..importing import import_csv as do_import
+
+    if not _valid_name(study):
+        raise OrchError(f"study name {study!r} is not allowed (fix: use letters, digits, '.', '_' and '-')")
+    database = _db(db)
+    result = do_import(database, file, study, objective=objective, constraints=constraint or None, from_=from_)
+    typer.echo(f"imported {result.runs} runs in {result.rounds} rounds ({result.hits} met the target) from {file} "
+               f"into study {study!r} in {_where(database)}" + (" (study spec generated)" if result.generated_spec else ""))
 
 
 @app.command("parse-log")

@@ -104,8 +104,17 @@ class Derived(_Strict):
         return expr
 
 
+class Inject(_Strict):
+    """How parameters reach a trainer that takes them its own way (orchestrator/injection)."""
+
+    name: str  # modded-nanogpt | parameter-golf | nanochat
+    options: dict[str, Any] = Field(default_factory=dict)  # e.g. {script: path/to/train_gpt.py}; paths relative to the study file
+    map: dict[str, str] = Field(default_factory=dict)  # study name -> the injector's name, e.g. stage1: "stages[0].duration"
+
+
 class Trainer(_Strict):
     command: list[str] = Field(min_length=1)
+    inject: Inject | None = None
     log_format: str = "orch"
     env: dict[str, str] = Field(default_factory=dict)
     secret_env: list[str] = Field(default_factory=list)  # taken from the controller's env, never stored
@@ -278,6 +287,17 @@ def _cross_checks(spec: StudySpec, doc: YamlDoc) -> None:
         for env_name in getattr(spec.trainer, key):
             if not ENV_PATTERN.match(env_name):
                 raise doc.error((section, key, env_name), f"{env_name!r} is not a valid environment variable name", fix="use letters, digits and _")
+    if spec.trainer.inject is not None:
+        from ..injection import INJECTORS
+
+        inject = spec.trainer.inject
+        if inject.name not in INJECTORS:
+            raise doc.error(("trainer", "inject", "name"), f"unknown injector {inject.name!r}",
+                            fix=f"use one of {', '.join(sorted(INJECTORS))}")
+        for source in inject.map:
+            if source not in names:
+                raise doc.error(("trainer", "inject", "map", source), f"maps unknown name {source!r}",
+                                fix=f"map a parameter or derived name: {', '.join(sorted(names))}")
     if spec.sampler.name == "grid":
         for pname, param in spec.parameters.items():
             if param.type == "float" and param.step is None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ..config.errors import ConfigError
 from .base import Launcher
 
-_BACKENDS = {"local": ("orchestrator.launchers.local", "LocalLauncher")}
+_BACKENDS = {"local": ("orchestrator.launchers.local", "LocalLauncher"),
+             "ssh": ("orchestrator.launchers.ssh", "SshLauncher")}
 
 
 def get_launcher(name: str) -> Launcher:
