@@ -57,8 +57,6 @@ def trial_kind(note: str | None, user_attrs: dict[str, Any], system_attrs: dict[
 
 def optuna_trials(db: Database, study: StudyRow) -> dict[int, Any]:
     """Optuna's FrozenTrials of the study by number ({} when its Optuna study is missing)."""
-    import optuna
-
     from ..studies import optuna_storage
 
     storage = optuna_storage(db)
@@ -86,6 +84,9 @@ def full_records(db: Database, study: StudyRow, trials: dict[int, Any] | None = 
         row = rows.get(rec["number"])
         for f in EXTRA_FIELDS:
             rec[f] = _iso(getattr(row, f, None))
+        for column in TrialRow.__table__.columns:  # any column added later is exported too
+            if column.key not in rec and column.key not in ("id", "study_id", "params", "metrics"):
+                rec[column.key] = _jsonable(_iso(getattr(row, column.key, None)))
         frozen = trials.get(rec["number"])
         user_attrs = dict(frozen.user_attrs) if frozen is not None else {}
         system_attrs = dict(frozen.system_attrs) if frozen is not None else {}
