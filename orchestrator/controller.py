@@ -34,10 +34,11 @@ from .parsers import LogStream, MetricPoint, get_adapter
 from .provenance import CodeInfo, code_info
 from .recovery import enqueue_retry, recover
 from .samplers import build_sampler, distributions
-from .scheduler import Scheduler
+from .scheduler import NoCapacity, Scheduler
 from .studies import OpenStudy, open_study
 
 HEARTBEAT_S = 5.0
+HEALTH_CHECK_S = 30.0  # how often machines marked down are probed again
 #: states that count against the budget (lost and invalid trials do not: they are re-run or skipped)
 COUNTED_STATES = ("pending", "running", "complete", "failed")
 MAX_INVALID_IN_A_ROW = 50
@@ -100,6 +101,7 @@ class Controller:
         self._stop_reason = ""
         self.dispatched = 0
         self._last_invalid = ""
+        self._next_health_check = 0.0
 
     # ---- setup ---------------------------------------------------------------------------------------
     def _launcher(self, machine: Machine) -> Launcher:
@@ -180,6 +182,13 @@ class Controller:
                 return
             round_open = self.spec.budget.dispatch == "rounds" and self.running
             free = [] if round_open else self.scheduler.free({r.slot for r in self.running.values()})[:slots_wanted]
+            if not free and not self.running:
+                self._recheck_down_machines(force=True)
+                free = self.scheduler.free(set())[:slots_wanted]
+                if not free:
+                    raise NoCapacity(f"no machine of the fleet can take a trial now (down or draining: "
+                                     f"{', '.join(sorted(self.scheduler.unavailable)) or 'none'}) (fix: bring the "
+                                     "machines back, see `orch fleet status`; `orch study run` then resumes)")
             if free:
                 self._new_round()
                 for slot in free:
@@ -367,6 +376,9 @@ class Controller:
 
     def _on_exit(self, run: Running, event: ExitEvent) -> None:
         parsed = run.stream.finish()
+        if event.error and event.error.startswith("connection lost") and not parsed.complete:
+            self._machine_lost(run, event.error)
+            return
         outcome = decide(self.spec, parsed, event.returncode, timed_out=run.timed_out, launcher_error=event.error)
         self._finish_row(run.row_id, run.number, run.trial_id, outcome.state, outcome.exit_reason, outcome.value,
                          outcome.feasible, outcome.constraints, outcome.metrics, outcome.note,
@@ -394,6 +406,22 @@ class Controller:
                            old=old, new=state, message=note))
         tell(self.study.optuna, trial_id, number, state, value, constraints)
 
+    def _machine_lost(self, run: Running, error: str) -> None:
+        """The machine dropped mid-run: it is marked down (no new trials) and the trial re-queued elsewhere."""
+        from db import MachineRow
+
+        self._finish_row(run.row_id, run.number, run.trial_id, "lost", "machine_lost", None, None, {}, {}, error)
+        with self.db.session() as s:
+            machine = s.scalar(select(MachineRow).where(MachineRow.name == run.slot.machine))
+            if machine is not None and machine.state != "down":
+                s.add(EventRow(machine=machine.name, kind="machine.state", old=machine.state, new="down", message=error))
+                machine.state, machine.note = "down", error
+            row = s.get(TrialRow, run.row_id)
+        self.scheduler.unavailable.add(run.slot.machine)
+        queued = enqueue_retry(self.study.optuna, row, self.spec.retries, self.spec)
+        self._say(f"trial {run.number}: machine {run.slot.machine} lost ({error}); it is marked down"
+                  + ("; the trial is re-queued" if queued else "; retries spent"))
+
     # ---- housekeeping --------------------------------------------------------------------------------
     def _heartbeat(self) -> None:
         if not lease.renew(self.db, self.study.row.id, self.owner):
@@ -403,6 +431,27 @@ class Controller:
             with self.db.session() as s:
                 s.execute(update(TrialRow).where(TrialRow.id.in_([r.row_id for r in self.running.values()]))
                           .values(heartbeat_at=_now()))
+        self._recheck_down_machines()
+        self.scheduler.unavailable = self._unavailable_machines()
+
+    def _recheck_down_machines(self, force: bool = False) -> None:
+        """A down machine that passes its health check (a probe) again comes back into the fleet."""
+        now = time.monotonic()
+        if now < self._next_health_check and not force:
+            return
+        self._next_health_check = now + HEALTH_CHECK_S
+        from db import MachineRow
+
+        with self.db.session() as s:
+            down = set(s.scalars(select(MachineRow.name).where(MachineRow.state == "down")))
+        busy = {r.slot.machine for r in self.running.values()}
+        for machine in self.fleet.machines:
+            if machine.name in down and machine.name not in busy:
+                info = self._launcher(machine).probe(machine)
+                if info.reachable:
+                    self.infos[machine.name] = info
+                    self._record_machine(machine, info)
+                    self._say(f"machine {machine.name} passed its health check again: back in the fleet")
         self.scheduler.unavailable = self._unavailable_machines()
 
     def _unavailable_machines(self) -> set[str]:

@@ -189,18 +189,25 @@ def containerized_env(machine: Machine, env: dict[str, str], slot: Slot) -> dict
 
 
 # ---- the local launcher's hook ------------------------------------------------------------------------------
+@dataclass
+class LocalLaunch:
+    argv: list[str]  # run this (Popen); store it as handle.command
+    image_id: str | None = None  # handle.container_image_id
+    cleanup: list[str] | None = None  # run after the KILL of a cancel: removes a container whose client died
+
+
 def local_container(machine: Machine, job: JobSpec, slot: Slot, workdir, *,
-                    podman: PodmanOptions | None = None, timeout_s: float = 60.0) -> tuple[list[str], str | None]:
-    """For LocalLauncher: (argv to run, image ID) for `job` on this machine. With runtime `none`: (job.argv, None).
+                    podman: PodmanOptions | None = None, timeout_s: float = 60.0) -> LocalLaunch:
+    """For LocalLauncher: what to run for `job` on this machine. With runtime `none`: job.argv unchanged.
 
     The Popen environment must still carry `job.secret_env` (LocalLauncher already merges it): the container
-    receives each secret by name. Raises ContainerError when the image is missing."""
+    receives each secret by name. Raises ContainerError (an OrchError) when the image is missing."""
     if machine.container.runtime == "none":
-        return list(job.argv), None
+        return LocalLaunch(list(job.argv))
     env = containerized_env(machine, job_env(machine, job, slot), slot)
     command = container_command(machine.container, job, slot, str(workdir), data_path=machine.data_path,
                                 extra_env=env, podman=podman)
-    return command.argv, read_image_id_local(command, timeout_s=timeout_s)
+    return LocalLaunch(command.argv, read_image_id_local(command, timeout_s=timeout_s), command.cleanup)
 
 
 def read_image_id_local(command: ContainerCommand, timeout_s: float = 60.0) -> str | None:

@@ -22,6 +22,7 @@ from ..config.fleet import Machine
 from ..gpu import local_gpus
 from ..jobs import JobSpec
 from .base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot
+from .containers import local_container
 
 KILL_GRACE_S = 5.0
 _PR_SET_PDEATHSIG = 1
@@ -54,6 +55,8 @@ def kill_group(pid: int, sig: int) -> None:
 
 
 class LocalJob(JobHandle):
+    cleanup: list[str] | None = None  # removes the job's container: killing its client can leave it running
+
     def __init__(self, key: int, proc: subprocess.Popen, workdir: Path, log_path: Path, command: list[str]) -> None:
         self.key, self.proc, self.workdir, self.log_path, self.command = key, proc, workdir, log_path, command
         self.pid = proc.pid
@@ -73,6 +76,8 @@ class LocalJob(JobHandle):
                     break
                 time.sleep(0.05)
             kill_group(self.pid, signal.SIGKILL)  # also reaps children that outlived the leader
+            if self.cleanup:
+                subprocess.run(self.cleanup, capture_output=True, timeout=60)
 
         threading.Thread(target=_escalate, daemon=True, name=f"kill-{self.key}").start()
 
@@ -122,14 +127,16 @@ class LocalLauncher(Launcher):
             if cpu_ids:
                 os.sched_setaffinity(0, cpu_ids)
 
+        launch = local_container(machine, job, slot, workdir.resolve())  # runtime none: job.argv as it is
         log_file = open(log_path, "ab")
         try:
-            proc = subprocess.Popen(job.argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            proc = subprocess.Popen(launch.argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_child_setup)
         except OSError as exc:
             log_file.write(f"orch: cannot start {job.argv[0]!r}: {exc}\n".encode())
             log_file.close()
             raise
-        handle = LocalJob(job.trial, proc, workdir, log_path, list(job.argv))
+        handle = LocalJob(job.trial, proc, workdir, log_path, list(launch.argv))
+        handle.container_image_id, handle.cleanup = launch.image_id, launch.cleanup
         threading.Thread(target=_pump, args=(handle, log_file, events), daemon=True, name=f"log-{job.trial}").start()
         return handle

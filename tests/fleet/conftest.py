@@ -1,0 +1,214 @@
+"""Real sshd "machines" on loopback addresses (127.0.0.2, .3, ... each with its own host key and port) and an
+offline podman image, for the ssh launcher's tests. Nothing is installed here: without openssh-server
+(or podman, runc, debootstrap for the container tests) the tests are skipped with the package to add."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
+SSH_KEYGEN = shutil.which("ssh-keygen")
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+@dataclass
+class SshMachine:
+    name: str
+    host: str
+    port: int
+    dir: Path
+    host_key: Path
+    client_key: Path
+    known_hosts: Path
+    proc: subprocess.Popen | None = None
+    log: list[str] = field(default_factory=list)
+
+    def public_host_key(self) -> str:
+        return (self.host_key.with_suffix(".pub")).read_text().split()[1]
+
+    def start(self) -> None:
+        config = self.dir / "sshd_config"
+        config.write_text(
+            f"Port {self.port}\nListenAddress {self.host}\nHostKey {self.host_key}\n"
+            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}\nPidFile {self.dir / 'sshd.pid'}\n"
+            "StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "PermitRootLogin prohibit-password\nMaxSessions 64\nMaxStartups 64\nLogLevel ERROR\n")
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
+                                     stderr=open(self.dir / "sshd.log", "ab"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"sshd exited: {(self.dir / 'sshd.log').read_text()[-500:]}")
+                time.sleep(0.05)
+        raise RuntimeError("sshd did not listen within 10 s")
+
+    def sessions(self) -> list[int]:
+        """The per-connection sshd processes (and their children)."""
+        return _descendants(self.proc.pid) if self.proc else []
+
+    def kill(self) -> None:
+        """The machine's sshd dies: the listener and every session process (SIGKILL)."""
+        if self.proc is None:
+            return
+        pids = [self.proc.pid] + [p for p in self.sessions() if _comm(p) == "sshd"]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None
+
+    def fleet_entry(self, workdir: Path, **extra) -> dict:
+        return {"name": self.name, "launcher": "ssh", "host": self.host, "port": self.port, "user": "root",
+                "identity_file": str(self.client_key), "known_hosts": str(self.known_hosts), "gpus": "none",
+                "cpu_slots": 1, "workdir": str(workdir), **extra}
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+class SshLab:
+    """Makes sshd machines on 127.0.0.N (N = 2, 3, ...), all trusting one client key."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.client_key = base / "client_key"
+        subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(self.client_key)], check=True)
+        self.machines: list[SshMachine] = []
+
+    def machine(self, name: str, *, trusted: bool = True, start: bool = True) -> SshMachine:
+        index = len(self.machines) + 2
+        host = f"127.0.0.{index}"
+        directory = self.base / name
+        directory.mkdir()
+        host_key = directory / "host_key"
+        subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+        shutil.copy(self.client_key.with_suffix(".pub"), directory / "authorized_keys")
+        machine = SshMachine(name, host, _free_port(host), directory, host_key, self.client_key,
+                             directory / "known_hosts")
+        if trusted:
+            machine.known_hosts.write_text(f"[{host}]:{machine.port} ssh-ed25519 {machine.public_host_key()}\n")
+        if start:
+            machine.start()
+        self.machines.append(machine)
+        return machine
+
+    def close(self) -> None:
+        for machine in self.machines:
+            machine.stop()
+
+
+@pytest.fixture(scope="session")
+def ssh_lab():
+    if SSHD is None or SSH_KEYGEN is None:
+        pytest.skip("openssh-server is not installed (add `openssh-server` to the apt packages of .ci/run)")
+    os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
+    base = Path(tempfile.mkdtemp(prefix="orch-ssh-"))
+    lab = SshLab(base)
+    yield lab
+    lab.close()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ssh_machines(ssh_lab):
+    """Three running, trusted machines shared by the tests that do not break them."""
+    return [ssh_lab.machine(f"m{i}") for i in range(3)]
+
+
+# ---- podman ----------------------------------------------------------------------------------------------------
+PODMAN_TOOLS = ("podman", "runc", "debootstrap")
+
+
+@dataclass
+class PodmanImage:
+    name: str
+    image_id: str
+    options: object  # PodmanOptions
+
+
+@pytest.fixture(scope="session")
+def podman_image():
+    """A Debian bookworm minbase image with python3, built offline once per session (debootstrap + import)."""
+    missing = [tool for tool in PODMAN_TOOLS if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}")]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (add `podman runc debootstrap` to the apt packages of .ci/run)")
+    from orchestrator.launchers.containers import PodmanOptions, image_id_argv, parse_image_id
+
+    base = Path(tempfile.mkdtemp(prefix="orch-podman-"))
+    options = PodmanOptions(root=str(base / "root"), runroot=str(base / "runroot"), tmpdir=str(base / "tmp"))
+    (base / "tmp").mkdir()
+    rootfs = base / "rootfs"
+    cached = os.environ.get("ORCH_TEST_ROOTFS_TAR")  # a tarball of a previous build, to skip debootstrap locally
+    name = "localhost/orch-test:bookworm"
+    prefix = ["podman", *options.global_flags()]
+    try:
+        if cached and os.path.isfile(cached):
+            with open(cached, "rb") as tar:
+                subprocess.run([*prefix, "import", "-", name], stdin=tar, check=True, capture_output=True, timeout=300)
+        else:
+            result = subprocess.run(["debootstrap", "--variant=minbase", "--include=python3-minimal,libpython3.11-stdlib",
+                                     "bookworm", str(rootfs)], capture_output=True, text=True, timeout=600)
+            if result.returncode != 0:
+                pytest.skip(f"debootstrap failed (no Debian mirror?): {result.stderr[-300:]}")
+            tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+            subprocess.run([*prefix, "import", "-", name], stdin=tar.stdout, check=True, capture_output=True, timeout=300)
+            tar.wait()
+        out = subprocess.run(image_id_argv("podman", name, options), capture_output=True, text=True, check=True).stdout
+        yield PodmanImage(name, parse_image_id(out), options)
+    finally:
+        subprocess.run([*prefix, "rm", "-a", "-f"], capture_output=True, timeout=120)
+        subprocess.run([*prefix, "system", "reset", "-f"], capture_output=True, timeout=120)
+        shutil.rmtree(base, ignore_errors=True)
