@@ -38,7 +38,6 @@ from typing import Any
 
 import optuna
 import yaml
-from sqlalchemy import select
 
 from db import Database, StudyRow, TrialRow
 from db.models import EventRow
@@ -47,7 +46,7 @@ from .config.errors import OrchError
 from .config.study import StudySpec, load_study_text
 from .jobs import InvalidParams, resolve_values, variant_key
 from .samplers.space import distributions
-from .studies import StudyError, optuna_storage, validate_study_file
+from .studies import new_optuna_study, validate_study_file
 
 DEFAULT_OBJECTIVE = "minimize:train_time_s"
 DEFAULT_CONSTRAINTS = ("val_loss <= 3.28",)
@@ -319,16 +318,7 @@ def import_csv(db: Database, path: str | Path, study_name: str, *, objective: st
     """Create study `study_name` from the finished runs of a CSV table (see the module doc)."""
     path = Path(path)
     spec, text, spec_path, runs = plan_import(path, objective=objective, constraints=constraints, from_=from_)
-    with db.session() as s:
-        if s.scalar(select(StudyRow).where(StudyRow.name == study_name)) is not None:
-            raise StudyError(f"study {study_name!r} already exists in {db.url.split('?')[0]} "
-                             "(fix: pick another name with --study)")
-    storage = optuna_storage(db)
-    try:
-        optuna.create_study(study_name=study_name, storage=storage, direction=spec.objective.direction)
-    except optuna.exceptions.DuplicatedStudyError:
-        raise StudyError(f"an Optuna study named {study_name!r} already exists in this database "
-                         "(fix: pick another name with --study)") from None
+    storage = new_optuna_study(db, study_name, spec.objective.direction, "pick another name with --study")
     try:
         return _write(db, storage, study_name, path, spec, text, spec_path, runs)
     except BaseException:

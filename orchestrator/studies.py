@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 from sqlalchemy import select
 
-from db import Database, StudyRow, TrialRow
+from db import Database, StudyRow, TrialRow, safe_url
 from db.models import EventRow
 
 from .config.errors import ConfigError, OrchError
@@ -55,18 +55,23 @@ def validate_study_file(path: str | Path) -> tuple[StudySpec, str]:
     return spec, Path(path).read_text(encoding="utf-8")
 
 
-def create_study(db: Database, name: str, path: str | Path) -> StudyRow:
-    spec, text = validate_study_file(path)
+def new_optuna_study(db: Database, name: str, direction: str, fix: str) -> optuna.storages.RDBStorage:
+    """Create the Optuna half of a new study; refuse a name that either half already uses."""
     with db.session() as s:
         if s.scalar(select(StudyRow).where(StudyRow.name == name)) is not None:
-            raise StudyError(f"study {name!r} already exists in {db.url.split('?')[0]} "
-                             "(fix: pick another name, or `orch study run` it to continue)")
+            raise StudyError(f"study {name!r} already exists in {safe_url(db.url)} (fix: {fix})")
     storage = optuna_storage(db)
     try:
-        optuna.create_study(study_name=name, storage=storage, direction=spec.objective.direction)
+        optuna.create_study(study_name=name, storage=storage, direction=direction)
     except optuna.exceptions.DuplicatedStudyError:
-        raise StudyError(f"an Optuna study named {name!r} already exists in this database "
-                         "(fix: pick another name)") from None
+        raise StudyError(f"an Optuna study named {name!r} already exists in this database (fix: {fix})") from None
+    return storage
+
+
+def create_study(db: Database, name: str, path: str | Path) -> StudyRow:
+    spec, text = validate_study_file(path)
+    storage = new_optuna_study(db, name, spec.objective.direction,
+                               "pick another name, or `orch study run` it to continue")
     resolved = Path(path).resolve()
     try:
         with db.session() as s:

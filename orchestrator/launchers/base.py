@@ -41,6 +41,17 @@ class MachineInfo:
     error: str | None = None
 
 
+def machine_info(machine: Machine, gpus: list[dict]) -> MachineInfo:
+    """A reachable machine's info from its nvidia-smi rows; an integer `gpus:` in the fleet caps the count."""
+    if isinstance(machine.gpus, int):
+        gpus = gpus[: machine.gpus]
+        count = len(gpus) or machine.gpus
+    else:
+        count = len(gpus) if machine.gpus == "auto" else 0
+    return MachineInfo(reachable=True, gpu_count=count, gpu_type=gpus[0]["name"] if gpus else machine.gpu_type,
+                       driver_version=gpus[0]["driver_version"] if gpus else None, gpus=gpus)
+
+
 @dataclass
 class LineEvent:
     key: int  # the trial number

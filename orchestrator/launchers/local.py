@@ -21,7 +21,7 @@ from pathlib import Path
 from ..config.fleet import Machine
 from ..gpu import local_gpus
 from ..jobs import JobSpec
-from .base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot
+from .base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot, machine_info
 from .containers import local_container
 
 KILL_GRACE_S = 5.0
@@ -99,14 +99,7 @@ class LocalLauncher(Launcher):
     name = "local"
 
     def probe(self, machine: Machine) -> MachineInfo:
-        gpus = local_gpus()
-        if isinstance(machine.gpus, int):
-            gpus = gpus[: machine.gpus] if gpus else []
-            count = machine.gpus if not gpus else len(gpus)
-        else:
-            count = len(gpus) if machine.gpus == "auto" else 0
-        return MachineInfo(reachable=True, gpu_count=count, gpu_type=gpus[0]["name"] if gpus else machine.gpu_type,
-                           driver_version=gpus[0]["driver_version"] if gpus else None, gpus=gpus)
+        return machine_info(machine, local_gpus())
 
     def start(self, job: JobSpec, machine: Machine, slot: Slot, workdir: Path,
               events: "queue.Queue[Event]") -> LocalJob:

@@ -35,7 +35,7 @@ from ..config.errors import OrchError
 from ..config.fleet import Machine
 from ..gpu import NVIDIA_SMI_ARGV, parse_nvidia_smi
 from ..jobs import JobSpec
-from .base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot
+from .base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot, machine_info
 from .containers import PodmanOptions, container_command, containerized_env, job_env, parse_image_id
 from .remote_script import ScriptError, bootstrap_command, job_script
 
@@ -396,14 +396,7 @@ class SshLauncher(Launcher):
             status, out = conn.run(" ".join(shlex.quote(a) for a in NVIDIA_SMI_ARGV), timeout_s=30)
         except OrchError as exc:
             return MachineInfo(reachable=False, error=str(exc))
-        gpus = parse_nvidia_smi(out) if status == 0 else []  # 127: no nvidia-smi: no GPU, CPU slots
-        if isinstance(machine.gpus, int):
-            gpus = gpus[: machine.gpus] if gpus else []
-            count = machine.gpus if not gpus else len(gpus)
-        else:
-            count = len(gpus) if machine.gpus == "auto" else 0
-        return MachineInfo(reachable=True, gpu_count=count, gpu_type=gpus[0]["name"] if gpus else machine.gpu_type,
-                           driver_version=gpus[0]["driver_version"] if gpus else None, gpus=gpus)
+        return machine_info(machine, parse_nvidia_smi(out) if status == 0 else [])  # 127: no nvidia-smi: CPU slots
 
     # -- start
     def remote_trial_dir(self, conn: _Connection, machine: Machine, job: JobSpec) -> str:

@@ -3,18 +3,7 @@ import pytest
 import torch
 
 import kernels
-from kernels._common import interpreting, triton_available
-
-BOUND = {torch.float32: 1e-5, torch.bfloat16: 1.5e-2, torch.float16: 3e-3}
-needs_interp = pytest.mark.skipif(not (triton_available() and interpreting() and not torch.cuda.is_available()),
-                                  reason="needs triton with TRITON_INTERPRET=1 on a CPU-only machine")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    assert torch.isfinite(a).all()
-    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+from _oracle import BOUND, needs_cuda, needs_interp, rel
 
 
 def check(backend, shape, dtype, seed, device="cpu"):

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from trainer.data import (MAGIC, BatchLoader, DataError, load_shard, read_header, stdlib_bytes_dir,
+                          val_rows, write_shard)
+
+
+def test_roundtrip(tmp_path):
+    p = tmp_path / "a_train_000001.bin"
+    toks = np.arange(1000) % 50257
+    write_shard(str(p), toks)
+    raw = np.fromfile(p, dtype="<i4", count=3)
+    assert list(raw) == [MAGIC, 1, 1000]
+    assert read_header(str(p)) == 1000
+    assert np.array_equal(load_shard(str(p)), toks.astype(np.uint16))
+    assert p.stat().st_size == 1024 + 2000
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".tmp")]
+
+
+def test_rejects_wrong_magic_and_truncation(tmp_path):
+    p = tmp_path / "s.bin"
+    write_shard(str(p), np.arange(100))
+    b = bytearray(p.read_bytes())
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"\x01\x02\x03\x04" + bytes(b[4:]))
+    with pytest.raises(DataError, match="magic"):
+        read_header(str(bad))
+    short = tmp_path / "short.bin"
+    short.write_bytes(bytes(b[:-10]))
+    with pytest.raises(DataError, match="truncated"):
+        read_header(str(short))
+    tiny = tmp_path / "tiny.bin"
+    tiny.write_bytes(bytes(b[:100]))
+    with pytest.raises(DataError, match="truncated"):
+        read_header(str(tiny))
+    ver = tmp_path / "ver.bin"
+    h = np.frombuffer(bytes(b[:1024]), dtype="<i4").copy()
+    h[1] = 7
+    ver.write_bytes(h.tobytes() + bytes(b[1024:]))
+    with pytest.raises(DataError, match="version"):
+        read_header(str(ver))
+
+
+def test_stdlib_bytes_dataset(data_dir):
+    import json
+    import os
+
+    d = stdlib_bytes_dir(data_dir)
+    meta = json.load(open(os.path.join(d, "meta.json")))
+    assert meta["train_tokens"] > 500_000 and meta["val_tokens"] > 20_000
+    tr = load_shard(os.path.join(d, "train_000001.bin"))
+    assert tr[0] == 0 and tr.max() < 256 and (np.asarray(tr) == 0).sum() == meta["train_docs"]
+
+
+def test_loader_aligns_to_bos_and_shards_ranks(tmp_path):
+    rng = np.random.default_rng(0)
+    docs = [np.concatenate([[0], rng.integers(1, 256, rng.integers(3, 15))]) for _ in range(300)]
+    toks = np.concatenate(docs)
+    f = str(tmp_path / "t_train_000001.bin")
+    write_shard(f, toks)
+    full = BatchLoader([f], bos_id=0).next_batch(16, 16 * 8)
+    assert full.shape == (8, 17) and (full[:, 0] == 0).all()  # every row starts a document
+    r0 = BatchLoader([f], bos_id=0, rank=0, world_size=2).next_batch(16, 16 * 8)
+    r1 = BatchLoader([f], bos_id=0, rank=1, world_size=2).next_batch(16, 16 * 8)
+    assert np.array_equal(np.concatenate([r0, r1]), full)
+    ld = BatchLoader([f], bos_id=0)
+    for _ in range(200):  # cycles through the shard without error
+        b = ld.next_batch(32, 32 * 4)
+        assert b.shape == (4, 33)
+    # a long document is continued rather than skipped
+    long = np.concatenate([[0], np.arange(1, 200), [0], np.arange(1, 10)])
+    g = str(tmp_path / "long.bin")
+    write_shard(g, long)
+    b = BatchLoader([g], bos_id=0).next_batch(16, 64)
+    assert b[0, 0] == 0 and b[1, 0] == 16 and b[2, 0] == 32
+
+
+def test_val_rows_split(tmp_path):
+    f = str(tmp_path / "v.bin")
+    write_shard(f, np.arange(1000))
+    rows = val_rows([f], 256, 32)
+    assert rows.shape == (8, 33) and rows[1, 0] == 32 and rows[0, -1] == 32
+    a, b = val_rows([f], 256, 32, 0, 2), val_rows([f], 256, 32, 1, 2)
+    assert np.array_equal(np.concatenate([a, b]), rows)
