@@ -82,3 +82,38 @@ def test_val_rows_split(tmp_path):
     assert rows.shape == (8, 33) and rows[1, 0] == 32 and rows[0, -1] == 32
     a, b = val_rows([f], 256, 32, 0, 2), val_rows([f], 256, 32, 1, 2)
     assert np.array_equal(np.concatenate([a, b]), rows)
+
+
+def test_two_processes_build_the_tiny_dataset_at_once(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = "import sys; from trainer.data import ensure_stdlib_bytes; print(ensure_stdlib_bytes(sys.argv[1]))"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    d = outs[0][0].strip()
+    assert d == outs[1][0].strip() == stdlib_bytes_dir(str(tmp_path))
+    import os
+
+    names = sorted(os.listdir(d))
+    assert names == ["meta.json", "train_000001.bin", "val_000000.bin"]  # no temp files left behind
+    assert read_header(os.path.join(d, "train_000001.bin")) > 500_000
+
+
+def test_corpus_text_helpers():
+    from trainer.corpus import _prose, html_to_text, rst_to_text
+
+    html = ("<html><head><title>x</title><script>var a=1;</script></head><body><nav>menu</nav>"
+            "<h1>Title</h1><p>The quick brown fox jumps over the lazy dog.</p><p>Second &amp; last.</p></body></html>")
+    t = html_to_text(html)
+    assert "quick brown fox" in t and "Second & last." in t and "var a" not in t and "menu" not in t
+    rst = ("Heading\n=======\n\n.. note::\n\n   hidden body\n\nSee :func:`os.path.join` and ``code`` and "
+           "`a link <https://x>`_ here.\n\n>>> print(1)\n")
+    r = rst_to_text(rst)
+    assert "hidden body" not in r and "=======" not in r and ">>>" not in r
+    assert "See os.path.join and code and a link here." in r
+    assert _prose("This is a plain English sentence.") and not _prose("x = f(1, 2) + g[3]")

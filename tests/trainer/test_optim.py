@@ -1,6 +1,5 @@
 import os
 
-import pytest
 import torch
 
 from trainer.optim import Muon, orthogonalize
@@ -62,6 +61,7 @@ def _worker(rank, world, port, out):
             p.grad = torch.sin(torch.arange(p.numel(), dtype=torch.float32).view_as(p) * (i + 1 + step))
         opt.step()
     torch.save([p.detach() for p in ps], f"{out}.{rank}")
+    dist.barrier()  # both ranks done before teardown (gloo can abort otherwise)
     dist.destroy_process_group()
 
 

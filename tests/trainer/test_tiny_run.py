@@ -66,3 +66,30 @@ def test_divergence_exits_3(run_trainer):
     assert p.returncode == 3, p.stderr
     final = p.metrics[-1]
     assert final["event"] == "final" and final["exit_reason"] == "diverged" and final["step"] < 30
+
+
+def test_torchrun_two_ranks_matches_one(run_trainer, data_dir):
+    """torchrun --nproc_per_node=2 on CPU (gloo): averaged gradients + sharded Muon = the 1-rank run."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import ROOT, parse_metrics
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    args = ["--num-steps", "20", "--val-every", "0"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINER_")}
+    env.update(OMP_NUM_THREADS="1", TRAINER_DATA_DIR=data_dir, PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                        "-m", "trainer", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    m2 = parse_metrics(p.stdout)
+    assert [m["event"] for m in m2].count("final") == 1  # rank 0 prints, rank 1 is silent
+    one = run_trainer(*args)
+    f1, f2 = one.metrics[-1], m2[-1]
+    assert f2["world_size"] == 2 and f2["tokens"] == f1["tokens"]
+    assert abs(f1["val_loss"] - f2["val_loss"]) < 2e-3

@@ -1,0 +1,221 @@
+"""The GPT: token embedding -> N blocks (attention + ReLU^2 MLP) -> RMS norm -> softcapped head.
+
+Speedrun features: rotary position embeddings, QK-norm, parameter-free RMS norms, ReLU^2 MLP,
+zero-initialised output projections and head, the embedding mixed back into every block through
+learned scalars, logit softcap, sliding-window attention (a short window in most layers, a long one
+in every 4th and the last) with FlexAttention (documents masked apart) or SDPA.
+Weights stay fp32; on CUDA the activations run in bf16 under autocast.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# debugging knob (not a trainer option): hand FlexAttention contiguous (B, H, T, D) tensors
+FLEX_CONTIGUOUS = os.environ.get("TRAINER_DEBUG_FLEX_CONTIGUOUS", "") == "1"
+
+
+def norm(x):
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def _kernels(enabled: bool):
+    """The kernels/ package (fused Triton ops) when asked for and importable, else None."""
+    if not enabled:
+        return None
+    try:
+        import kernels as K  # written by another part of the project; optional
+    except Exception:
+        return None
+
+    class Fused:  # opaque to torch.compile (graph breaks around the Triton launches)
+        softcap_cross_entropy = staticmethod(torch.compiler.disable(K.softcap_cross_entropy))
+        relu2_mlp_up = staticmethod(torch.compiler.disable(K.relu2_mlp_up))
+        xxt = staticmethod(K.xxt)
+
+    return Fused
+
+
+class Rotary(nn.Module):
+    def __init__(self, head_dim: int, max_seq_len: int, base: float):
+        super().__init__()
+        half = head_dim // 2
+        inv_freq = base ** (-torch.arange(half, dtype=torch.float32) / half)
+        t = torch.arange(max_seq_len, dtype=torch.float32)
+        f = torch.outer(t, inv_freq)
+        self.register_buffer("cos", f.cos(), persistent=False)
+        self.register_buffer("sin", f.sin(), persistent=False)
+
+    def forward(self, x):  # x: (B, T, H, D)
+        T = x.size(1)
+        cos, sin = self.cos[None, :T, None, :], self.sin[None, :T, None, :]
+        x1, x2 = x.float().chunk(2, dim=-1)
+        return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).type_as(x)
+
+
+def _window_mask(T: int, window: int, device):
+    i = torch.arange(T, device=device)
+    d = i[:, None] - i[None, :]
+    return (d >= 0) & (d < window)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, n_head: int, max_seq_len: int, rope_base: float):
+        super().__init__()
+        self.n_head, self.head_dim = n_head, dim // n_head
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)  # Muon treats it as three dim x dim matrices
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.rotary = Rotary(self.head_dim, max_seq_len, rope_base)
+
+    def forward(self, x, window: int, masks):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
+        q, k = self.rotary(norm(q)), self.rotary(norm(k))  # QK-norm, then rotary
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if masks is not None:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            if FLEX_CONTIGUOUS:
+                q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+            y = flex_attention(q, k, v, block_mask=masks[window])
+        elif window >= T:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=_window_mask(T, window, x.device))
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, mult: int, kern=None):
+        super().__init__()
+        self.up = nn.Linear(dim, mult * dim, bias=False)
+        self.down = nn.Linear(mult * dim, dim, bias=False)
+        self.kern = kern
+
+    def forward(self, x):
+        if self.kern is not None and x.is_cuda:
+            w = self.up.weight.to(x.dtype)
+            h = self.kern.relu2_mlp_up(x.reshape(-1, x.size(-1)), w).view(*x.shape[:-1], -1)
+        else:
+            h = F.relu(self.up(x)).square()
+        return self.down(h)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg, max_seq_len: int, long_window: bool, kern=None):
+        super().__init__()
+        self.long_window = long_window
+        self.attn = Attention(cfg.model_dim, cfg.n_head, max_seq_len, cfg.rope_base)
+        self.mlp = MLP(cfg.model_dim, cfg.mlp_mult, kern)
+        self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))  # x <- l0 * x + l1 * x0
+
+    def forward(self, x, x0, windows, masks):
+        x = self.lambdas[0] * x + self.lambdas[1] * x0
+        x = x + self.attn(norm(x), windows[1] if self.long_window else windows[0], masks)
+        return x + self.mlp(norm(x))
+
+
+def flex_block_masks(idx, windows, bos_id: int) -> dict:
+    """FlexAttention block masks (causal, sliding window, documents apart), one per distinct window."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    B, T = idx.shape
+    docs = (idx == bos_id).cumsum(dim=1)
+    masks = {}
+    for w in sorted(set(windows)):
+        def mask_mod(b, h, q, kv, w=w):
+            return (q >= kv) & (q - kv < w) & (docs[b, q] == docs[b, kv])
+
+        masks[w] = create_block_mask(mask_mod, B, None, T, T, device=idx.device)
+    return masks
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg, max_seq_len: int, attn: str = "sdpa"):
+        super().__init__()
+        self.cfg, self.attn_kind = cfg, attn
+        kern = _kernels(cfg.kernels == "triton")
+        self.kern = kern
+        L, d = cfg.n_layer, cfg.model_dim
+        self.embed = nn.Embedding(cfg.vocab_size, d)
+        long_layers = {i for i in range(L) if i % 4 == 3} | {L - 1}
+        self.blocks = nn.ModuleList(Block(cfg, max_seq_len, i in long_layers, kern) for i in range(L))
+        self.lm_head = None if cfg.tie_embed else nn.Linear(d, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        d = self.cfg.model_dim
+        # std 0.02: N(0, 1) embeddings drive CPU matmuls into denormals (50x slower)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        bound = math.sqrt(3) * 0.5 * d ** -0.5  # uniform with std 0.5 / sqrt(d)
+        for b in self.blocks:
+            b.attn.qkv.weight.uniform_(-bound, bound)
+            b.mlp.up.weight.uniform_(-bound, bound)
+            b.attn.proj.weight.zero_()  # zero-initialised output projections
+            b.mlp.down.weight.zero_()
+            b.lambdas.copy_(torch.tensor([1.0, 0.0]))
+        if self.lm_head is not None:
+            self.lm_head.weight.zero_()
+
+    @property
+    def head_weight(self):
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
+    def hidden(self, idx, windows):
+        masks = flex_block_masks(idx, windows, self.cfg.bos_id) if self.attn_kind == "flex" else None
+        x = x0 = norm(self.embed(idx))
+        for b in self.blocks:
+            x = b(x, x0, windows, masks)
+        return norm(x)
+
+    def forward(self, idx, targets, windows):
+        """Mean cross-entropy of targets given idx (both (B, T)); windows = (short, long) in tokens."""
+        x = self.hidden(idx, windows)
+        return softcap_cross_entropy(x, self.head_weight, targets, self.cfg.logit_softcap, self.kern)
+
+    def param_groups(self):
+        """(Muon matrices, embedding, head, scalars): who is optimised by what."""
+        muon = [p for b in self.blocks for p in (b.attn.qkv.weight, b.attn.proj.weight, b.mlp.up.weight,
+                                                 b.mlp.down.weight)]
+        scalars = [b.lambdas for b in self.blocks]
+        head = [] if self.lm_head is None else [self.lm_head.weight]
+        return muon, [self.embed.weight], head, scalars
+
+
+def softcap_cross_entropy(x, weight, targets, softcap: float, kern=None):
+    """Cross entropy of softcap * tanh((x @ weight.T) / softcap); fused kernel on CUDA when given."""
+    x = x.reshape(-1, x.size(-1))
+    targets = targets.reshape(-1)
+    if kern is not None and x.is_cuda:
+        return kern.softcap_cross_entropy(x, weight.to(x.dtype), targets, softcap)
+    logits = F.linear(x, weight.to(x.dtype)).float()
+    if softcap > 0:
+        logits = softcap * torch.tanh(logits / softcap)
+    return F.cross_entropy(logits, targets)
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def train_flops_per_token(cfg, seq_len: int, windows=None) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward): all matmuls, attention counted over
+    the keys each query really attends (causal, sliding window; documents not subtracted)."""
+    d, L = cfg.model_dim, cfg.n_layer
+    dense = L * (3 * d * d + d * d + 2 * cfg.mlp_mult * d * d) + d * cfg.vocab_size
+    w_short, w_long = windows or (seq_len, seq_len)
+    long_layers = len({i for i in range(L) if i % 4 == 3} | {L - 1})
+
+    def mean_keys(w):  # average over queries q = 0..T-1 of min(q + 1, w)
+        w = min(w, seq_len)
+        return (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
+
+    attn = 4 * d * ((L - long_layers) * mean_keys(w_short) + long_layers * mean_keys(w_long))
+    return 3 * (2 * dense + attn)

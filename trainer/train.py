@@ -1,0 +1,382 @@
+"""The training loop: ``python -m trainer`` (or ``torchrun --nproc_per_node=N -m trainer``).
+
+1. parse flags / TRAINER_* env and validate (exit 2 on bad input, before torch is imported)
+2. find (or build) the shards and check them (exit 2 when missing or corrupt)
+3. build the model and optimizers; on CUDA compile and warm up every stage's shapes untimed,
+   then restore the initial state
+4. train through the stages; validate every --val-every steps and at the end (untimed)
+5. print the final ``@@metrics`` object; exit 0 (completed / early_exit), 3 (diverged), 1 (error)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+
+from trainer.config import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_ERROR, ConfigError, parse_config
+
+_RANK0 = int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def emit(obj: dict, human: str | None = None) -> None:
+    """Print (rank 0 only) an optional human line and the @@metrics JSON line."""
+    if not _RANK0:
+        return
+    if human:
+        print(human, flush=True)
+    print("@@metrics " + json.dumps(obj, separators=(", ", ": ")), flush=True)
+
+
+def versions() -> dict:
+    import numpy
+    import torch
+
+    v = {"torch": torch.__version__, "python": platform.python_version(), "numpy": numpy.__version__,
+         "cuda": torch.version.cuda}
+    try:
+        import triton
+
+        v["triton"] = triton.__version__
+    except Exception:
+        pass
+    return v
+
+
+# ---------------------------------------------------------------------------------------------
+# schedule
+
+
+class Schedule:
+    """Which stage a step belongs to and its learning-rate multiplier.
+
+    The stages divide the first num_steps steps by their fractions; later steps (extension steps and
+    anything up to --max-steps) stay in the last stage. The LR multiplier is the stage's times a linear
+    cooldown from 1 to final_lr_frac over the last cooldown_frac of the scheduled steps.
+    """
+
+    def __init__(self, cfg):
+        self.cfg, self.stages = cfg, cfg.stages
+        acc, self.ends = 0.0, []
+        for st in self.stages:
+            acc += st.frac
+            self.ends.append(round(acc * cfg.num_steps))
+
+    def stage_index(self, step: int) -> int:  # step: 0-based index of the step being taken
+        for i, end in enumerate(self.ends):
+            if step < end:
+                return i
+        return len(self.stages) - 1
+
+    def lr_mult(self, step: int) -> float:
+        c = self.cfg
+        p = min(step / c.num_steps, 1.0)
+        m = 1.0
+        if c.cooldown_frac > 0 and p > 1 - c.cooldown_frac:
+            w = (1 - p) / c.cooldown_frac
+            m = w + (1 - w) * c.final_lr_frac
+        return m * self.stages[self.stage_index(step)].lr_mult
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def bad_input(e: ConfigError) -> int:
+    if _RANK0:  # one line, from rank 0 only
+        print(f"trainer: error: {e}", file=sys.stderr, flush=True)
+    return EXIT_BAD_INPUT
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = parse_config(argv)
+    except ConfigError as e:
+        return bad_input(e)
+    from trainer.data import resolve_files
+
+    try:
+        train_files, val_files = resolve_files(cfg)
+    except ConfigError as e:
+        return bad_input(e)
+    return Run(cfg, train_files, val_files).run()
+
+
+class Run:
+    def __init__(self, cfg, train_files, val_files):
+        self.cfg, self.train_files, self.val_files = cfg, train_files, val_files
+        self.step = 0
+        self.train_time_ms = 0.0
+        self.tokens = 0
+        self.val_loss = None
+        self.total_steps = cfg.total_steps
+
+    # -- setup -------------------------------------------------------------------------------
+    def setup(self):
+        import numpy as np
+        import torch
+        import torch.distributed as dist
+
+        from trainer import data, model, optim
+
+        cfg = self.cfg
+        self.torch, self.np, self.dist = torch, np, dist
+        self.rank = int(os.environ.get("RANK", "0") or 0)
+        self.world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        if cfg.device == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            dev = cfg.device
+        if dev == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda but no CUDA GPU is visible", "use --device cpu or auto")
+        if dev == "cuda":
+            torch.cuda.set_device(local_rank)
+            self.device = torch.device("cuda", local_rank)
+        else:
+            self.device = torch.device("cpu")
+        self.is_cuda = dev == "cuda"
+        if self.world > 1:
+            dist.init_process_group("nccl" if self.is_cuda else "gloo", device_id=self.device if self.is_cuda else None)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        if self.is_cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and self.is_cuda)
+        # auto = sdpa: the path verified at GPT-2 size on an H100 (docs/trainer.md); flex is opt-in
+        self.attn_kind = cfg.attn if cfg.attn != "auto" else "sdpa"
+        if self.attn_kind == "flex" and not self.is_cuda:
+            raise ConfigError("--attn flex needs CUDA here", "use --attn sdpa on CPU")
+        self.compile = cfg.compile == "1" or (cfg.compile == "auto" and self.is_cuda)
+        self.schedule = Schedule(cfg)
+
+        # data
+        self.loader = data.BatchLoader(self.train_files, cfg.bos_id, cfg.align_bos, self.rank, self.world)
+        self.val_seq = cfg.val_seq_len or cfg.stages[-1].seq_len
+        vr = data.val_rows(self.val_files, cfg.val_tokens, self.val_seq, self.rank, self.world)
+        top = int(max(vr.max(), int(np.asarray(self.loader.tokens[: 1 << 24]).max())))
+        if top >= cfg.vocab_size:
+            raise ConfigError(f"the data holds token id {top}, outside --vocab-size {cfg.vocab_size}",
+                              "use the preset that matches the data (tiny: bytes, small/gpt2: GPT-2 tokens)")
+        if cfg.align_bos and not (np.asarray(self.loader.tokens[: 1 << 24]) == cfg.bos_id).any():
+            raise ConfigError(f"the train shards hold no document-start token {cfg.bos_id}",
+                              "use the preset that matches the data, or give --bos-id / --align-bos 0")
+        self.val = torch.from_numpy(vr)
+
+        # model and optimizers
+        max_seq = max([st.seq_len for st in cfg.stages] + [self.val_seq])
+        self.model = model.GPT(cfg, max_seq, self.attn_kind).to(self.device)
+        self.n_params = model.count_params(self.model)
+        kern = self.model.kern
+        xxt = getattr(kern, "xxt", None) if (kern is not None and self.is_cuda) else None
+        self.opts = optim.build_optimizers(self.model, cfg, self.rank, self.world, xxt)
+        self.fwd = torch.compile(self.model, dynamic=False) if self.compile else self.model
+        self.flops_per_token = model.train_flops_per_token
+
+    def autocast(self):
+        return self.torch.autocast(device_type=self.device.type, dtype=self.torch.bfloat16, enabled=self.use_bf16)
+
+    def sync(self):
+        if self.is_cuda:
+            self.torch.cuda.synchronize()
+
+    # -- one optimizer step ---------------------------------------------------------------
+    def train_step(self, step: int):
+        torch, cfg = self.torch, self.cfg
+        st = self.schedule.stages[self.schedule.stage_index(step)]
+        windows = (min(st.window_short, st.seq_len), min(st.window_long, st.seq_len))
+        rows = self.loader.next_batch(st.seq_len, st.batch_tokens)
+        batch = torch.from_numpy(rows)
+        if self.is_cuda:
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        n = batch.size(0)
+        micro = n
+        if cfg.micro_batch_tokens:  # largest divisor of n within the budget: equal shapes, one compile
+            cap = max(1, cfg.micro_batch_tokens // st.seq_len)
+            micro = max(k for k in range(1, min(n, cap) + 1) if n % k == 0)
+        loss_sum = 0.0
+        for i in range(0, n, micro):
+            chunk = batch[i:i + micro]
+            x, y = chunk[:, :-1], chunk[:, 1:]
+            with self.autocast():
+                loss = self.fwd(x, y, windows)
+            (loss * (x.size(0) / n)).backward()
+            loss_sum = loss_sum + loss.detach() * (x.size(0) / n)
+        if self.world > 1:
+            handles = [self.dist.all_reduce(p.grad, op=self.dist.ReduceOp.AVG, async_op=True)
+                       for p in self.model.parameters() if p.grad is not None]
+            for h in handles:
+                h.wait()
+        mult = self.schedule.lr_mult(step)
+        for opt in self.opts:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * mult
+            opt.step()
+        self.model.zero_grad(set_to_none=True)
+        return loss_sum, st.batch_tokens, st.seq_len
+
+    # -- validation -----------------------------------------------------------------------
+    def validate(self) -> float:
+        torch, cfg = self.torch, self.cfg
+        st = cfg.stages[-1]
+        windows = (min(st.window_short, self.val_seq), min(st.window_long, self.val_seq))
+        per = cfg.micro_batch_tokens or (st.batch_tokens // self.world)
+        if not self.is_cuda:
+            per = max(per, 4096)  # CPU: fewer, larger forwards
+        rows = max(1, per // self.val_seq)
+        self.model.eval()
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        # Workaround: on an H100 (torch 2.11) the no-grad FlexAttention kernel of the GPT-2 shape
+        # faulted ("operation not supported on global/shared address space") while the training graph
+        # ran; with flex, validation therefore runs the training graph and never calls backward.
+        grad_ctx = torch.enable_grad() if self.attn_kind == "flex" and self.is_cuda else torch.no_grad()
+        with grad_ctx:
+            for i in range(0, self.val.size(0), rows):
+                chunk = self.val[i:i + rows].to(self.device, non_blocking=True)
+                x, y = chunk[:, :-1], chunk[:, 1:]
+                with self.autocast():
+                    loss = self.fwd(x, y, windows)
+                total += loss.detach().double() * x.size(0)
+        self.model.train()
+        total /= self.val.size(0)
+        if self.world > 1:
+            self.dist.all_reduce(total, op=self.dist.ReduceOp.AVG)
+        return float(total.item())
+
+    # -- compile warm-up ------------------------------------------------------------------
+    def warmup(self):
+        """Run each distinct stage shape (and validation) a few steps untimed, then restore the state."""
+        n = self.cfg.warmup_steps or (2 if self.compile else 0)
+        if n == 0:
+            return
+        t0 = time.perf_counter()
+        saved_model = copy.deepcopy(self.model.state_dict())
+        saved_opts = [copy.deepcopy(o.state_dict()) for o in self.opts]
+        saved_loader = self.loader.state()
+        seen = set()
+        for i, st in enumerate(self.schedule.stages):
+            key = (st.seq_len, st.batch_tokens, st.window_short, st.window_long)
+            if key in seen:
+                continue
+            seen.add(key)
+            first = self.schedule.ends[i - 1] if i else 0
+            for _ in range(n):
+                self.train_step(first)
+        self.validate()
+        self.model.load_state_dict(saved_model)
+        for o, s in zip(self.opts, saved_opts):
+            o.load_state_dict(s)
+        self.loader.restore(saved_loader)
+        self.model.zero_grad(set_to_none=True)
+        self.sync()
+        self.warmup_s = time.perf_counter() - t0
+
+    # -- output ---------------------------------------------------------------------------
+    def _avg(self):
+        return round(self.train_time_ms / self.step, 2) if self.step else 0.0
+
+    def log_val(self):
+        t, avg = round(self.train_time_ms), self._avg()
+        emit({"event": "val", "step": self.step, "total_steps": self.total_steps, "val_loss": round(self.val_loss, 4),
+              "train_time_ms": t, "step_avg_ms": avg},
+             f"step:{self.step}/{self.total_steps} val_loss:{self.val_loss:.4f} train_time:{t}ms step_avg:{avg}ms")
+
+    def final(self, reason: str) -> None:
+        peak = 0
+        try:
+            if self.is_cuda:
+                peak = self.torch.cuda.max_memory_allocated(self.device) / 2**20
+            else:
+                import resource
+
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        except Exception:
+            pass
+        vl = self.val_loss
+        emit({"event": "final", "step": self.step, "total_steps": self.total_steps,
+              "val_loss": round(vl, 4) if vl is not None and math.isfinite(vl) else None,
+              "train_time_ms": round(self.train_time_ms), "step_avg_ms": self._avg(), "tokens": self.tokens,
+              "peak_memory_mib": round(peak), "exit_reason": reason, "world_size": getattr(self, "world", 1),
+              "gpu_name": self.torch.cuda.get_device_name(self.device) if getattr(self, "is_cuda", False) else None,
+              "versions": versions()})
+
+    # -- the run ----------------------------------------------------------------------------
+    def run(self) -> int:
+        try:
+            self.setup()
+        except ConfigError as e:
+            return bad_input(e)
+        try:
+            return self._run()
+        except Exception:
+            traceback.print_exc()
+            sys.stderr.flush()
+            self.final("error")
+            return EXIT_ERROR
+        finally:
+            if self.world > 1 and self.dist.is_initialized():
+                try:  # every rank reaches here before any tears down (gloo aborts otherwise)
+                    self.dist.barrier()
+                except Exception:
+                    pass
+                self.dist.destroy_process_group()
+
+    def _run(self) -> int:
+        cfg, torch = self.cfg, self.torch
+        gpu = torch.cuda.get_device_name(self.device) if self.is_cuda else None
+        emit({"event": "start", "config": cfg.to_dict(), "n_params": self.n_params, "device": str(self.device),
+              "gpu_name": gpu, "world_size": self.world, "attn": self.attn_kind, "compile": self.compile,
+              "kernels": cfg.kernels if self.model.kern is not None else "torch",
+              "train_files": self.train_files, "val_files": self.val_files,
+              "flops_per_token": [self.flops_per_token(cfg, st.seq_len, (st.window_short, st.window_long))
+                                for st in cfg.stages], "versions": versions()},
+             f"trainer: preset {cfg.preset}, {self.n_params:,} parameters, device {self.device}"
+             f"{' (' + gpu + ')' if gpu else ''}, world size {self.world}, {self.total_steps} steps")
+        self.warmup()
+        if self.is_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.val_loss = self.validate()
+        self.log_val()
+        check_every = cfg.log_every if self.is_cuda else 1  # a finite-loss check costs a sync on GPU
+        while self.step < self.total_steps:
+            self.sync()
+            t0 = time.perf_counter()
+            loss, batch_tokens, _ = self.train_step(self.step)
+            self.step += 1
+            self.tokens += batch_tokens
+            log = self.step % cfg.log_every == 0 or self.step == self.total_steps
+            if log or self.step % check_every == 0:
+                loss_v = float(loss)  # syncs
+            self.sync()
+            self.train_time_ms += (time.perf_counter() - t0) * 1000
+            if log or self.step % check_every == 0:
+                if not math.isfinite(loss_v):
+                    self.val_loss = float("nan")
+                    if _RANK0:
+                        print(f"step:{self.step}/{self.total_steps} train_loss:{loss_v} diverged", flush=True)
+                    self.final("diverged")
+                    return EXIT_DIVERGED
+            if log:
+                t, avg = round(self.train_time_ms), self._avg()
+                emit({"event": "train", "step": self.step, "total_steps": self.total_steps,
+                      "train_loss": round(loss_v, 4), "train_time_ms": t, "step_avg_ms": avg},
+                     f"step:{self.step}/{self.total_steps} train_loss:{loss_v:.4f} train_time:{t}ms step_avg:{avg}ms")
+            last = self.step == self.total_steps
+            if last or (cfg.val_every and self.step % cfg.val_every == 0):
+                self.val_loss = self.validate()
+                self.log_val()
+                if not math.isfinite(self.val_loss):
+                    self.final("diverged")
+                    return EXIT_DIVERGED
+                if cfg.early_exit_at and self.val_loss <= cfg.early_exit_at and not last:
+                    self.final("early_exit")
+                    return 0
+        self.final("completed")
+        return 0
