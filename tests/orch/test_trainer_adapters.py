@@ -100,3 +100,22 @@ def test_shipped_studies_validate():
     for path in sorted((REPO / "studies").glob("*.yaml")):
         result = orch("study", "validate", str(path))
         assert result.returncode == 0, (path.name, result.stderr)
+
+
+def test_nanochat_study_passes_its_flags(tmp_path, monkeypatch):
+    script = str(HELPERS / "stand_in_nanochat.py")
+    spec = {
+        "trainer": {"command": ["{python}", script], "log_format": "nanochat",
+                    "inject": {"name": "nanochat", "options": {"script": script},
+                               "map": {"depth": "depth", "data_ratio": "target_param_data_ratio"}}},
+        "parameters": {"depth": {"type": "int", "low": 16, "high": 26, "step": 2},
+                       "data_ratio": {"type": "float", "low": 8.0, "high": 12.0, "step": 0.5}},
+        "objective": {"maximize": "core_metric"},
+        "sampler": {"name": "grid", "seed": 0}, "budget": {"max_trials": 3, "parallel": 2},
+    }
+    rows = _run(tmp_path, monkeypatch, spec)
+    assert [r.state for r in rows] == ["complete"] * 3
+    for row in rows:
+        depth, ratio = row.params["depth"], row.params["data_ratio"]
+        assert row.command[-2:] == [f"--depth={depth}", f"--target-param-data-ratio={ratio!r}"]
+        assert row.value == round(0.20 + 0.004 * depth - 0.002 * (ratio - 10.0) ** 2, 4)
