@@ -529,7 +529,7 @@ def html_report(db: Database, study: StudyRow) -> str:
 
 def export_text(fmt: str, db: Database, study: StudyRow, out: Path | None = None, plots: bool | None = None) -> str:
     """What `orch export` writes. Markdown with plots writes PNG files beside `out` and links them."""
-    from .tables import RENDERERS
+    from . import RENDERERS
 
     if fmt == "html":
         from .html import render_html

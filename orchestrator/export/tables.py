@@ -7,7 +7,6 @@ import json
 from datetime import datetime
 from typing import Any
 
-import pandas as pd
 from sqlalchemy import select
 
 from db import Database, StudyRow, TrialRow
@@ -43,10 +42,6 @@ def trial_records(db: Database, study: StudyRow) -> list[dict[str, Any]]:
         rec["file_checksums"] = json.dumps(row.file_checksums, sort_keys=True) if row.file_checksums else None
         records.append(rec)
     return records
-
-
-def trials_frame(db: Database, study: StudyRow) -> pd.DataFrame:
-    return pd.DataFrame.from_records(trial_records(db, study))
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -109,19 +104,3 @@ def best_trial(spec: StudySpec, records: list[dict[str, Any]]) -> dict[str, Any]
         return None
     pick = min if spec.objective.direction == "minimize" else max
     return pick(candidates, key=lambda r: r["value"])
-
-
-def csv_text(db: Database, study: StudyRow) -> str:
-    return trials_frame(db, study).to_csv(index=False)
-
-
-def json_text(db: Database, study: StudyRow) -> str:
-    spec = StudySpec.model_validate(study.spec)
-    records = trial_records(db, study)
-    payload = {"study": study.name, "objective": {"direction": spec.objective.direction, "metric": spec.objective.metric,
-               "constraints": [str(c) for c in spec.objective.constraints]},
-               "best_trial": (best_trial(spec, records) or {}).get("number"), "trials": records}
-    return json.dumps(payload, indent=2, default=str)
-
-
-RENDERERS = {"md": markdown, "csv": csv_text, "json": json_text}
