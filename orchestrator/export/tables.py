@@ -1,5 +1,5 @@
-"""Result tables of a study: one row per trial, grouped by round, with a hit mark for runs that met the
-target. Rendered as markdown (for a pull request), CSV or JSON (every recorded field)."""
+"""The short result table `orch study run` prints (trials grouped by round, a hit mark for each run that met
+the target), and the per-trial records the exports build on."""
 
 from __future__ import annotations
 
