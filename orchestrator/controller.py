@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy import func, select, update
 
-from db import Database, EventRow, MetricPointRow, StudyRow, TrialRow
+from db import Database, EventRow, MachineRow, MetricPointRow, StudyRow, TrialRow
 
 from . import lease
 from .config.errors import OrchError
@@ -124,8 +124,6 @@ class Controller:
         return infos
 
     def _record_machine(self, machine: Machine, info: MachineInfo) -> None:
-        from db import MachineRow
-
         with self.db.session() as s:
             row = s.scalar(select(MachineRow).where(MachineRow.name == machine.name))
             state = "idle" if info.reachable else "down"
@@ -172,38 +170,45 @@ class Controller:
     def _loop(self) -> None:
         next_beat = time.monotonic() + self.heartbeat_s
         invalid_in_a_row = 0
+        changed = True  # a trial ended or started, or the fleet changed: budget and free slots need a new look
         while True:
-            self._refresh_progress()
             if self._stop.is_set():
                 raise StopRequested(self._stop_reason)
-            slots_wanted = self._slots_to_fill()
-            if slots_wanted == 0 and not self.running:
-                self._finish_study()
-                return
-            round_open = self.spec.budget.dispatch == "rounds" and self.running
-            free = [] if round_open else self.scheduler.free({r.slot for r in self.running.values()})[:slots_wanted]
-            if not free and not self.running:
-                self._recheck_down_machines(force=True)
-                free = self.scheduler.free(set())[:slots_wanted]
-                if not free:
-                    raise NoCapacity(f"no machine of the fleet can take a trial now (down or draining: "
-                                     f"{', '.join(sorted(self.scheduler.unavailable)) or 'none'}) (fix: bring the "
-                                     "machines back, see `orch fleet status`; `orch study run` then resumes)")
-            if free:
-                self._new_round()
-                for slot in free:
-                    if self._dispatch(slot):
-                        invalid_in_a_row = 0
-                    else:
-                        invalid_in_a_row += 1
-                        if invalid_in_a_row >= MAX_INVALID_IN_A_ROW:
-                            raise OrchError(f"{MAX_INVALID_IN_A_ROW} sampled points in a row could not make a valid job "
-                                            f"(last: {self._last_invalid}) (fix: narrow the parameter ranges or correct "
-                                            "the injection settings in the study)")
-                continue
+            if changed:
+                # database counts and the sampler's convergence test are read here, not once per log line
+                changed = False
+                self._refresh_progress()
+                slots_wanted = self._slots_to_fill()
+                if slots_wanted == 0 and not self.running:
+                    self._finish_study()
+                    return
+                round_open = self.spec.budget.dispatch == "rounds" and self.running
+                free = [] if round_open else self.scheduler.free({r.slot for r in self.running.values()})[:slots_wanted]
+                if not free and not self.running:
+                    self._recheck_down_machines(force=True)
+                    free = self.scheduler.free(set())[:slots_wanted]
+                    if not free:
+                        raise NoCapacity(f"no machine of the fleet can take a trial now (down or draining: "
+                                         f"{', '.join(sorted(self.scheduler.unavailable)) or 'none'}) (fix: bring the "
+                                         "machines back, see `orch fleet status`; `orch study run` then resumes)")
+                if free:
+                    self._new_round()
+                    for slot in free:
+                        if self._dispatch(slot):
+                            invalid_in_a_row = 0
+                        else:
+                            invalid_in_a_row += 1
+                            if invalid_in_a_row >= MAX_INVALID_IN_A_ROW:
+                                raise OrchError(f"{MAX_INVALID_IN_A_ROW} sampled points in a row could not make a "
+                                                f"valid job (last: {self._last_invalid}) (fix: narrow the parameter "
+                                                "ranges or correct the injection settings in the study)")
+                    changed = True
+                    continue
+            else:
+                self.reporter(self.progress, "")  # the running trials' latest steps and losses
             timeout = max(0.0, min([next_beat - time.monotonic()] + [r.deadline - time.monotonic()
                                                                        for r in self.running.values()]))
-            self._drain(timeout)
+            changed = self._drain(timeout)
             now = time.monotonic()
             for run in list(self.running.values()):
                 if now >= run.deadline and not run.timed_out:
@@ -213,6 +218,7 @@ class Controller:
             if now >= next_beat:
                 self._heartbeat()
                 next_beat = now + self.heartbeat_s
+                changed = True
 
     def _slots_to_fill(self) -> int:
         if self.max_new_trials is not None and self.dispatched >= self.max_new_trials:
@@ -326,11 +332,12 @@ class Controller:
                                             skip_if_exists=False)
 
     # ---- events --------------------------------------------------------------------------------------
-    def _drain(self, timeout: float) -> None:
+    def _drain(self, timeout: float) -> bool:
+        """Handle what the launchers reported; True when a trial ended."""
         try:
             event = self.events.get(timeout=timeout)
         except queue.Empty:
-            return
+            return False
         batch = [event]
         while True:
             try:
@@ -351,6 +358,7 @@ class Controller:
         self._flush_points()
         for event in exits:
             self._on_exit(self.running.pop(event.key), event)
+        return bool(exits)
 
     def _flush_points(self) -> None:
         """Write the points streamed since the last flush; a point seen again (a human line's JSON twin)
@@ -408,8 +416,6 @@ class Controller:
 
     def _machine_lost(self, run: Running, error: str) -> None:
         """The machine dropped mid-run: it is marked down (no new trials) and the trial re-queued elsewhere."""
-        from db import MachineRow
-
         self._finish_row(run.row_id, run.number, run.trial_id, "lost", "machine_lost", None, None, {}, {}, error)
         with self.db.session() as s:
             machine = s.scalar(select(MachineRow).where(MachineRow.name == run.slot.machine))
@@ -440,8 +446,6 @@ class Controller:
         if now < self._next_health_check and not force:
             return
         self._next_health_check = now + HEALTH_CHECK_S
-        from db import MachineRow
-
         with self.db.session() as s:
             down = set(s.scalars(select(MachineRow.name).where(MachineRow.state == "down")))
         busy = {r.slot.machine for r in self.running.values()}
@@ -455,8 +459,6 @@ class Controller:
         self.scheduler.unavailable = self._unavailable_machines()
 
     def _unavailable_machines(self) -> set[str]:
-        from db import MachineRow
-
         with self.db.session() as s:
             return set(s.scalars(select(MachineRow.name).where(MachineRow.state.in_(("down", "draining")))))
 

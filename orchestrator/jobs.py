@@ -91,9 +91,8 @@ def apply_injection(spec: StudySpec, values: dict[str, Any], job: JobSpec, workd
     from .injection import InjectionError, get_injector
 
     options = dict(inject.options)
-    for key in ("script",):
-        if key in options:
-            options[key] = str((spec_dir / str(options[key])).resolve())
+    if "script" in options:  # a path in the study file is relative to the study file
+        options["script"] = str((spec_dir / str(options["script"])).resolve())
     params = {inject.map.get(name, name): value for name, value in values.items() if not inject.map or name in inject.map}
     workdir.mkdir(parents=True, exist_ok=True)
     try:
