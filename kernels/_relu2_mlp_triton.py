@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from ._common import interpreting
+from ._tiles import dot_rows, grouped_tile
 
 
 @triton.jit
@@ -19,37 +20,14 @@ def _relu2_fwd_kernel(
     EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BM)
-    num_n = tl.cdiv(N, BN)
-    width = GROUP_M * num_n
-    group = pid // width
-    first_m = group * GROUP_M
-    gsize = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % gsize
-    pid_n = (pid % width) // gsize
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     mmask = rm < M
     nmask = rn < N
     rm64 = rm.to(tl.int64)
     rn64 = rn.to(tl.int64)
-    rk = tl.arange(0, BK)
-    acc = tl.zeros((BM, BN), tl.float32)
-    for k0 in range(0, K, BK):
-        kk = k0 + rk
-        if EVEN_K:
-            a = tl.load(X + rm64[:, None] * stride_x + kk[None, :], mask=mmask[:, None], other=0.0)
-            b = tl.load(W + rn64[None, :] * stride_w + kk[:, None], mask=nmask[None, :], other=0.0)
-        else:
-            a = tl.load(X + rm64[:, None] * stride_x + kk[None, :],
-                        mask=mmask[:, None] & (kk[None, :] < K), other=0.0)
-            b = tl.load(W + rn64[None, :] * stride_w + kk[:, None],
-                        mask=nmask[None, :] & (kk[:, None] < K), other=0.0)
-        if UPCAST:  # interpreter: numpy has no bf16 matmul
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=PREC)
+    acc = dot_rows(X, W, rm64, rn64, mmask, nmask, K, stride_x, stride_w, EVEN_K, UPCAST, PREC, BM, BN, BK)
     r = tl.maximum(acc, 0.0)
     y = r * r
     tl.store(Y + rm64[:, None] * stride_y + rn64[None, :], y.to(Y.dtype.element_ty),

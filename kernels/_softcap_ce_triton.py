@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from ._common import interpreting
+from ._tiles import dot_rows, grouped_tile
 
 
 @triton.jit
@@ -39,7 +40,6 @@ def _ce_fwd_kernel(
     mmask = rm < N
     rm64 = rm.to(tl.int64)
     tgt = tl.load(T + rm, mask=mmask, other=-1).to(tl.int32)
-    rk = tl.arange(0, BK)
     n_tiles = tl.cdiv(V, BN)
     per = tl.cdiv(n_tiles, n_split)
     t0 = pid_s * per
@@ -50,22 +50,8 @@ def _ce_fwd_kernel(
     for t in range(t0, t1):
         rn = t * BN + tl.arange(0, BN)
         nmask = rn < V
-        rn64 = rn.to(tl.int64)
-        acc = tl.zeros((BM, BN), tl.float32)
-        for k0 in range(0, D, BK):
-            kk = k0 + rk
-            if EVEN_K:
-                a = tl.load(X + rm64[:, None] * stride_x + kk[None, :], mask=mmask[:, None], other=0.0)
-                b = tl.load(W + rn64[None, :] * stride_w + kk[:, None], mask=nmask[None, :], other=0.0)
-            else:
-                a = tl.load(X + rm64[:, None] * stride_x + kk[None, :],
-                            mask=mmask[:, None] & (kk[None, :] < D), other=0.0)
-                b = tl.load(W + rn64[None, :] * stride_w + kk[:, None],
-                            mask=nmask[None, :] & (kk[:, None] < D), other=0.0)
-            if UPCAST:  # interpreter: numpy has no bf16 matmul
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=PREC)
+        acc = dot_rows(X, W, rm64, rn.to(tl.int64), mmask, nmask, D, stride_x, stride_w,
+                       EVEN_K, UPCAST, PREC, BM, BN, BK)
         if HAS_CAP:
             s = softcap * _tanh(acc / softcap)
         else:
@@ -89,38 +75,15 @@ def _ce_dz_kernel(
     HAS_CAP: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(N, BM)
-    num_n = tl.cdiv(V, BN)
     # grouped ordering: GROUP_M row blocks sweep the vocab together, so W tiles are reused from L2
-    width = GROUP_M * num_n
-    group = pid // width
-    first_m = group * GROUP_M
-    gsize = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % gsize
-    pid_n = (pid % width) // gsize
+    pid_m, pid_n = grouped_tile(tl.program_id(0), N, V, BM, BN, GROUP_M)
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     mmask = rm < N
     nmask = rn < V
     rm64 = rm.to(tl.int64)
     rn64 = rn.to(tl.int64)
-    rk = tl.arange(0, BK)
-    acc = tl.zeros((BM, BN), tl.float32)
-    for k0 in range(0, D, BK):
-        kk = k0 + rk
-        if EVEN_K:
-            a = tl.load(X + rm64[:, None] * stride_x + kk[None, :], mask=mmask[:, None], other=0.0)
-            b = tl.load(W + rn64[None, :] * stride_w + kk[:, None], mask=nmask[None, :], other=0.0)
-        else:
-            a = tl.load(X + rm64[:, None] * stride_x + kk[None, :],
-                        mask=mmask[:, None] & (kk[None, :] < D), other=0.0)
-            b = tl.load(W + rn64[None, :] * stride_w + kk[:, None],
-                        mask=nmask[None, :] & (kk[:, None] < D), other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=PREC)
+    acc = dot_rows(X, W, rm64, rn64, mmask, nmask, D, stride_x, stride_w, EVEN_K, UPCAST, PREC, BM, BN, BK)
     tgt = tl.load(T + rm, mask=mmask, other=-1).to(tl.int32)
     lse = tl.load(LSE + rm, mask=mmask, other=0.0)
     g = tl.load(G + rm, mask=mmask, other=0.0)

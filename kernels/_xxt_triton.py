@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 
 from ._common import interpreting
+from ._tiles import dot_rows
 
 
 @triton.jit
@@ -28,23 +29,9 @@ def _xxt_kernel(
     rj = tj * BM + tl.arange(0, BM)
     imask = ri < M
     jmask = rj < M
-    rk = tl.arange(0, BK)
     Xb = X + b * stride_xb
-    acc = tl.zeros((BM, BM), tl.float32)
-    for k0 in range(0, K, BK):
-        kk = k0 + rk
-        if EVEN_K:
-            a = tl.load(Xb + ri[:, None] * stride_xm + kk[None, :], mask=imask[:, None], other=0.0)
-            bt = tl.load(Xb + rj[None, :] * stride_xm + kk[:, None], mask=jmask[None, :], other=0.0)
-        else:
-            a = tl.load(Xb + ri[:, None] * stride_xm + kk[None, :],
-                        mask=imask[:, None] & (kk[None, :] < K), other=0.0)
-            bt = tl.load(Xb + rj[None, :] * stride_xm + kk[:, None],
-                         mask=jmask[None, :] & (kk[:, None] < K), other=0.0)
-        if UPCAST:  # interpreter: numpy has no bf16 matmul
-            a = a.to(tl.float32)
-            bt = bt.to(tl.float32)
-        acc = tl.dot(a, bt, acc, input_precision=PREC)
+    acc = dot_rows(Xb, Xb, ri.to(tl.int64), rj.to(tl.int64), imask, jmask, K, stride_xm, stride_xm,
+                   EVEN_K, UPCAST, PREC, BM, BM, BK)
     out = acc.to(C.dtype.element_ty)
     Cb = C + b * stride_cb
     tl.store(Cb + ri[:, None] * stride_cm + rj[None, :], out, mask=imask[:, None] & jmask[None, :])
