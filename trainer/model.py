@@ -122,7 +122,11 @@ class Block(nn.Module):
 
 
 def flex_block_masks(idx, windows, bos_id: int) -> dict:
-    """FlexAttention block masks (causal, sliding window, documents apart), one per distinct window."""
+    """FlexAttention block masks (causal, sliding window, documents apart), one per distinct window.
+
+    Built outside the compiled model and passed in (BlockMask is a pytree), so the compiled graph holds
+    only the attention kernels; `create_block_mask` compiles its own small kernel.
+    """
     from torch.nn.attention.flex_attention import create_block_mask
 
     B, T = idx.shape
@@ -132,7 +136,7 @@ def flex_block_masks(idx, windows, bos_id: int) -> dict:
         def mask_mod(b, h, q, kv, w=w):
             return (q >= kv) & (q - kv < w) & (docs[b, q] == docs[b, kv])
 
-        masks[w] = create_block_mask(mask_mod, B, None, T, T, device=idx.device)
+        masks[w] = create_block_mask(mask_mod, B, None, T, T, device=idx.device, _compile=idx.is_cuda)
     return masks
 
 
@@ -168,16 +172,20 @@ class GPT(nn.Module):
     def head_weight(self):
         return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
-    def hidden(self, idx, windows):
-        masks = flex_block_masks(idx, windows, self.cfg.bos_id) if self.attn_kind == "flex" else None
+    def block_masks(self, idx, windows):
+        """What `forward` needs as `masks`: FlexAttention block masks, or None with SDPA."""
+        return flex_block_masks(idx, windows, self.cfg.bos_id) if self.attn_kind == "flex" else None
+
+    def hidden(self, idx, windows, masks=None):
         x = x0 = norm(self.embed(idx))
         for b in self.blocks:
             x = b(x, x0, windows, masks)
         return norm(x)
 
-    def forward(self, idx, targets, windows):
-        """Mean cross-entropy of targets given idx (both (B, T)); windows = (short, long) in tokens."""
-        x = self.hidden(idx, windows)
+    def forward(self, idx, targets, windows, masks=None):
+        """Mean cross-entropy of targets given idx (both (B, T)); windows = (short, long) in tokens;
+        masks = `block_masks(idx, windows)` (needed with FlexAttention)."""
+        x = self.hidden(idx, windows, masks)
         return softcap_cross_entropy(x, self.head_weight, targets, self.cfg.logit_softcap, self.kern)
 
     def param_groups(self):

@@ -205,8 +205,9 @@ class Run:
         for i in range(0, n, micro):
             chunk = batch[i:i + micro]
             x, y = chunk[:, :-1], chunk[:, 1:]
+            masks = self.model.block_masks(x, windows)
             with self.autocast():
-                loss = self.fwd(x, y, windows)
+                loss = self.fwd(x, y, windows, masks)
             (loss * (x.size(0) / n)).backward()
             loss_sum = loss_sum + loss.detach() * (x.size(0) / n)
         if self.world > 1:
@@ -233,16 +234,13 @@ class Run:
         rows = max(1, per // self.val_seq)
         self.model.eval()
         total = torch.zeros((), device=self.device, dtype=torch.float64)
-        # Workaround: on an H100 (torch 2.11) the no-grad FlexAttention kernel of the GPT-2 shape
-        # faulted ("operation not supported on global/shared address space") while the training graph
-        # ran; with flex, validation therefore runs the training graph and never calls backward.
-        grad_ctx = torch.enable_grad() if self.attn_kind == "flex" and self.is_cuda else torch.no_grad()
-        with grad_ctx:
+        with torch.no_grad():
             for i in range(0, self.val.size(0), rows):
                 chunk = self.val[i:i + rows].to(self.device, non_blocking=True)
                 x, y = chunk[:, :-1], chunk[:, 1:]
+                masks = self.model.block_masks(x, windows)
                 with self.autocast():
-                    loss = self.fwd(x, y, windows)
+                    loss = self.fwd(x, y, windows, masks)
                 total += loss.detach().double() * x.size(0)
         self.model.train()
         total /= self.val.size(0)
@@ -303,7 +301,8 @@ class Run:
         emit({"event": "final", "step": self.step, "total_steps": self.total_steps,
               "val_loss": round(vl, 4) if vl is not None and math.isfinite(vl) else None,
               "train_time_ms": round(self.train_time_ms), "step_avg_ms": self._avg(), "tokens": self.tokens,
-              "peak_memory_mib": round(peak), "exit_reason": reason, "world_size": getattr(self, "world", 1),
+              "peak_memory_mib": round(peak), "warmup_s": round(getattr(self, "warmup_s", 0.0), 1),
+              "exit_reason": reason, "world_size": getattr(self, "world", 1),
               "gpu_name": self.torch.cuda.get_device_name(self.device) if getattr(self, "is_cuda", False) else None,
               "versions": versions()})
 

@@ -39,8 +39,8 @@ def test_flex_matches_sdpa_without_documents():
     idx = torch.randint(0, 250, (2, 128), device="cuda")
     with torch.no_grad():
         la = a(idx, idx, (128, 128))
-        lb = b(idx, idx, (128, 128))
+        lb = b(idx, idx, (128, 128), b.block_masks(idx, (128, 128)))
         lw_a = a(idx, idx, (32, 64))
-        lw_b = b(idx, idx, (32, 64))
+        lw_b = b(idx, idx, (32, 64), b.block_masks(idx, (32, 64)))
     torch.testing.assert_close(la, lb, atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(lw_a, lw_b, atol=2e-3, rtol=2e-3)
