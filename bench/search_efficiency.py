@@ -1,8 +1,9 @@
 """Search efficiency on the simulated stage-duration problem (see bench/_sim.py).
 
 For each method and seed, a fleet of 4 machines runs rounds of 4 trials up to ``--budget``;
-after every round the variant a user would pick from the table of runs is judged against the
-simulator's truth.  Reported per method:
+after every round the variant picked by each rule of ``_sim.RULES`` (``table``: a user's pick from
+the table of runs; ``model``: the same table smoothed with the known noise; ``own``: the method's
+own answer) is judged against the simulator's truth.  Reported per rule and method:
 
 * trials to target: the number of trials after which every later pick (up to the budget) is
   feasible and within 0.3 s of the best feasible variant's true mean time (median, 90th
@@ -62,36 +63,38 @@ def _fmt_trials(x: float, budget: int) -> str:
 def summarise(results: list[_sim.SeedResult], budget: int) -> list[dict[str, str]]:
     rows = []
     methods = list(dict.fromkeys(r.method for r in results))
-    for m in methods:
-        rs = [r for r in results if r.method == m]
-        tt = np.array([r.trials_to_target() for r in rs])
-        idx = {c: i for i, c in enumerate(rs[0].checkpoints)}
+    for rule in _sim.RULES:
+        for m in methods:
+            rs = [r for r in results if r.method == m]
+            tt = np.array([r.trials_to_target(rule) for r in rs])
+            idx = {c: i for i, c in enumerate(rs[0].checkpoints)}
 
-        def rate(attr: str, n: int) -> str:
-            i = idx.get(n)
-            if i is None:
-                return "-"
-            return f"{100 * np.mean([getattr(r, attr)[i] for r in rs]):.0f}%"
+            def rate(kind: str, n: int) -> str:
+                i = idx.get(n)
+                if i is None:
+                    return "-"
+                return f"{100 * np.mean([getattr(r, kind)[rule][i] for r in rs]):.0f}%"
 
-        conv = [r.converged_at for r in rs if r.converged_at is not None]
-        rows.append(
-            {
-                "method": m,
-                "median trials": _fmt_trials(float(np.percentile(tt, 50, method="higher")), budget),
-                "p90 trials": _fmt_trials(float(np.percentile(tt, 90, method="higher")), budget),
-                "success@8": rate("success", 8),
-                "success@24": rate("success", 24),
-                f"success@{budget}": rate("success", budget),
-                "wrong@8": rate("wrong", 8),
-                "wrong@24": rate("wrong", 24),
-                f"wrong@{budget}": rate("wrong", budget),
-                "converged (median trials)": (
-                    f"{np.median(conv):.0f} ({100 * len(conv) / len(rs):.0f}% of seeds)"
-                    if conv
-                    else "-"
-                ),
-            }
-        )
+            conv = [r.converged_at for r in rs if r.converged_at is not None]
+            rows.append(
+                {
+                    "rule": rule,
+                    "method": m,
+                    "median trials": _fmt_trials(float(np.percentile(tt, 50, method="higher")), budget),
+                    "p90 trials": _fmt_trials(float(np.percentile(tt, 90, method="higher")), budget),
+                    "success@8": rate("success", 8),
+                    "success@24": rate("success", 24),
+                    f"success@{budget}": rate("success", budget),
+                    "wrong@8": rate("wrong", 8),
+                    "wrong@24": rate("wrong", 24),
+                    f"wrong@{budget}": rate("wrong", budget),
+                    "converged (median trials)": (
+                        f"{np.median(conv):.0f} ({100 * len(conv) / len(rs):.0f}% of seeds)"
+                        if conv
+                        else "-"
+                    ),
+                }
+            )
     return rows
 
 
@@ -131,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.seeds} seeds x {len(methods)} methods, budget {args.budget} trials in rounds of "
         f"{_sim.MACHINES}, {args.workers} workers, {elapsed:.0f} s.  World: loss quadratic "
         f"fitted to the 24 reference runs (rms {cal.loss_rms:.4f}), per-seed offset "
-        f"N(0, {_sim.OFFSET_SD}), run noise {_sim.NOISE_LOSS}; time overhead "
-        f"{cal.overhead_s:.2f} s.\n"
+        f"N(0, {_sim.OFFSET_SD}), run noise {_sim.NOISE_LOSS} (common random numbers); time "
+        f"overhead {cal.overhead_s:.2f} s.  Rules: `table` (user's pick), `model` (local-linear "
+        f"smoothing, noise {_sim.RULE_NOISE}, P(feasible) >= {_sim.RULE_CONFIDENCE}), `own` (each "
+        f"method's own answer; reference only).\n"
     )
     print(header)
     print(table)

@@ -20,8 +20,11 @@ run faster (lower objective, e.g. ``train_time_s``) and worse (higher constraine
   current point; a coordinate may ``renormalize`` other parameters so that a group of fractions
   keeps its sum.  When a coordinate's boundary is known within ``tolerance`` (and its
   recommended value was run ``repeats_near_boundary`` times), the sampler freezes it, moves the
-  base point there and goes on with the next coordinate.  When all are done it proposes the
-  final point again (confirmation runs).
+  base point there and goes on with the next coordinate.  Every run whose point lies on a
+  coordinate's line counts for it, whatever role it was made for (the repeats of the previous
+  coordinate's answer sit where the next line starts), and the next coordinate keeps that answer
+  as its recommendation until its own posterior doubts it (P(feasible) < 0.5).  When all are
+  done it proposes the final point again (confirmation runs).
 * **Stateless.**  All state lives in the study's storage: each trial carries its coordinate, its
   value on the line and its role in system attrs, and frozen coordinates are study system
   attrs.  A controller that restarts with the same constructor arguments gets the same next
@@ -139,6 +142,7 @@ class _State:
 class _Observation:
     x: float
     margin: float  # constraint value, <= 0 is feasible
+    value: float = math.nan  # objective of the run (nan when it has none)
 
 
 @dataclass
@@ -511,20 +515,53 @@ class BisectionSampler(BaseSampler):
         return None
 
     def _observations(
-        self, trials: Sequence[FrozenTrial], j: int, until_trial: int | None = None
+        self,
+        trials: Sequence[FrozenTrial],
+        j: int,
+        base: Mapping[str, float],
+        until_trial: int | None = None,
     ) -> list[_Observation]:
+        """Completed runs on coordinate ``j``'s line through ``base``.
+
+        Besides the trials made for coordinate ``j``, a run of any other role whose owned point
+        lies on the line counts too (for example the repeats of the previous coordinate's
+        recommendation: they sit where the new line starts), so no run is wasted.
+        """
+        coord = self._coords[j]
         obs = []
         for t in trials:
             if until_trial is not None and t.number >= until_trial:
                 continue
-            if t.state != TrialState.COMPLETE or t.system_attrs.get(ATTR_COORDINATE) != j:
+            if t.state != TrialState.COMPLETE or ATTR_COORDINATE not in t.system_attrs:
                 continue
-            x = t.system_attrs.get(ATTR_X)
             m = self._margin(t)
-            if x is None or m is None or not math.isfinite(m):
+            if m is None or not math.isfinite(m):
                 continue
-            obs.append(_Observation(x=float(x), margin=m))
+            if t.system_attrs.get(ATTR_COORDINATE) == j and t.system_attrs.get(ATTR_X) is not None:
+                x = float(t.system_attrs[ATTR_X])
+            else:
+                x = self._position_on_line(t.system_attrs.get(ATTR_POINT), base, coord)
+                if x is None:
+                    continue
+            value = float(t.values[0]) if t.values else math.nan
+            obs.append(_Observation(x=x, margin=m, value=value))
         return obs
+
+    def _position_on_line(
+        self, point: Mapping[str, float] | None, base: Mapping[str, float], coord: _Coordinate
+    ) -> float | None:
+        """The value on ``coord``'s line through ``base`` of an owned ``point``; None when off it."""
+        if not point or coord.name not in point:
+            return None
+        x = float(point[coord.name])
+        if not coord.low - 1e-9 <= x <= coord.high + 1e-9:
+            return None
+        expected = self._line_point(base, coord, x)
+        if set(expected) != set(point):
+            return None
+        if all(abs(float(point[k]) - v) <= 1e-9 for k, v in expected.items()):
+            return x
+        return None
 
     def _line_point(self, base: Mapping[str, float], coord: _Coordinate, x: float) -> dict[str, float]:
         point = dict(base)
@@ -543,8 +580,15 @@ class BisectionSampler(BaseSampler):
         return point
 
     def _summarise(
-        self, coord: _Coordinate, obs: Sequence[_Observation]
+        self, coord: _Coordinate, obs: Sequence[_Observation], accepted: float | None = None
     ) -> tuple[_Posterior, dict[str, Any], bool, str]:
+        """Posterior, summary and freeze decision of one coordinate.
+
+        ``accepted``: the value on this line that earlier coordinates already froze (the line
+        starts there).  It stays the recommendation while the new posterior still gives it
+        P(feasible) >= 0.5, so a second coordinate never recommends a slower point than the
+        first one settled on before it has evidence against it.
+        """
         post = _posterior(coord, obs, self._noise_std, self._misfit, self._likelihood)
         a = (1 - self._credible) / 2
         lo_u, hi_u, med_u = post.quantile_u(a), post.quantile_u(1 - a), post.quantile_u(0.5)
@@ -552,6 +596,12 @@ class BisectionSampler(BaseSampler):
         pf = [post.p_feasible(x) for x in coord.values]
         ok = [i for i, p in enumerate(pf) if p >= self._confidence]
         rec_i = ok[-1] if ok else 0
+        keys = [_key(x) for x in coord.values]
+        if accepted is not None and _key(accepted) in keys:
+            i_acc = keys.index(_key(accepted))
+            if i_acc > rec_i and pf[i_acc] >= 0.5:
+                rec_i = i_acc
+                ok = sorted(set(ok) | {i_acc})
         rec = coord.values[rec_i]
         stats = _observed(obs)
         n_rec, hits_rec, mean_rec = stats.get(_key(rec), (0, 0, math.inf))
@@ -603,8 +653,9 @@ class BisectionSampler(BaseSampler):
                 summaries[j] = {**frozen["summary"], "status": "frozen"}
                 base = {k: float(v) for k, v in frozen["base"].items()}
                 continue
-            obs = self._observations(trials, j, until_trial)
-            post, summary, converged, _ = self._summarise(coord, obs)
+            obs = self._observations(trials, j, base, until_trial)
+            accepted = base.get(coord.name) if j > 0 else None
+            post, summary, converged, _ = self._summarise(coord, obs, accepted)
             summaries[j] = summary
             if converged:
                 new_base = self._line_point(base, coord, summary["recommended"])
@@ -709,15 +760,9 @@ class BisectionSampler(BaseSampler):
             rec = summary["recommended"]
             u_rec = float(coord.to_u(rec))
             per_x: dict[float, list[tuple[float, float]]] = {}
-            for t in trials:
-                if (
-                    t.state == TrialState.COMPLETE
-                    and t.system_attrs.get(ATTR_COORDINATE) == j
-                    and t.system_attrs.get(ATTR_X) is not None
-                ):
-                    m = self._margin(t)
-                    if m is not None and t.values:
-                        per_x.setdefault(_key(t.system_attrs[ATTR_X]), []).append((m, t.values[0]))
+            for o in self._observations(trials, j, self._line_base(study, j)):
+                if math.isfinite(o.value):
+                    per_x.setdefault(_key(o.x), []).append((o.margin, o.value))
             # Lucky hits: variants more aggressive than the recommendation that a user reading
             # the table would take as feasible; the one a user would pick first.
             for x in coord.values:

@@ -329,3 +329,83 @@ def test_logistic_likelihood_uses_only_pass_fail() -> None:
             break
     (c,) = sampler.boundary_estimate(study)["coordinates"]
     assert 0.36 <= c["recommended"] <= 0.38
+
+
+def _freeze_stage1(rng):
+    sampler = _build_two_coordinate_sampler()
+    study = optuna.create_study(sampler=sampler)
+    for _ in range(30):
+        _two_d_round(study, 4, rng)
+        if sampler.boundary_estimate(study)["active"] == "stage3":
+            break
+    return sampler, study
+
+
+def test_second_coordinate_reuses_runs_at_its_start_and_keeps_the_first_answer() -> None:
+    sampler, study = _freeze_stage1(np.random.default_rng(11))
+    est = sampler.boundary_estimate(study)
+    assert est["active"] == "stage3", "stage 1 never froze"
+    c1, c3 = est["coordinates"]
+    on_new_line = [t for t in study.trials
+                   if t.params["stage1"] == c1["recommended"] and t.params["stage3"] == 0.36]
+    assert on_new_line, "the frozen stage-1 value was never run"
+    phase1 = [t for t in study.trials if t.system_attrs[ATTR_PHASE] == 1]
+    # the runs of the frozen stage-1 value lie where the stage-3 line starts: they count there
+    assert c3["n_trials"] == len(phase1) + len(on_new_line) - sum(
+        1 for t in phase1 if t in on_new_line)
+    assert c3["n_trials"] > len(phase1)
+    # before stage 3 has evidence against it, the answer stays at the point stage 1 settled on
+    # (not at the slow conservative end of the stage-3 range)
+    if c3["n_trials"] == len(on_new_line):
+        assert est["point"] == {"stage1": c1["recommended"], "stage3": 0.36}
+    assert c3["recommended"] <= 0.36
+
+
+def test_second_coordinate_answer_never_slower_than_the_first_without_evidence() -> None:
+    # noiseless: at stage1's answer the margin is <= 0, so the stage-3 answer is the start or
+    # more aggressive at every round of the stage-3 search
+    sampler = _build_two_coordinate_sampler()
+    study = optuna.create_study(sampler=sampler)
+    zero = np.random.default_rng(0)
+    seen_stage3 = False
+    for _ in range(20):
+        trials = [study.ask() for _ in range(4)]
+        for t in trials:
+            p = {"stage1": t.suggest_float("stage1", 0.25, 0.5, step=0.01),
+                 "stage3": t.suggest_float("stage3", 0.28, 0.4, step=0.01)}
+            t.set_constraint("val_loss", _two_d_margin(p) + 0.0 * zero.normal())
+            study.tell(t, 60 - 20 * p["stage1"] + 20 * p["stage3"])
+        est = sampler.boundary_estimate(study)
+        if est["coordinates"][0]["status"] == "frozen":
+            seen_stage3 = True
+            assert est["point"]["stage3"] <= 0.36
+            assert _two_d_margin(est["point"]) <= 1e-12  # never an infeasible answer
+        if sampler.is_converged(study):
+            break
+    assert seen_stage3 and sampler.is_converged(study)
+    est = sampler.boundary_estimate(study)
+    # the answer is the last feasible lattice point: one step further is infeasible
+    assert -0.001 - 1e-12 <= _two_d_margin(est["point"]) <= 1e-12
+
+
+def test_second_coordinate_starts_from_the_first_answer_not_its_conservative_end() -> None:
+    # stage 3 starts mid-range (0.33); its conservative end (0.40) is feasible but slow
+    sampler = BisectionSampler(
+        coordinates=[
+            {"name": "stage1", "low": 0.25, "high": 0.5, "step": 0.01},
+            {"name": "stage3", "low": 0.28, "high": 0.4, "step": 0.01, "direction": "decrease"},
+        ],
+        start={"stage3": 0.33}, constraint_key="val_loss", noise_std=0.002, tolerance=0.02,
+    )
+    study = optuna.create_study(sampler=sampler)
+    rng = np.random.default_rng(5)
+    first_stage3_answer = None
+    for _ in range(30):
+        _two_d_round(study, 4, rng)
+        est = sampler.boundary_estimate(study)
+        if est["active"] == "stage3":
+            first_stage3_answer = est["point"]
+            break
+    assert first_stage3_answer is not None, "stage 1 never froze"
+    c1 = est["coordinates"][0]
+    assert first_stage3_answer == {"stage1": c1["recommended"], "stage3": 0.33}
