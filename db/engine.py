@@ -16,7 +16,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from .migrate import add_missing_columns
 from .models import SCHEMA_VERSION, Base, Meta
+from .reconnect import wait_for_server
 
 DEFAULT_DB_FILE = "orch.db"
 BUSY_TIMEOUT_S = 30.0
@@ -81,6 +83,8 @@ def make_engine(url: str) -> Engine:
                             "e.g. postgresql+psycopg://, and that the driver is installed)") from None
     if parsed.get_backend_name() == "sqlite":
         _sqlite_pragmas(engine)
+    else:
+        wait_for_server(engine, safe_url(url))  # a server that goes away for a while is waited for (bounded)
     return engine
 
 
@@ -104,6 +108,7 @@ class Database:
 
     def create_schema(self) -> None:
         Base.metadata.create_all(self.engine)
+        add_missing_columns(self.engine, Base.metadata)  # a database made by an older orch gets the new columns
         with self.session() as s:
             row = s.get(Meta, "schema_version")
             if row is None:

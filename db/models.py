@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 SCHEMA_VERSION = 1
@@ -40,7 +41,8 @@ class MachineRow(Base):
     gpu_type: Mapped[str | None] = mapped_column(String(128))
     driver_version: Mapped[str | None] = mapped_column(String(64))
     labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    state: Mapped[str] = mapped_column(String(16), default="idle")  # idle | busy | down | draining
+    state: Mapped[str] = mapped_column(String(16), default="idle")  # idle | down (health; busy is derived)
+    drain: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # `orch fleet drain`
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     note: Mapped[str | None] = mapped_column(Text)
 
@@ -146,3 +148,18 @@ class EventRow(Base):
     old: Mapped[str | None] = mapped_column(String(32))
     new: Mapped[str | None] = mapped_column(String(32))
     message: Mapped[str | None] = mapped_column(Text)
+
+
+class BatchRow(Base):
+    """A batch of extra runs (`orch study confirm | early-exit | baseline`): beyond the study's budget, planned once
+    so that running the command again after a crash resumes it. Its trials carry the user attr `batch` = id."""
+
+    __tablename__ = "orch_batches"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("orch_studies.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # confirmation | early_exit | baseline
+    args: Mapped[dict[str, Any]] = mapped_column(JSON)  # the command's arguments, to recognise a re-run
+    runs: Mapped[list[Any]] = mapped_column(JSON)  # planned runs, in order: {"params": {...}, "variant": key}
+    state: Mapped[str] = mapped_column(String(16), default="open")  # open | done
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -8,10 +8,12 @@ start the job -> our row `running`. Order of a finish: our row `complete`/`faile
 
 from __future__ import annotations
 
+import errno
 import queue
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,22 +28,27 @@ from db import Database, EventRow, MachineRow, MetricPointRow, StudyRow, TrialRo
 from . import lease
 from .config.errors import OrchError
 from .config.fleet import Fleet, Machine
+from .health import HealthChecker
 from .jobs import InvalidParams, apply_injection, build_job, resolve_values, variant_key
 from .launchers import get_launcher
 from .launchers.base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot
+from .launchers.local import DISK_FULL
 from .outcomes import decide, tell
+from .preflight import check_fleet_fits
 from .parsers import LogStream, MetricPoint, get_adapter
 from .provenance import CodeInfo, code_info
 from .recovery import enqueue_retry, recover
 from .samplers import build_sampler, distributions
 from .scheduler import NoCapacity, Scheduler
 from .studies import OpenStudy, open_study
+from .trial_queue import is_search_trial, next_trial, waiting_trials
 
 HEARTBEAT_S = 5.0
 HEALTH_CHECK_S = 30.0  # how often machines marked down are probed again
 #: states that count against the budget (lost and invalid trials do not: they are re-run or skipped)
 COUNTED_STATES = ("pending", "running", "complete", "failed")
 MAX_INVALID_IN_A_ROW = 50
+EVENT_QUEUE_MAX = 256  # launcher events waiting for the controller (each line is at most 1 MiB)
 
 
 @dataclass
@@ -88,13 +95,15 @@ def _now() -> datetime:
 class Controller:
     def __init__(self, db: Database, name: str, fleet: Fleet, *, reporter: Callable[[Progress, str], None] | None = None,
                  launchers: dict[str, Launcher] | None = None, heartbeat_s: float = HEARTBEAT_S,
-                 max_new_trials: int | None = None) -> None:
+                 max_new_trials: int | None = None, health_check_s: float = HEALTH_CHECK_S) -> None:
         self.db, self.name, self.fleet = db, name, fleet
         self.reporter = reporter or (lambda progress, message: None)
         self.launchers = launchers or {}
         self.heartbeat_s = heartbeat_s
         self.max_new_trials = max_new_trials  # stop after dispatching this many (tests, `--max-new`)
-        self.events: "queue.Queue[Event]" = queue.Queue()
+        # bounded: a job printing faster than the controller parses is slowed down, not buffered in memory
+        self.events: "queue.Queue[Event]" = queue.Queue(maxsize=EVENT_QUEUE_MAX)
+        self._fatal: OrchError | None = None  # stops the study after the current batch (e.g. a full disk)
         self.running: dict[int, Running] = {}
         self.owner = lease.controller_id()
         self._stop = threading.Event()
@@ -102,6 +111,11 @@ class Controller:
         self.dispatched = 0
         self._last_invalid = ""
         self._next_health_check = 0.0
+        self._progress_read = False  # see _refresh_progress
+        self._extra_numbers: list[int] | None = None  # see _budget_counts
+        self.health_check_s = health_check_s
+        self._health = HealthChecker(lambda machine: self._launcher(machine).probe(machine))
+        self._drained: set[str] = set()  # machines seen drained (`orch fleet drain`), to report changes once
 
     # ---- setup ---------------------------------------------------------------------------------------
     def _launcher(self, machine: Machine) -> Launcher:
@@ -116,11 +130,14 @@ class Controller:
         return opened
 
     def _probe_fleet(self) -> dict[str, MachineInfo]:
-        infos = {}
-        for machine in self.fleet.machines:
-            info = self._launcher(machine).probe(machine)
-            infos[machine.name] = info
-            self._record_machine(machine, info)
+        """Probe every machine at once (an unreachable one costs a connect timeout, not one per machine)."""
+        machines = self.fleet.machines
+        launchers = [self._launcher(machine) for machine in machines]  # made here: the probes run in threads
+        with ThreadPoolExecutor(max_workers=max(1, min(32, len(machines))), thread_name_prefix="probe") as pool:
+            infos = dict(zip([m.name for m in machines], pool.map(lambda pair: pair[0].probe(pair[1]),
+                                                                  zip(launchers, machines))))
+        for machine in machines:
+            self._record_machine(machine, infos[machine.name])
         return infos
 
     def _record_machine(self, machine: Machine, info: MachineInfo) -> None:
@@ -142,7 +159,10 @@ class Controller:
     def request_stop(self, reason: str) -> None:
         self._stop_reason = reason
         self._stop.set()
-        self.events.put(ExitEvent(-1, None, "wake"))
+        try:
+            self.events.put_nowait(ExitEvent(-1, None, "wake"))
+        except queue.Full:  # the loop is awake anyway
+            pass
 
     def run(self) -> Progress:
         opened = self._open()
@@ -150,6 +170,7 @@ class Controller:
         self.adapter = get_adapter(self.spec.trainer.log_format)
         self.dists = distributions(self.spec)
         sid = opened.row.id
+        check_fleet_fits(self.fleet, self.spec)  # a study no machine could ever run: refused before any write
         lease.acquire(self.db, sid, self.owner)
         self.progress = Progress(study=self.name, max_trials=self.spec.budget.max_trials)
         try:
@@ -172,6 +193,8 @@ class Controller:
         invalid_in_a_row = 0
         changed = True  # a trial ended or started, or the fleet changed: budget and free slots need a new look
         while True:
+            if self._fatal is not None:
+                raise self._fatal
             if self._stop.is_set():
                 raise StopRequested(self._stop_reason)
             if changed:
@@ -182,6 +205,7 @@ class Controller:
                 if slots_wanted == 0 and not self.running:
                     self._finish_study()
                     return
+                self.scheduler.unavailable = self._unavailable_machines()  # `orch fleet drain` from any process
                 round_open = self.spec.budget.dispatch == "rounds" and self.running
                 free = [] if round_open else self.scheduler.free({r.slot for r in self.running.values()})[:slots_wanted]
                 if not free and not self.running:
@@ -238,10 +262,17 @@ class Controller:
         return max(0, want)
 
     def _budget_counts(self) -> tuple[int, int]:
+        """(trials that count against the budget, search trials queued); extra runs (a `batch`) count in neither.
+        The extra runs' trial numbers are read once a run (all trials: O(trials)): under the study's lease no
+        other controller adds rows meanwhile, and this one dispatches search trials only."""
+        if self._extra_numbers is None:
+            self._extra_numbers = [t.number for t in self.study.optuna.get_trials(deepcopy=False)
+                                   if not is_search_trial(t)]
         with self.db.session() as s:
             counted = s.scalar(select(func.count()).select_from(TrialRow).where(
-                TrialRow.study_id == self.study.row.id, TrialRow.state.in_(COUNTED_STATES)))
-        waiting = len(self.study.optuna.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+                TrialRow.study_id == self.study.row.id, TrialRow.state.in_(COUNTED_STATES),
+                TrialRow.number.not_in(self._extra_numbers)))
+        waiting = sum(1 for t in waiting_trials(self.study.optuna) if is_search_trial(t))
         return counted, waiting
 
     # ---- dispatch ------------------------------------------------------------------------------------
@@ -254,8 +285,9 @@ class Controller:
 
     def _dispatch(self, slot: Slot) -> bool:
         """Run one new trial on `slot`. False when the sampled values were invalid (nothing started)."""
-        study = self.study.optuna
-        trial = study.ask(self.dists)
+        trial = self._ask(slot)
+        if trial is None:  # nothing left in the queue for this controller
+            return False
         number, trial_id = trial.number, trial._trial_id
         attrs = trial.user_attrs
         retry_of, attempt = attrs.get("retry_of"), int(attrs.get("attempt", 1))
@@ -268,7 +300,7 @@ class Controller:
             return False
         machine = self.fleet.machine(slot.machine)
         info = self.infos[slot.machine]
-        job = build_job(self.spec, self.name, number, repeat_index, values)
+        job = build_job(self.spec, self.name, number, repeat_index, values, early_exit=attrs.get("early_exit"))
         workdir = (Path(machine.workdir) / self.name / f"trial-{number:04d}").resolve()
         try:
             diff = apply_injection(self.spec, values, job, workdir, Path(self.study.row.spec_dir or "."))
@@ -295,6 +327,12 @@ class Controller:
         try:
             handle = self._launcher(machine).start(job, machine, slot, workdir, self.events)
         except (OSError, OrchError) as exc:
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._disk_full(row_id, number, trial_id, slot.machine, f"{DISK_FULL}: could not start: {exc}")
+                return True
+            if not self._launcher(machine).probe(machine).reachable:  # the machine's fault, not the trial's
+                self._lose_to_machine(row_id, number, trial_id, slot.machine, f"connection lost: could not start: {exc}")
+                return True
             self._finish_row(row_id, number, trial_id, "failed", "launch_error", None, None, {}, {}, f"could not start: {exc}")
             return True
         with self.db.session() as s:
@@ -311,6 +349,10 @@ class Controller:
                   + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()))
         return True
 
+    def _ask(self, slot: Slot) -> optuna.Trial | None:
+        """The trial `slot` runs next: a queued search trial, else the sampler's next point."""
+        return next_trial(self.study.optuna, self.dists)
+
     def _skip_invalid(self, number: int, trial_id: int, params: dict, retry_of, attempt: int, repeat_index: int,
                       reason: str) -> None:
         """Values that cannot make a valid job: recorded as `invalid` (Optuna FAIL), nothing is started."""
@@ -325,6 +367,8 @@ class Controller:
         self._say(f"trial {number}: skipped, {reason}")
 
     def _enqueue_repeats(self, params: dict, number: int) -> None:
+        if self.spec.repeats <= 1:
+            return
         counted, waiting = self._budget_counts()
         room = self.spec.budget.max_trials - counted - waiting - 1  # this trial is not in the DB yet
         for index in range(1, min(self.spec.repeats, room + 1)):
@@ -387,10 +431,17 @@ class Controller:
         if event.error and event.error.startswith("connection lost") and not parsed.complete:
             self._machine_lost(run, event.error)
             return
+        if event.error and event.error.startswith(DISK_FULL):
+            self._disk_full(run.row_id, run.number, run.trial_id, run.slot.machine, event.error, event.returncode)
+            return
         outcome = decide(self.spec, parsed, event.returncode, timed_out=run.timed_out, launcher_error=event.error)
         self._finish_row(run.row_id, run.number, run.trial_id, outcome.state, outcome.exit_reason, outcome.value,
                          outcome.feasible, outcome.constraints, outcome.metrics, outcome.note,
                          exit_code=event.returncode, versions=parsed.versions, gpu_name=parsed.gpu_name)
+        if outcome.retry:  # the study's on_failure says so: same values again, recorded as a retry
+            with self.db.session() as s:
+                row = s.get(TrialRow, run.row_id)
+            enqueue_retry(self.study.optuna, row, self.spec.retries, self.spec)
         if outcome.state == "complete":
             mark = "hit" if outcome.feasible else "miss"
             self._say(f"trial {run.number}: {self.spec.objective.metric}={outcome.value:.4g} "
@@ -412,21 +463,41 @@ class Controller:
                 row.gpu_model = gpu_name
             s.add(EventRow(study_id=self.study.row.id, trial_number=number, machine=row.machine, kind="trial.state",
                            old=old, new=state, message=note))
+        self._tally(state, value, feasible, number)
         tell(self.study.optuna, trial_id, number, state, value, constraints)
 
     def _machine_lost(self, run: Running, error: str) -> None:
         """The machine dropped mid-run: it is marked down (no new trials) and the trial re-queued elsewhere."""
-        self._finish_row(run.row_id, run.number, run.trial_id, "lost", "machine_lost", None, None, {}, {}, error)
+        self._lose_to_machine(run.row_id, run.number, run.trial_id, run.slot.machine, error)
+
+    def _lose_to_machine(self, row_id: int, number: int, trial_id: int, name: str, error: str) -> None:
+        """The machine is marked down, then the trial `lost` (machine_lost) and re-queued (in this order: whoever sees
+        the lost trial sees the machine down)."""
         with self.db.session() as s:
-            machine = s.scalar(select(MachineRow).where(MachineRow.name == run.slot.machine))
+            machine = s.scalar(select(MachineRow).where(MachineRow.name == name))
             if machine is not None and machine.state != "down":
                 s.add(EventRow(machine=machine.name, kind="machine.state", old=machine.state, new="down", message=error))
                 machine.state, machine.note = "down", error
-            row = s.get(TrialRow, run.row_id)
-        self.scheduler.unavailable.add(run.slot.machine)
+        self.scheduler.unavailable.add(name)
+        self._finish_row(row_id, number, trial_id, "lost", "machine_lost", None, None, {}, {}, error)
+        with self.db.session() as s:
+            row = s.get(TrialRow, row_id)
         queued = enqueue_retry(self.study.optuna, row, self.spec.retries, self.spec)
-        self._say(f"trial {run.number}: machine {run.slot.machine} lost ({error}); it is marked down"
+        self._say(f"trial {number}: machine {name} lost ({error}); it is marked down"
                   + ("; the trial is re-queued" if queued else "; retries spent"))
+
+    def _disk_full(self, row_id: int, number: int, trial_id: int, machine: str, error: str,
+                   exit_code: int | None = None) -> None:
+        """The trial's working directory is full: the trial is `lost` (re-queued) and the study stops with the fix."""
+        self._finish_row(row_id, number, trial_id, "lost", "disk_full", None, None, {}, {}, error, exit_code=exit_code)
+        with self.db.session() as s:
+            row = s.get(TrialRow, row_id)
+        enqueue_retry(self.study.optuna, row, self.spec.retries, self.spec)
+        workdir = self.fleet.machine(machine).workdir
+        self._stop_reason = "disk full"
+        self._fatal = OrchError(f"machine {machine!r}: {error}; trial {number} is re-queued (fix: free space under "
+                                f"the machine's workdir {workdir!r} or point `workdir:` in the fleet file at a larger "
+                                "disk, then `orch study run` resumes)")
 
     # ---- housekeeping --------------------------------------------------------------------------------
     def _heartbeat(self) -> None:
@@ -441,41 +512,75 @@ class Controller:
         self.scheduler.unavailable = self._unavailable_machines()
 
     def _recheck_down_machines(self, force: bool = False) -> None:
-        """A down machine that passes its health check (a probe) again comes back into the fleet."""
+        """Health checks (a probe) of every machine running none of our trials (those have their launcher's
+        heartbeat), every `health_check_s`, in the background (`health`). A down machine that passes comes back into
+        the fleet with its slots (also one that was unreachable when the controller started); an idle one that fails
+        is marked down before a trial is sent to it. `force` waits for the probes (nothing is running)."""
         now = time.monotonic()
-        if now < self._next_health_check and not force:
-            return
-        self._next_health_check = now + HEALTH_CHECK_S
-        with self.db.session() as s:
-            down = set(s.scalars(select(MachineRow.name).where(MachineRow.state == "down")))
-        busy = {r.slot.machine for r in self.running.values()}
-        for machine in self.fleet.machines:
-            if machine.name in down and machine.name not in busy:
-                info = self._launcher(machine).probe(machine)
-                if info.reachable:
-                    self.infos[machine.name] = info
-                    self._record_machine(machine, info)
-                    self._say(f"machine {machine.name} passed its health check again: back in the fleet")
+        if now >= self._next_health_check or force:
+            self._next_health_check = now + self.health_check_s
+            busy = {r.slot.machine for r in self.running.values()}
+            self._health.submit(m for m in self.fleet.machines if m.name not in busy)
+        results = self._health.results(wait_s=None if force else 0.0)
+        if results:
+            with self.db.session() as s:
+                down = set(s.scalars(select(MachineRow.name).where(MachineRow.state == "down")))
+            busy = {r.slot.machine for r in self.running.values()}
+        for machine, info in results:
+            if info.reachable and machine.name in down:
+                self.infos[machine.name] = info
+                self._record_machine(machine, info)
+                self.scheduler.refresh(machine.name, info)
+                self._say(f"machine {machine.name} passed its health check again: back in the fleet")
+            elif not info.reachable and machine.name not in down and machine.name not in busy:
+                self._record_machine(machine, info)
+                self._say(f"machine {machine.name} failed its health check ({info.error}): marked down")
         self.scheduler.unavailable = self._unavailable_machines()
 
     def _unavailable_machines(self) -> set[str]:
+        """Machines that take no new trial: down, or drained (`orch fleet drain`, read from the database so a drain
+        from another process applies at the next dispatch decision)."""
         with self.db.session() as s:
-            return set(s.scalars(select(MachineRow.name).where(MachineRow.state.in_(("down", "draining")))))
+            rows = s.execute(select(MachineRow.name, MachineRow.drain).where(
+                MachineRow.state.in_(("down", "draining")) | MachineRow.drain.is_(True))).all()
+        names = {m.name for m in self.fleet.machines}
+        drained = {r.name for r in rows if r.drain and r.name in names}
+        for name in sorted(drained - self._drained):
+            self._say(f"machine {name} is draining: its running trials finish, no new trial starts there")
+        for name in sorted(self._drained - drained):
+            self._say(f"machine {name} was undrained: it takes new trials again")
+        self._drained = drained
+        return {r.name for r in rows}
 
     def _refresh_progress(self) -> None:
+        """Counts and best trial are read from the database once; after that `_tally` keeps them as this
+        controller (the study's only writer, under its lease) finishes trials: no O(trials) read per event."""
         p = self.progress
-        with self.db.session() as s:
-            rows = s.execute(select(TrialRow.state, TrialRow.value, TrialRow.feasible, TrialRow.number).where(
-                TrialRow.study_id == self.study.row.id)).all()
-        p.done = sum(1 for r in rows if r.state == "complete")
-        p.failed = sum(1 for r in rows if r.state == "failed")
-        feasible = [r for r in rows if r.state == "complete" and r.feasible is not False and r.value is not None]
-        if feasible:
-            pick = min if self.spec.objective.direction == "minimize" else max
-            best = pick(feasible, key=lambda r: r.value)
-            p.best_value, p.best_number = best.value, best.number
+        if not self._progress_read:
+            with self.db.session() as s:
+                rows = s.execute(select(TrialRow.state, TrialRow.value, TrialRow.feasible, TrialRow.number).where(
+                    TrialRow.study_id == self.study.row.id)).all()
+            p.done = sum(1 for r in rows if r.state == "complete")
+            p.failed = sum(1 for r in rows if r.state == "failed")
+            for r in rows:
+                self._tally_best(r.state, r.value, r.feasible, r.number)
+            self._progress_read = True
         p.running = dict(self.running)
         self.reporter(p, "")
+
+    def _tally(self, state: str, value, feasible, number: int) -> None:
+        if self._progress_read:
+            self.progress.done += state == "complete"
+            self.progress.failed += state == "failed"
+            self._tally_best(state, value, feasible, number)
+
+    def _tally_best(self, state: str, value, feasible, number: int) -> None:
+        p = self.progress
+        if state != "complete" or feasible is False or value is None:
+            return
+        if (p.best_value is None or (value < p.best_value if self.spec.objective.direction == "minimize"
+                                     else value > p.best_value) or (value == p.best_value and number < p.best_number)):
+            p.best_value, p.best_number = value, number
 
     def _say(self, message: str) -> None:
         if hasattr(self, "progress"):
@@ -501,6 +606,7 @@ class Controller:
 
     def _shutdown(self) -> None:
         """Stop every job still running: each becomes `lost` and is re-queued as a retry for the next run."""
+        self._health.close()
         if not self.running:
             return
         for run in self.running.values():

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config.expressions import ExpressionError, evaluate, parse_expression
-from .config.study import StudySpec, template_fields
+from .config.study import StudySpec, early_exit_templates, template_fields
 
 
 class InvalidParams(ValueError):
@@ -112,8 +112,10 @@ def _render(template: str, names: dict[str, Any]) -> str:
 
 
 def build_job(spec: StudySpec, study: str, trial: int, repeat: int, values: dict[str, Any],
-              python: str | None = None, environ: dict[str, str] | None = None) -> JobSpec:
-    """The job for one trial. `{python}` in the command is the interpreter that runs jobs."""
+              python: str | None = None, environ: dict[str, str] | None = None,
+              early_exit: dict[str, Any] | None = None) -> JobSpec:
+    """The job for one trial. `{python}` in the command is the interpreter that runs jobs. `early_exit`
+    ({"target": X, "max_steps": S}, an early-exit run's user attr) adds the study's early-exit templates."""
     environ = os.environ if environ is None else environ
     names = {**values, "trial": trial, "repeat": repeat, "seed": trial, "study": study}
     argv = [python or sys.executable if part == "{python}" else part for part in spec.trainer.command]
@@ -130,6 +132,15 @@ def build_job(spec: StudySpec, study: str, trial: int, repeat: int, values: dict
         argv += [flag, _render(template, names)]
     for env_name, template in spec.arguments.env.items():
         env[env_name] = _render(template, names)
+    if early_exit is not None:
+        templates = early_exit_templates(spec)
+        if templates is None:
+            raise InvalidParams("the study does not say how its trainer exits at the target (trainer.early_exit)")
+        exit_names = {**names, "target": float(early_exit["target"]), "max_steps": int(early_exit["max_steps"])}
+        for flag, template in templates.flags.items():
+            argv += [flag, _render(template, exit_names)]
+        for env_name, template in templates.env.items():
+            env[env_name] = _render(template, exit_names)
     for part in argv:
         if "\x00" in part:
             raise InvalidParams("an argument contains a NUL byte")

@@ -26,6 +26,33 @@ class Outcome:
     constraints: dict[str, float] = field(default_factory=dict)  # metric -> violation (<= 0 is satisfied)
     metrics: dict[str, float] = field(default_factory=dict)
     note: str | None = None
+    retry: bool = False  # the study's on_failure says: re-run it with the same values
+
+
+#: exit reasons of a trial that failed by itself, and which `on_failure` key of the study covers each
+FAILURE_KINDS = {"diverged": "diverged", "crashed": "crashed", "incomplete": "crashed"}
+
+
+def failure_policy(spec: StudySpec, exit_reason: str | None) -> str:
+    """`fail`, `infeasible` or `retry` for a failed trial with this exit reason (others: `fail`)."""
+    kind = FAILURE_KINDS.get(exit_reason or "")
+    return getattr(spec.on_failure, kind) if kind else "fail"
+
+
+def failure_constraints(spec: StudySpec) -> dict[str, float]:
+    """What a failure counted as infeasible tells the sampler: every constraint violated."""
+    return {c.metric: math.inf for c in spec.objective.constraints}
+
+
+def _apply_policy(spec: StudySpec, outcome: Outcome) -> Outcome:
+    policy = failure_policy(spec, outcome.exit_reason)
+    if policy == "infeasible":
+        outcome.feasible, outcome.constraints = False, failure_constraints(spec)
+        outcome.note = f"{outcome.note}; told to the sampler as infeasible (on_failure)"
+    elif policy == "retry":
+        outcome.retry = True
+        outcome.note = f"{outcome.note}; re-run with the same values while retries remain (on_failure)"
+    return outcome
 
 
 def decide(spec: StudySpec, run: ParsedRun, returncode: int | None, *, timed_out: bool = False,
@@ -34,13 +61,15 @@ def decide(spec: StudySpec, run: ParsedRun, returncode: int | None, *, timed_out
     if launcher_error:
         return Outcome("failed", "launch_error", metrics=metrics, note=launcher_error)
     if run.exit_reason == "diverged":
-        return Outcome("failed", "diverged", metrics=metrics, note="the trainer reported a non-finite loss")
+        return _apply_policy(spec, Outcome("failed", "diverged", metrics=metrics,
+                                           note="the trainer reported a non-finite loss"))
     if not run.complete:
         if timed_out:
             return Outcome("failed", "timeout", metrics=metrics, note=f"killed after the {spec.timeout_s:g} s timeout")
         why = run.reason or "incomplete log"
         code = f"exit status {returncode}" if returncode is not None else "no exit status"
-        return Outcome("failed", "crashed" if returncode else "incomplete", metrics=metrics, note=f"{code}; {why}")
+        return _apply_policy(spec, Outcome("failed", "crashed" if returncode else "incomplete", metrics=metrics,
+                                           note=f"{code}; {why}"))
     objective = spec.objective.metric
     value = metrics.get(objective)
     if value is None or not math.isfinite(value):
@@ -62,15 +91,37 @@ def decide(spec: StudySpec, run: ParsedRun, returncode: int | None, *, timed_out
 
 def tell(study: optuna.Study, trial_id: int, number: int, state: str, value: float | None,
          constraints: dict[str, float]) -> None:
-    """Tell Optuna a trial's result; a no-op when Optuna already has it (so recovery can call it again)."""
+    """Tell Optuna a trial's result; a no-op when Optuna already has it (so recovery can call it again).
+    A failed trial with constraints (on_failure: infeasible) is told as a complete trial violating them."""
     frozen = study._storage.get_trial(trial_id)
     if frozen.state.is_finished():
         return
+    if state == "failed" and constraints:
+        state, value = "complete", value if value is not None else _worst_value(study)
     if state == "complete":
         trial = optuna.trial.Trial(study, trial_id)
         for key, violation in constraints.items():
             if key not in frozen.constraints:
                 trial.set_constraint(key, min(violation, 1e300))
-        study.tell(number, value)
+        _tell(study, number, value)
     else:
-        study.tell(number, state=TrialState.FAIL)
+        _tell(study, number, state=TrialState.FAIL)
+
+
+def _tell(study: optuna.Study, *args, **kwargs) -> None:
+    try:
+        study.tell(*args, **kwargs)
+    except RuntimeError as exc:
+        # Optuna's grid sampler calls `study.stop()` once its grid is visited, which raises outside `optimize()`.
+        # The result is stored already (Optuna stores it in a `finally`); the budget decides when to stop.
+        if "Study.stop" not in str(exc):
+            raise
+
+
+def _worst_value(study: optuna.Study) -> float:
+    """The objective value an infeasible failure is told with: the worst one seen, so no sampler prefers it."""
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.value is not None and math.isfinite(t.value)]
+    if not values:
+        return 0.0
+    return max(values) if study.direction == optuna.study.StudyDirection.MINIMIZE else min(values)

@@ -7,6 +7,7 @@
 | row `running` | its job died with the controller (PR_SET_PDEATHSIG) | if the log has a final line, the outcome is recorded from it; else `lost` and a retry is queued |
 | row finished, Optuna RUNNING | died between our commit and Optuna's tell | tell Optuna now |
 | row `lost` with no retry | died between marking and queueing | queue the retry |
+| row `failed`, study says `on_failure: retry`, no retry | the same | queue the retry |
 
 A retry is a new trial with the same parameters whose row says `retry_of` and `attempt`: nothing runs
 twice without being recorded as a retry.
@@ -29,9 +30,13 @@ from db import Database, EventRow, MetricPointRow, TrialRow
 from .config.study import StudySpec
 from .jobs import variant_key
 from .launchers.local import kill_group, process_alive
-from .outcomes import decide, tell
+from .outcomes import decide, failure_constraints, failure_policy, tell
 from .parsers import LogAdapter
 from .studies import OpenStudy
+
+
+#: user attrs a retry keeps from the trial it re-runs (extra runs: their kind, batch and early-exit settings)
+CARRIED_ATTRS = ("kind", "batch", "batch_index", "early_exit")
 
 
 def _now() -> datetime:
@@ -51,7 +56,9 @@ def enqueue_retry(study: optuna.Study, row: TrialRow, max_retries: int, spec: St
     else:
         sampled = study._storage.get_trial(row.optuna_trial_id).params if row.optuna_trial_id is not None else {}
         params = {k: v for k, v in params.items() if k in sampled} or params
-    study.enqueue_trial(params, user_attrs={"retry_of": row.number, "attempt": row.attempt + 1,
+    original = study._storage.get_trial(row.optuna_trial_id).user_attrs if row.optuna_trial_id is not None else {}
+    carried = {k: v for k, v in original.items() if k in CARRIED_ATTRS}  # a retry of an extra run stays one
+    study.enqueue_trial(params, user_attrs={**carried, "retry_of": row.number, "attempt": row.attempt + 1,
                                             "repeat_index": row.repeat_index}, skip_if_exists=False)
     return True
 
@@ -100,9 +107,10 @@ def recover(db: Database, opened: OpenStudy, spec: StudySpec, adapter: LogAdapte
         elif frozen is not None and frozen.state == TrialState.RUNNING:
             touched += 1
             tell(study, row.optuna_trial_id, number, row.state, row.value,
-                 _constraints_of(spec, row) if row.state == "complete" else {})
+                 _constraints_of(spec, row) if row.state == "complete"
+                 else failure_constraints(spec) if row.feasible is False else {})
             report(f"recovery: told Optuna the recorded outcome of trial {number}")
-        if row.state == "lost":
+        if row.state == "lost" or (row.state == "failed" and failure_policy(spec, row.exit_reason) == "retry"):
             if enqueue_retry(study, row, spec.retries, spec):
                 touched += 1
                 report(f"recovery: re-queued lost trial {number}")
@@ -140,6 +148,10 @@ def _recover_unfinished(db: Database, study: optuna.Study, spec: StudySpec, adap
     if outcome is not None:
         tell(study, trial_id, number, state, value, outcome.constraints)
         report(f"recovery: trial {number} had finished; outcome taken from its log")
+        if outcome.retry:
+            with db.session() as s:
+                live = s.get(TrialRow, row.id)
+            enqueue_retry(study, live, spec.retries, spec)
     else:
         tell(study, trial_id, number, "failed", None, {})
         with db.session() as s:

@@ -2,7 +2,8 @@
 
 A trial asking for g GPUs gets a set of g GPUs on one machine (one trial per GPU set); a trial asking for
 0 GPUs gets a CPU slot (machines offer `cpu_slots` of them). Machines are filtered by the study's labels;
-drained or down machines get no new trials.
+drained or down machines get no new trials. A machine's slots are re-derived when a probe (a health check) sees it
+again (`refresh`), so one that was unreachable at the start joins once it answers.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def machine_slots(machine: Machine, info: MachineInfo, gpus_per_trial: int) -> l
     if gpus_per_trial > 0:
         return [Slot(machine.name, i, gpu_ids=tuple(range(i * gpus_per_trial, (i + 1) * gpus_per_trial)))
                 for i in range(info.gpu_count // gpus_per_trial)]
-    count = machine.resolved_cpu_slots()
+    count = machine.resolved_cpu_slots(info.cpu_count)  # `auto`: the machine's own cores, as its probe saw them
     cores = sorted(os.sched_getaffinity(0)) if machine.launcher == "local" else []
     slots = []
     for i in range(count):
@@ -65,6 +66,14 @@ class Scheduler:
                                  "study, or add a machine with enough GPUs)")
             raise NoCapacity(f"{self.fleet.source}: no reachable machine (fix: check `orch fleet status`)")
         return self.slots
+
+    def refresh(self, name: str, info: MachineInfo) -> None:
+        """Re-derive one machine's slots from a new probe: a machine unreachable when the plan was made gets its
+        slots once it answers; one that went away keeps none."""
+        self.slots = [slot for slot in self.slots if slot.machine != name]
+        machine = self.fleet.machine(name)
+        if info.reachable and matches_labels(machine, self.labels):
+            self.slots += machine_slots(machine, info, self.gpus_per_trial)
 
     def free(self, busy: set[Slot]) -> list[Slot]:
         """Free slots, interleaved across machines so a round spreads over the fleet."""

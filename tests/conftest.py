@@ -3,6 +3,7 @@ test session starts (initdb + pg_ctl on a free loopback port), and the study fil
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -127,3 +128,24 @@ def orch(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: 
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# -- figures of the fault-injection tests (docs/reliability.md) -----------------------------------------------
+# Each fault test records one row per fault and database with `figures.record(...)`: the rows go, one JSON object
+# a line, to $ORCH_RELIABILITY_OUT when set (bench/reliability.py sets it and renders the table), else to
+# `reliability.jsonl` in pytest's base temp directory. Fields: fault (1, 2a, 2b, 3, 4a, ...), database, injected,
+# behaviour, recover_s (None when nothing needed recovering), recover_what, lost, duplicates.
+class Figures:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def record(self, fault: str, database: str, **fields) -> None:
+        row = {"fault": fault, "database": database, **fields}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+@pytest.fixture(scope="session")
+def figures(tmp_path_factory) -> Figures:
+    out = os.environ.get("ORCH_RELIABILITY_OUT")
+    return Figures(Path(out) if out else tmp_path_factory.getbasetemp() / "reliability.jsonl")

@@ -8,17 +8,47 @@ from typing import Optional
 
 import typer
 
-from . import status as status_views
+from . import fleet_view
 from .common import DbOption, FleetOption, JsonOption, load_inventory, open_db
 
 fleet_app = typer.Typer(no_args_is_help=True, help="The machines of the fleet.")
 
 
 @fleet_app.command("status")
-def fleet_status(db: Optional[str] = DbOption, fleet: Optional[Path] = FleetOption, as_json: bool = JsonOption) -> None:
-    """Machines, their GPUs and the trials running on them."""
-    view = status_views.fleet_status(open_db(db), load_inventory(fleet))
-    typer.echo(json.dumps(view, indent=2, default=str) if as_json else status_views.render_fleet_status(view))
+def fleet_status(db: Optional[str] = DbOption, fleet: Optional[Path] = FleetOption, as_json: bool = JsonOption,
+                 watch: bool = typer.Option(False, "--watch", help="refresh in place until Ctrl-C"),
+                 interval: float = typer.Option(2.0, "--interval", min=0.1, help="--watch: seconds between refreshes"),
+                 count: Optional[int] = typer.Option(None, "--count", min=1, help="--watch: stop after N refreshes"),
+                 probe_timeout: float = typer.Option(fleet_view.PROBE_TIMEOUT_S, "--probe-timeout", min=0.5,
+                                                     help="seconds a machine has to answer its probe")) -> None:
+    """Machines (probed now), their GPUs, the trials running on them, heartbeats and states."""
+    database, inventory = open_db(db), load_inventory(fleet)
+    if watch:
+        fleet_view.watch(database, inventory, interval_s=interval, count=count, as_json=as_json,
+                         probe_timeout_s=probe_timeout)
+        return
+    prober = fleet_view.FleetProber(inventory, probe_timeout)
+    try:
+        view = fleet_view.fleet_status(database, inventory, prober)
+    finally:
+        prober.close()
+    typer.echo(json.dumps(view, indent=2, default=str) if as_json else fleet_view.render_fleet_status(view))
+
+
+@fleet_app.command("drain")
+def fleet_drain(name: str, db: Optional[str] = DbOption, fleet: Optional[Path] = FleetOption) -> None:
+    """Let machine NAME finish its running trials and give it no new ones (every controller, no restart)."""
+    from ..drain import set_drain
+
+    typer.echo(set_drain(open_db(db), load_inventory(fleet), name, True).message())
+
+
+@fleet_app.command("undrain")
+def fleet_undrain(name: str, db: Optional[str] = DbOption, fleet: Optional[Path] = FleetOption) -> None:
+    """Put a drained machine NAME back in service."""
+    from ..drain import set_drain
+
+    typer.echo(set_drain(open_db(db), load_inventory(fleet), name, False).message())
 
 
 @fleet_app.command("trust")
@@ -40,3 +70,23 @@ def fleet_trust(name: str, fleet: Optional[Path] = FleetOption,
                           field="known_hosts", fix="set `launcher: ssh` and `known_hosts: PATH` on the machine")
     result = trust_host(machine, replace=replace, expect=expect)
     typer.echo(f"{result.machine}: {result.entry} {result.key_type} {result.fingerprint} ({result.status} in {result.known_hosts})")
+
+
+@fleet_app.command("up")
+def fleet_up(fleet: Optional[Path] = FleetOption,
+             timeout: float = typer.Option(90.0, "--timeout", min=1, help="seconds to wait for every node to join")) -> None:
+    """Start the Ray nodes of the fleet's `launcher: ray` machines (head first); nodes already up are left alone."""
+    from ..launchers.ray_cluster import fleet_up as start_nodes
+
+    start_nodes(load_inventory(fleet), timeout_s=timeout,
+                report=lambda r: typer.echo(f"{r.machine}: {r.role} node {r.action} (pid {r.pid}, {r.where})"))
+    typer.echo("every ray machine's node has joined the cluster")
+
+
+@fleet_app.command("down")
+def fleet_down(fleet: Optional[Path] = FleetOption) -> None:
+    """Stop the Ray nodes `orch fleet up` started (SIGTERM to each recorded PID; never `ray stop`)."""
+    from ..launchers.ray_cluster import fleet_down as stop_nodes
+
+    stop_nodes(load_inventory(fleet),
+               report=lambda r: typer.echo(f"{r.machine}: {r.role} node {r.action}" + (f" (pid {r.pid})" if r.pid else "")))

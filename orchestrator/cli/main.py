@@ -93,18 +93,24 @@ def parse_log(path: Path, format: str = typer.Option("auto", "--format",
     data = parsed_run_to_json(run, path=path, series=series)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
-        return
-    status = "complete" if data["complete"] else f"incomplete ({data['reason']})"
-    typer.echo(f"{path}: {data['format']}, {status}")
-    for key in ("official_metric", "official_value", "final_step", "total_steps", "val_loss", "val_bpb",
-                "train_time_ms", "step_avg_ms", "peak_memory_mib", "gpu_name", "gpu_count", "torch_version"):
-        if data.get(key) is not None:
-            typer.echo(f"  {key}: {data[key]}")
+    else:
+        status = "complete" if data["complete"] else f"incomplete ({data['reason']})"
+        typer.echo(f"{path}: {data['format']}, {status}")
+        for key in ("official_metric", "official_value", "final_step", "total_steps", "val_loss", "val_bpb",
+                    "train_time_ms", "step_avg_ms", "peak_memory_mib", "gpu_name", "gpu_count", "torch_version"):
+            if data.get(key) is not None:
+                typer.echo(f"  {key}: {data[key]}")
+    if not data["complete"]:  # a truncated log: what it had is printed, the exit status says it has no outcome
+        typer.echo(f"orch: {path}: incomplete log, no outcome: {data['reason']} (fix: pass the whole log of a "
+                   "finished run)", err=True)
+        raise typer.Exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, prog_name="orch", standalone_mode=False)
+        code = app(args=argv, prog_name="orch", standalone_mode=False)
+        if isinstance(code, int):  # `raise typer.Exit(N)` in a command: click returns N without standalone mode
+            return code
     except typer.Exit as exc:
         return exc.exit_code
     except typer.TyperException as exc:  # usage errors: wrong option, missing argument, bad value

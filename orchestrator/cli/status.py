@@ -1,5 +1,5 @@
-"""Status views (`orch study status`, `orch study list`, `orch fleet status`): plain dicts for --json,
-rendered as tables for people."""
+"""Status views (`orch study status`, `orch study list`): plain dicts for --json, rendered as tables for people.
+`orch fleet status` is in fleet_view.py (it uses the helpers here)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
-from db import Database, MachineRow, MetricPointRow, StudyRow, TrialRow
+from db import Database, MetricPointRow, StudyRow, TrialRow
 
-from ..config.fleet import Fleet
 from ..config.study import StudySpec
-from ..launchers import get_launcher
 from ..studies import load_study_row
 
 
@@ -115,39 +113,3 @@ def render_study_list(view: list[dict]) -> str:
         return "no studies yet (create one: orch study create NAME --from studies/demo.yaml)"
     return _table(["study", "status", "objective", "trials", "rounds"],
                   [[v["study"], v["status"], v["objective"], v["trials"], v["rounds"]] for v in view])
-
-
-def fleet_status(db: Database, fleet: Fleet) -> dict:
-    with db.session() as s:
-        states = {m.name: m for m in s.scalars(select(MachineRow))}
-    running = _running_trials(db, TrialRow.machine.in_([m.name for m in fleet.machines]))
-    machines = []
-    for machine in fleet.machines:
-        info = get_launcher(machine.launcher).probe(machine)
-        known = states.get(machine.name)
-        busy = [r for r in running if r["machine"] == machine.name]
-        state = "down" if not info.reachable else (known.state if known and known.state == "draining" else
-                                                  ("busy" if busy else "idle"))
-        machines.append({
-            "name": machine.name, "host": machine.host, "launcher": machine.launcher, "reachable": info.reachable,
-            "state": state, "gpu_count": info.gpu_count, "gpu_type": info.gpu_type or ("no GPU" if not info.gpu_count else None),
-            "cpu_slots": machine.resolved_cpu_slots() if not info.gpu_count else None, "gpus": info.gpus,
-            "running": busy, "error": info.error,
-            "last_seen": known.last_seen if known else None,
-        })
-    return {"fleet": fleet.source, "machines": machines}
-
-
-def render_fleet_status(view: dict) -> str:
-    rows = []
-    for m in view["machines"]:
-        gpus = f"{m['gpu_count']} x {m['gpu_type']}" if m["gpu_count"] else f"no GPU ({m['cpu_slots']} CPU slots)"
-        trials = ", ".join(f"{r['study']}#{r['number']} {r['slot']} {r['elapsed_s']}s val {r['val_loss']}"
-                           for r in m["running"]) or "-"
-        rows.append([m["name"], m["launcher"], m["state"], gpus, trials])
-    out = _table(["machine", "launcher", "state", "GPUs", "running"], rows)
-    for m in view["machines"]:
-        for g in m["gpus"]:
-            out += (f"\n  {m['name']} gpu{g['index']}: {g['name']} util {g['utilization_pct']}% mem "
-                    f"{g['memory_used_mib']}/{g['memory_total_mib']} MiB temp {g['temperature_c']}C")
-    return f"fleet: {view['fleet']}\n{out}"

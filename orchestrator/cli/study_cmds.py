@@ -14,6 +14,7 @@ from ..studies import create_study, load_study_row, validate_study_file
 from . import status as status_views
 from .common import DbOption, FleetOption, JsonOption, check_name, load_inventory, open_db, where
 from .display import make_reporter
+from .extra_cmds import register as register_extra_runs
 
 study_app = typer.Typer(no_args_is_help=True, help="Create, run and inspect parameter studies.")
 
@@ -71,3 +72,6 @@ def study_list(db: Optional[str] = DbOption, as_json: bool = JsonOption) -> None
     """Every study in the database."""
     view = status_views.study_list(open_db(db))
     typer.echo(json.dumps(view, indent=2, default=str) if as_json else status_views.render_study_list(view))
+
+
+register_extra_runs(study_app)  # orch study confirm | early-exit | baseline (extra_cmds.py)

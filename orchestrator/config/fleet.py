@@ -1,13 +1,14 @@
 """The fleet inventory (`fleet.yaml`): typed models, defaults inheritance, validation with line numbers.
 
 A fleet is a list of machines. Fields under `defaults:` apply to every machine that does not set them
-(`container`, `env` and `labels` merge key by key). `gpus: auto` is resolved when a launcher first
+(`container`, `env`, `labels` and `ray` merge key by key). `gpus: auto` is resolved when a launcher first
 talks to the machine (nvidia-smi); a machine without GPUs offers `cpu_slots` CPU slots instead.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +49,31 @@ class ContainerSpec(_Strict):
         return mounts
 
 
+ADDRESS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.-]*:[0-9]{1,5}$"
+
+
+class RaySpec(_Strict):
+    """How a `launcher: ray` machine's node joins the cluster (usually set once under `defaults:`)."""
+
+    address: str | None = None  # the head's GCS address HOST:PORT
+    auth: Literal["token", "disabled"] = "token"
+    token_file: str | None = None  # RAY_AUTH_TOKEN_PATH on every node and the controller (default ~/.ray/auth_token)
+    start: Literal["auto", "local", "ssh"] = "auto"  # how `orch fleet up` starts the node: auto = local on loopback
+    ray_command: list[str] | None = None  # the `ray` executable on the node (default: beside this Python, or `ray`)
+    temp_dir: str | None = None  # `ray start --temp-dir` (keep it short: Ray's socket paths must fit 107 bytes)
+    start_args: list[str] = Field(default_factory=list)  # more `ray start` flags, e.g. --object-store-memory=...
+    env: dict[str, str] = Field(default_factory=dict)  # environment of `ray start` on the node
+    dead_after_s: float = Field(default=15.0, gt=0)  # a trial whose node does not answer this long is lost
+
+    @field_validator("address")
+    @classmethod
+    def _address_form(cls, value: str | None) -> str | None:
+        if value is not None and (not re.match(ADDRESS_PATTERN, value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536):
+            raise ValueError(f"address {value!r} is not HOST:PORT{FIX_MARK}write the head node's IP and GCS port, "
+                             "e.g. 10.0.0.11:6379")
+        return value
+
+
 def _gpus(value: object) -> int | Literal["auto", "none"]:
     if value in ("auto", "none"):
         return value  # type: ignore[return-value]
@@ -76,6 +102,7 @@ class MachineFields(_Strict):
     data_path: str | None = None
     container: ContainerSpec | None = None
     env: dict[str, str] | None = None
+    ray: RaySpec | None = None
 
     @field_validator("gpus", mode="before")
     @classmethod
@@ -110,8 +137,19 @@ class Machine(MachineFields):
             raise ValueError(f"an ssh machine needs known_hosts: host keys are always verified{FIX_MARK}add `known_hosts: PATH` (`orch fleet trust NAME` records a key)")
         return self
 
-    def resolved_cpu_slots(self) -> int:
-        return os.cpu_count() or 1 if self.cpu_slots == "auto" else int(self.cpu_slots)
+    @model_validator(mode="after")
+    def _ray_needs_address(self) -> "Machine":
+        if self.launcher == "ray" and (self.ray is None or not self.ray.address):
+            raise ValueError(f"a ray machine needs the cluster's address{FIX_MARK}add `ray: {{address: HEAD_HOST:PORT}}` "
+                             "(under `defaults:` for every machine)")
+        return self
+
+    def resolved_cpu_slots(self, cpu_count: int | None = None) -> int:
+        """`cpu_slots`; `auto` is one per core of the machine (`cpu_count` as its probe reported it, else this
+        machine's own count: right for the local launcher only)."""
+        if self.cpu_slots != "auto":
+            return int(self.cpu_slots)
+        return cpu_count or os.cpu_count() or 1
 
 
 class Fleet(BaseModel):
@@ -133,6 +171,8 @@ def _merge(defaults: dict, machine: dict) -> dict:
     for key in _MERGED_DICTS:
         if isinstance(defaults.get(key), dict) and isinstance(machine.get(key), dict):
             merged[key] = {**defaults[key], **machine[key]}
+    if isinstance(defaults.get("ray"), dict) and isinstance(machine.get("ray"), dict):
+        merged["ray"] = {**defaults["ray"], **machine["ray"]}
     if isinstance(defaults.get("container"), dict) and isinstance(machine.get("container"), dict):
         container = {**defaults["container"], **machine["container"]}
         if isinstance(defaults["container"].get("env"), dict) and isinstance(machine["container"].get("env"), dict):
@@ -172,7 +212,27 @@ def parse_fleet(doc: YamlDoc) -> Fleet:
                             fix="give every machine a unique name")
         seen[machine.name] = index
         machines.append(machine)
+    _check_one_ray_cluster(doc, machines, machines_raw)
     return Fleet(machines=machines, source=doc.file)
+
+
+def _check_one_ray_cluster(doc: YamlDoc, machines: list[Machine], machines_raw: list) -> None:
+    """The controller joins one Ray cluster: every ray machine names the same address, and no two share a node IP."""
+    ray_machines = [(i, m) for i, m in enumerate(machines) if m.launcher == "ray"]
+    if not ray_machines:
+        return
+    first = ray_machines[0][1]
+    hosts: dict[str, str] = {}
+    for index, machine in ray_machines:
+        path = ("machines", index, "ray", "address") if "ray" in machines_raw[index] else ("defaults", "ray", "address")
+        if machine.ray.address != first.ray.address:
+            raise doc.error(path, f"ray machine {machine.name!r} names cluster {machine.ray.address} but "
+                            f"{first.name!r} names {first.ray.address}",
+                            fix="one fleet is one Ray cluster: set `ray: {address: ...}` once under `defaults:`")
+        if machine.host in hosts:
+            raise doc.error(("machines", index, "host"), f"ray machines {hosts[machine.host]!r} and {machine.name!r} "
+                            f"are both node {machine.host}", fix="give each ray machine its own node IP as `host`")
+        hosts[machine.host] = machine.name
 
 
 def load_fleet(path: str | Path | None) -> Fleet:

@@ -112,6 +112,43 @@ class Inject(_Strict):
     map: dict[str, str] = Field(default_factory=dict)  # study name -> the injector's name, e.g. stage1: "stages[0].duration"
 
 
+class EarlyExit(_Strict):
+    """How the trainer is told to stop at the target (`orch study early-exit`): flags / env vars built from
+    templates over `{target}`, `{max_steps}`, the parameters and the builtins. Absent for the `orch` log format
+    (our trainer): `--early-exit-at {target}` and `--max-steps {max_steps}`."""
+
+    flags: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("flags")
+    @classmethod
+    def _flag_names(cls, flags: dict[str, str]) -> dict[str, str]:
+        for flag in flags:
+            if not FLAG_PATTERN.match(flag):
+                raise bad(f"{flag!r} is not a command-line flag", "write it like --name")
+        return flags
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for name in env:
+            if not ENV_PATTERN.match(name):
+                raise bad(f"{name!r} is not an environment variable name", "use letters, digits and _")
+        return env
+
+    @model_validator(mode="after")
+    def _says_something(self) -> "EarlyExit":
+        if not self.flags and not self.env:
+            raise bad("early_exit tells the trainer nothing", "add `flags:` or `env:` templates using {target} "
+                      "and {max_steps}, e.g. flags: {--early-exit-at: \"{target}\", --max-steps: \"{max_steps}\"}")
+        return self
+
+
+#: how our own trainer (log format `orch`) is told to exit at the target (docs/contracts.md)
+DEFAULT_EARLY_EXIT = EarlyExit(flags={"--early-exit-at": "{target}", "--max-steps": "{max_steps}"})
+EARLY_EXIT_TEMPLATE_NAMES = frozenset({"target", "max_steps"})
+
+
 class Trainer(_Strict):
     command: list[str] = Field(min_length=1)
     inject: Inject | None = None
@@ -121,6 +158,7 @@ class Trainer(_Strict):
     code_dir: str = "."  # relative to the study file's directory; its git revision is recorded
     files: list[str] = Field(default_factory=list)  # globs under code_dir, checksummed on each trial
     image: str | None = None  # overrides the machine's container image
+    early_exit: EarlyExit | None = None  # how `orch study early-exit` tells the trainer; default for log_format orch
 
     @field_validator("secret_env")
     @classmethod
@@ -207,6 +245,16 @@ class Budget(_Strict):
     dispatch: Literal["rounds", "continuous"] = "rounds"
 
 
+class OnFailure(_Strict):
+    """How a trial that failed by itself (not by a machine or controller fault) reaches the sampler:
+    `fail` (Optuna FAIL: the sampler ignores the point), `infeasible` (a complete trial violating every
+    constraint: the sampler learns to avoid the region) or `retry` (re-run with the same values, at most
+    `retries` times; the row says `retry_of`)."""
+
+    diverged: Literal["fail", "infeasible", "retry"] = "fail"  # the trainer reported a non-finite loss
+    crashed: Literal["fail", "infeasible", "retry"] = "fail"  # it ended without its final line (crash, incomplete)
+
+
 class Resources(_Strict):
     gpus: int = Field(default=0, ge=0)  # per trial; 0 = a CPU slot
     labels: dict[str, str] = Field(default_factory=dict)
@@ -224,6 +272,7 @@ class StudySpec(_Strict):
     repeats: int = Field(default=1, ge=1)
     timeout_s: float = Field(default=3600, gt=0)
     retries: int = Field(default=2, ge=0)  # re-runs of a trial lost to a machine or controller failure
+    on_failure: OnFailure = Field(default_factory=OnFailure)
     resources: Resources = Field(default_factory=Resources)
 
     def all_names(self) -> list[str]:
@@ -267,22 +316,9 @@ def _cross_checks(spec: StudySpec, doc: YamlDoc) -> None:
             raise doc.error(("derived", dname, "expr"), f"references unknown name {unknown[0]!r}",
                             fix=f"use one of the parameters defined above it: {', '.join(sorted(names))}")
         names.add(dname)
-    for section in ("flags", "env"):
-        for key, template in getattr(spec.arguments, section).items():
-            try:
-                fields = template_fields(template)
-            except ValueError as exc:
-                raise doc.error(("arguments", section, key), str(exc), fix="write {name} or {name:.4f}") from None
-            for name, fmt in fields:
-                if name not in names and name not in BUILTIN_TEMPLATE_NAMES:
-                    raise doc.error(("arguments", section, key), f"template references unknown name {name!r}",
-                                    fix=f"use a parameter ({', '.join(sorted(names))}) or one of {', '.join(sorted(BUILTIN_TEMPLATE_NAMES))}")
-                if fmt:
-                    try:
-                        _check_format_spec(fmt)
-                    except ValueError as exc:
-                        problem, _, fix = str(exc).partition(FIX_MARK)
-                        raise doc.error(("arguments", section, key), problem, fix=fix) from None
+    _check_templates(spec.arguments, ("arguments",), names, doc)
+    if spec.trainer.early_exit is not None:
+        _check_templates(spec.trainer.early_exit, ("trainer", "early_exit"), names | EARLY_EXIT_TEMPLATE_NAMES, doc)
     for section, key in (("trainer", "env"),):
         for env_name in getattr(spec.trainer, key):
             if not ENV_PATTERN.match(env_name):
@@ -303,9 +339,40 @@ def _cross_checks(spec: StudySpec, doc: YamlDoc) -> None:
             if param.type == "float" and param.step is None:
                 raise doc.error(("parameters", pname), "the grid sampler needs a `step:` for float parameters",
                                 fix="add `step: 0.01` (or use another sampler)")
+    for kind in ("diverged", "crashed"):
+        if getattr(spec.on_failure, kind) == "infeasible" and not spec.objective.constraints:
+            raise doc.error(("on_failure", kind), "`infeasible` needs a constraint for the failed trial to violate",
+                            fix="add `subject_to: [\"METRIC <= X\"]` under objective, or use `fail` or `retry`")
     if spec.budget.parallel is not None and spec.budget.parallel > spec.budget.max_trials:
         raise doc.error(("budget", "parallel"), f"parallel ({spec.budget.parallel}) exceeds max_trials ({spec.budget.max_trials})",
                         fix="lower parallel or raise max_trials")
+
+
+def _check_templates(templates: Arguments | EarlyExit, path: tuple, names: set[str], doc: YamlDoc) -> None:
+    for section in ("flags", "env"):
+        for key, template in getattr(templates, section).items():
+            where = (*path, section, key)
+            try:
+                fields = template_fields(template)
+            except ValueError as exc:
+                raise doc.error(where, str(exc), fix="write {name} or {name:.4f}") from None
+            for name, fmt in fields:
+                if name not in names and name not in BUILTIN_TEMPLATE_NAMES:
+                    raise doc.error(where, f"template references unknown name {name!r}",
+                                    fix=f"use one of {', '.join(sorted(names | BUILTIN_TEMPLATE_NAMES))}")
+                if fmt:
+                    try:
+                        _check_format_spec(fmt)
+                    except ValueError as exc:
+                        problem, _, fix = str(exc).partition(FIX_MARK)
+                        raise doc.error(where, problem, fix=fix) from None
+
+
+def early_exit_templates(spec: StudySpec) -> EarlyExit | None:
+    """The study's early-exit templates; the default for our own trainer; None when the study declares none."""
+    if spec.trainer.early_exit is not None:
+        return spec.trainer.early_exit
+    return DEFAULT_EARLY_EXIT if spec.trainer.log_format == "orch" else None
 
 
 def check_metrics(spec: StudySpec, known_metrics: frozenset[str], format_name: str, doc: YamlDoc | None = None) -> None:

@@ -147,6 +147,23 @@ def _variants(spec: StudySpec, records: list[dict[str, Any]], constraint: Constr
             for s in stats]
 
 
+def study_variants(spec: StudySpec, records: list[dict[str, Any]]) -> list[Variant]:
+    """Per-variant statistics of `records` (complete runs), against the study's first constraint."""
+    constraints = spec.objective.constraints
+    return _variants(spec, records, constraints[0] if constraints else None, spec.all_names())
+
+
+def top_variants(variants: list[Variant], constraint: Constraint | None, k: int) -> list[Variant]:
+    """The best `k` variants, best first: `rank_for_confirmation` (hit rate >= 50%, mean metric meets the
+    target, fastest mean); without a constraint, the best mean. The write-up's best variant is the first."""
+    if constraint is not None:
+        ranked = rank_for_confirmation([v.stats for v in variants], k=k)
+    else:
+        ranked = sorted([v.stats for v in variants], key=lambda s: s.mean_time)[:max(k, 0)]
+    by_stats = {id(v.stats): v for v in variants}
+    return [by_stats[id(s)] for s in ranked]
+
+
 def _best_feasible_text(report_spec: StudySpec, records: list[dict[str, Any]], names: list[str],
                         constraint: Constraint | None, has_experiment: bool) -> list[str]:
     done = [r for r in records if r["state"] == "complete"]
@@ -198,9 +215,7 @@ def build_report(db: Database, study: StudyRow) -> Report:
     has_experiment = any(r.get("user_attrs.experiment") is not None for r in records)
     stat_records = [r for r in records if r["kind"] in STATS_KINDS]
     variants = _variants(spec, stat_records, constraint, names)
-    eligible = rank_for_confirmation([v.stats for v in variants], k=1) if constraint else \
-        sorted([v.stats for v in variants], key=lambda s: s.mean_time)[:1]
-    best = next((v for v in variants if eligible and v.stats is eligible[0]), None)
+    best = next(iter(top_variants(variants, constraint, 1)), None)
     baseline_rec = next((r for r in records if r["kind"] == "baseline" and r["state"] == "complete"), None)
     baseline_how = "the run marked baseline"
     if baseline_rec is None:

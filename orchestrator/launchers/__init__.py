@@ -6,7 +6,8 @@ from ..config.errors import ConfigError
 from .base import Launcher
 
 _BACKENDS = {"local": ("orchestrator.launchers.local", "LocalLauncher"),
-             "ssh": ("orchestrator.launchers.ssh", "SshLauncher")}
+             "ssh": ("orchestrator.launchers.ssh", "SshLauncher"),
+             "ray": ("orchestrator.launchers.ray", "RayLauncher")}
 
 
 def get_launcher(name: str) -> Launcher:

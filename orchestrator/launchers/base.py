@@ -39,9 +39,10 @@ class MachineInfo:
     driver_version: str | None = None
     gpus: list[dict] = field(default_factory=list)  # per GPU: index, name, util %, memory used/total MiB, temp C
     error: str | None = None
+    cpu_count: int | None = None  # usable cores on the machine itself (remote `nproc`); None: unknown
 
 
-def machine_info(machine: Machine, gpus: list[dict]) -> MachineInfo:
+def machine_info(machine: Machine, gpus: list[dict], cpu_count: int | None = None) -> MachineInfo:
     """A reachable machine's info from its nvidia-smi rows; an integer `gpus:` in the fleet caps the count."""
     if isinstance(machine.gpus, int):
         gpus = gpus[: machine.gpus]
@@ -49,7 +50,7 @@ def machine_info(machine: Machine, gpus: list[dict]) -> MachineInfo:
     else:
         count = len(gpus) if machine.gpus == "auto" else 0
     return MachineInfo(reachable=True, gpu_count=count, gpu_type=gpus[0]["name"] if gpus else machine.gpu_type,
-                       driver_version=gpus[0]["driver_version"] if gpus else None, gpus=gpus)
+                       driver_version=gpus[0]["driver_version"] if gpus else None, gpus=gpus, cpu_count=cpu_count)
 
 
 @dataclass

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import queue
 import signal
@@ -25,6 +26,8 @@ from .base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo,
 from .containers import local_container
 
 KILL_GRACE_S = 5.0
+MAX_LINE_BYTES = 1024 * 1024  # a longer output line reaches the parser cut (the log file keeps it whole)
+DISK_FULL = "disk full"  # prefix of the ExitEvent error when the trial's log cannot be written for lack of space
 _PR_SET_PDEATHSIG = 1
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
@@ -82,24 +85,48 @@ class LocalJob(JobHandle):
         threading.Thread(target=_escalate, daemon=True, name=f"kill-{self.key}").start()
 
 
+def log_write_error(log_path: Path, exc: OSError) -> str:
+    """The ExitEvent error of a job whose log cannot be written (DISK_FULL first when the disk is full)."""
+    what = DISK_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "log write failed"
+    return f"{what}: cannot write {log_path}: {exc.strerror or exc}"
+
+
 def _pump(job: LocalJob, log_file, events: "queue.Queue[Event]") -> None:
+    """Copy the job's output to its log file and, line by line, to the controller. A line longer than
+    MAX_LINE_BYTES is kept whole in the file but reaches the parser cut (bounded memory for any output). A log
+    that cannot be written (disk full) kills the job: its outcome could not be kept."""
     stream = job.proc.stdout
+    error = None
     try:
-        for raw in iter(stream.readline, b""):
-            log_file.write(raw)
-            log_file.flush()
-            events.put(LineEvent(job.key, raw.decode("utf-8", errors="replace")))
+        cut = False
+        while True:
+            raw = stream.readline(MAX_LINE_BYTES)
+            if not raw:
+                break
+            if error is None:
+                try:
+                    log_file.write(raw)
+                    log_file.flush()
+                except OSError as exc:
+                    error = log_write_error(job.log_path, exc)
+                    job.cancel(error)
+            if not cut:
+                events.put(LineEvent(job.key, raw.decode("utf-8", errors="replace")))
+            cut = not raw.endswith(b"\n")
     finally:
-        log_file.close()
+        try:
+            log_file.close()
+        except OSError as exc:
+            error = error or log_write_error(job.log_path, exc)
         returncode = job.proc.wait()
-        events.put(ExitEvent(job.key, returncode))
+        events.put(ExitEvent(job.key, returncode, error))
 
 
 class LocalLauncher(Launcher):
     name = "local"
 
     def probe(self, machine: Machine) -> MachineInfo:
-        return machine_info(machine, local_gpus())
+        return machine_info(machine, local_gpus(), cpu_count=len(os.sched_getaffinity(0)))
 
     def start(self, job: JobSpec, machine: Machine, slot: Slot, workdir: Path,
               events: "queue.Queue[Event]") -> LocalJob:

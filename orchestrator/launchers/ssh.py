@@ -22,6 +22,7 @@ import getpass
 import hashlib
 import os
 import queue
+import re
 import shlex
 import socket
 import threading
@@ -37,11 +38,16 @@ from ..gpu import NVIDIA_SMI_ARGV, parse_nvidia_smi
 from ..jobs import JobSpec
 from .base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot, machine_info
 from .containers import PodmanOptions, container_command, containerized_env, job_env, parse_image_id
+from .local import MAX_LINE_BYTES
 from .remote_script import ScriptError, bootstrap_command, job_script
 
 KEEPALIVE_S = float(os.environ.get("ORCH_SSH_KEEPALIVE_S", "5"))
 DEAD_AFTER_S = float(os.environ.get("ORCH_SSH_DEAD_AFTER_S", "10"))
 CONNECT_TIMEOUT_S = 15.0
+PROBE_TIMEOUT_S = 30.0
+#: a probe's command: the usable cores (honours the sshd's CPU affinity), then nvidia-smi's CSV
+PROBE_COMMAND = ('printf "orch-cpus %s\\n" "$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"; '
+                 + " ".join(shlex.quote(a) for a in NVIDIA_SMI_ARGV))
 KILL_GRACE_S = 5.0
 
 
@@ -316,6 +322,7 @@ class SshJob(JobHandle):
 def _pump(job: SshJob, log_file, events: "queue.Queue[Event]") -> None:
     error = None
     pending = b""
+    cut = False  # the start of an overlong line went to the parser: drop the rest of it (the log keeps it whole)
     try:
         while True:
             data = job.channel.recv(65536)
@@ -326,11 +333,18 @@ def _pump(job: SshJob, log_file, events: "queue.Queue[Event]") -> None:
             pending += data
             *lines, pending = pending.split(b"\n")
             for line in lines:
+                if cut:
+                    cut = False
+                    continue
                 events.put(LineEvent(job.key, (line + b"\n").decode("utf-8", errors="replace")))
+            if len(pending) > MAX_LINE_BYTES:  # bounded memory for a line that never ends
+                if not cut:
+                    events.put(LineEvent(job.key, pending[:MAX_LINE_BYTES].decode("utf-8", errors="replace")))
+                cut, pending = True, b""
     except Exception as exc:  # noqa: BLE001 - socket errors, paramiko errors: all mean the stream ended
         error = f"{type(exc).__name__}: {exc}"
     finally:
-        if pending:
+        if pending and not cut:
             events.put(LineEvent(job.key, pending.decode("utf-8", errors="replace")))
         status = job.channel.recv_exit_status() if error is None else -1
         returncode: int | None = status if status >= 0 else None
@@ -356,9 +370,10 @@ class SshLauncher(Launcher):
 
     def __init__(self, *, keepalive_s: float = KEEPALIVE_S, dead_after_s: float = DEAD_AFTER_S,
                  connect_timeout_s: float = CONNECT_TIMEOUT_S, kill_grace_s: float = KILL_GRACE_S,
-                 podman: PodmanOptions | None = None) -> None:
+                 podman: PodmanOptions | None = None, probe_timeout_s: float = PROBE_TIMEOUT_S) -> None:
         self.keepalive_s, self.dead_after_s = keepalive_s, dead_after_s
         self.connect_timeout_s, self.kill_grace_s = connect_timeout_s, kill_grace_s
+        self.probe_timeout_s = probe_timeout_s
         self.podman = podman or PodmanOptions.from_env()
         self._lock = threading.Lock()
         self._machine_locks: dict[str, threading.Lock] = {}
@@ -391,12 +406,15 @@ class SshLauncher(Launcher):
 
     # -- probe
     def probe(self, machine: Machine) -> MachineInfo:
+        """One round trip: the machine's usable cores (`nproc`), then its GPUs (nvidia-smi; none: CPU slots)."""
         try:
             conn = self.connection(machine)
-            status, out = conn.run(" ".join(shlex.quote(a) for a in NVIDIA_SMI_ARGV), timeout_s=30)
+            status, out = conn.run(PROBE_COMMAND, timeout_s=self.probe_timeout_s)
         except OrchError as exc:
             return MachineInfo(reachable=False, error=str(exc))
-        return machine_info(machine, parse_nvidia_smi(out) if status == 0 else [])  # 127: no nvidia-smi: CPU slots
+        cpus = re.search(r"^orch-cpus (\d+)$", out, re.MULTILINE)
+        return machine_info(machine, parse_nvidia_smi(out) if status == 0 else [],  # 127: no nvidia-smi
+                            cpu_count=int(cpus.group(1)) if cpus else None)
 
     # -- start
     def remote_trial_dir(self, conn: _Connection, machine: Machine, job: JobSpec) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Iterator
@@ -131,17 +132,25 @@ def parse_log_file(path: str | os.PathLike, format: str = "auto") -> ParsedRun: 
     format; an incomplete log is not an error: the returned run says `complete=False` and why in `reason`.
     """
     path = Path(path)
-    with _open(path) as stream:
-        head = stream.read(HEAD_BYTES)
-        _check_text(path, head[:HEAD_BYTES])
-        adapter, head = _choose(path, format, head, stream)
-        counters = {"overlong": 0, "binary": 0}
-        log_stream = adapter.stream()
-        feed = log_stream.feed
-        stream.seek(0)  # plain files and gzip streams both rewind
-        for line in _lines(stream, counters):
-            feed(line)
-        run = log_stream.finish()
+    try:
+        with _open(path) as stream:
+            head = stream.read(HEAD_BYTES)
+            _check_text(path, head[:HEAD_BYTES])
+            adapter, head = _choose(path, format, head, stream)
+            counters = {"overlong": 0, "binary": 0}
+            log_stream = adapter.stream()
+            feed = log_stream.feed
+            stream.seek(0)  # plain files and gzip streams both rewind
+            for line in _lines(stream, counters):
+                feed(line)
+            run = log_stream.finish()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # a gzip file cut short or damaged
+        raise LogFileError(f"{path}: the compressed log is truncated or corrupt ({exc}); copy it again whole, or pass "
+                           "the uncompressed log") from None
+    except IsADirectoryError:
+        raise LogFileError(f"{path}: is a directory; pass the log file itself") from None
+    except OSError as exc:
+        raise LogFileError(f"{path}: cannot read the log ({exc.strerror or exc}); check the file and the disk") from None
     if counters["binary"] > 1000 and not run.points:
         raise BinaryLogError(
             f"{path}: {counters['binary']} lines hold NUL bytes and no metric line was found; this is not a text "

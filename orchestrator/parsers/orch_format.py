@@ -32,7 +32,7 @@ def _num(value) -> float | None:
 
 class OrchStream(LogStream):
     def __init__(self) -> None:
-        self.points: list[MetricPoint] = []
+        self._points: dict[tuple[str, int], MetricPoint] = {}  # by (kind, step): a JSON point replaces its human twin
         self.final: dict | None = None
         self.start: dict | None = None
         self._json_val_steps: set[int] = set()
@@ -61,9 +61,13 @@ class OrchStream(LogStream):
                 step_avg_ms=_num(match["avg"]),
             )
             # A human line is usually followed by its JSON twin; keep the JSON one when it comes.
-            self.points.append(point)
+            self._points[("val", point.step)] = point
             return [point]
         return []
+
+    @property
+    def points(self) -> list[MetricPoint]:
+        return list(self._points.values())
 
     def _event(self, obj: dict) -> list[MetricPoint]:
         event = obj.get("event")
@@ -77,8 +81,7 @@ class OrchStream(LogStream):
             return []
         step = obj["step"]
         if event == "val":
-            # drop the human twin of this point, if it was already recorded
-            self.points = [p for p in self.points if not (p.kind == "val" and p.step == step)]
+            self._points.pop(("val", step), None)  # its human twin, if recorded: the JSON point comes last
             self._json_val_steps.add(step)
         known = {"event", "step", "total_steps", "val_loss", "train_loss", "train_time_ms", "step_avg_ms"}
         point = MetricPoint(
@@ -91,7 +94,7 @@ class OrchStream(LogStream):
             step_avg_ms=_num(obj.get("step_avg_ms")),
             extra={k: float(v) for k, v in obj.items() if k not in known and isinstance(v, (int, float))},
         )
-        self.points.append(point)
+        self._points[(event, step)] = point
         return [point]
 
     def finish(self) -> ParsedRun:

@@ -28,8 +28,13 @@ def main() -> int:
     ap.add_argument("--noise", type=float, default=0.002)
     ap.add_argument("--crash-at", type=int, default=-1, help="exit 1 without a final line at this step")
     ap.add_argument("--diverge-at", type=int, default=-1)
+    ap.add_argument("--crash-once", default="", help="crash like --crash-at 30 unless this file exists (it is created): "
+                    "a flaky failure that a retry gets past")
     ap.add_argument("--hang", action="store_true", help="never finish (for timeout and kill tests)")
     ap.add_argument("--marker", default="", help="append a line to this file at start (counts real starts)")
+    ap.add_argument("--early-exit-at", type=float, default=float(os.environ.get("TRAINER_EARLY_EXIT_AT", 0)),
+                    help="stop at the first val_loss <= X (0: off)")
+    ap.add_argument("--max-steps", type=int, default=0, help="run length (0: --steps); the loss keeps falling after")
     args = ap.parse_args()
     fractions = [float(x) for x in args.stage_durations.split(",")]
     if abs(sum(fractions) - 1) > 1e-6 or any(f < 0 for f in fractions):
@@ -38,17 +43,21 @@ def main() -> int:
     if args.marker:
         with open(args.marker, "a") as f:
             f.write(f"{os.getpid()} {args.stage_durations} {args.seed}\n")
+    if args.crash_once and not os.path.exists(args.crash_once):
+        open(args.crash_once, "w").close()
+        args.crash_at = 30
     rng = random.Random(args.seed)
     costs = [21.0, 38.0, 55.0]
+    total = args.max_steps or args.steps
     step_ms = [costs[min(i, 2)] for i, f in enumerate(fractions) for _ in range(round(f * args.steps))]
-    step_ms = (step_ms + [costs[-1]] * args.steps)[: args.steps]
+    step_ms = (step_ms + [costs[-1]] * total)[:total]
     final_loss = 3.20 + 0.25 * fractions[0] ** 2 + rng.gauss(0.0, args.noise)
     emit = lambda obj: print("@@metrics " + json.dumps(obj), flush=True)  # noqa: E731
     emit({"event": "start", "versions": {"python": sys.version.split()[0]}, "world_size": 1, "gpu_name": None})
     elapsed = 0.0
-    for step in range(1, args.steps + 1):
+    for step in range(1, total + 1):
         if args.wall_s:
-            time.sleep(args.wall_s / args.steps)
+            time.sleep(args.wall_s / total)
         while args.hang:
             time.sleep(0.05)
         elapsed += step_ms[step - 1]
@@ -59,15 +68,22 @@ def main() -> int:
             emit({"event": "final", "step": step, "total_steps": args.steps, "val_loss": None,
                   "train_time_ms": elapsed, "exit_reason": "diverged"})
             return 3
-        if step % args.val_every == 0 or step == args.steps:
-            loss = final_loss + 2.0 * (1 - step / args.steps)
-            print(f"step:{step}/{args.steps} val_loss:{loss:.4f} train_time:{elapsed:.0f}ms "
+        if step % args.val_every == 0 or step == total:
+            # falls to final_loss at --steps, then 0.1 per further --steps (steps up to --max-steps)
+            loss = final_loss + (2.0 if step <= args.steps else 0.1) * (1 - step / args.steps)
+            print(f"step:{step}/{total} val_loss:{loss:.4f} train_time:{elapsed:.0f}ms "
                   f"step_avg:{elapsed / step:.2f}ms", flush=True)
-            emit({"event": "val", "step": step, "total_steps": args.steps, "val_loss": round(loss, 4),
+            emit({"event": "val", "step": step, "total_steps": total, "val_loss": round(loss, 4),
                   "train_time_ms": round(elapsed), "step_avg_ms": round(elapsed / step, 2)})
-    emit({"event": "final", "step": args.steps, "total_steps": args.steps, "val_loss": round(final_loss, 4),
-          "train_time_ms": round(elapsed), "step_avg_ms": round(elapsed / args.steps, 2), "tokens": 1000 * args.steps,
-          "peak_memory_mib": 10, "exit_reason": "completed", "world_size": 1, "gpu_name": None,
+            if args.early_exit_at and round(loss, 4) <= args.early_exit_at and step < total:
+                return final(emit, step, total, loss, elapsed, "early_exit")
+    return final(emit, total, total, final_loss if total == args.steps else loss, elapsed, "completed")
+
+
+def final(emit, step: int, total: int, loss: float, elapsed: float, reason: str) -> int:
+    emit({"event": "final", "step": step, "total_steps": total, "val_loss": round(loss, 4),
+          "train_time_ms": round(elapsed), "step_avg_ms": round(elapsed / step, 2), "tokens": 1000 * step,
+          "peak_memory_mib": 10, "exit_reason": reason, "world_size": 1, "gpu_name": None,
           "versions": {"python": sys.version.split()[0]}})
     return 0
 

@@ -1,0 +1,195 @@
+"""`orch fleet status [--watch] [--json]`: every machine of the fleet, probed now, with what runs on it.
+
+Per machine: reachable (a probe now, all machines at once, each bounded by `probe_timeout_s`), launcher, GPU model
+and count with per-GPU utilisation / memory / temperature (nvidia-smi, through SSH for ssh machines; "no GPU" when
+there is none), the trials running there (elapsed time, latest val_loss), the last heartbeat the controller
+recorded, and the state:
+
+  down      the probe failed (unreachable, refused host key, no answer in time)
+  draining  `orch fleet drain` and trials still running there
+  drained   `orch fleet drain` and nothing running
+  busy      trials running
+  idle      reachable, nothing running
+
+`--watch` redraws the view in place (rich Live) every `--interval` seconds on a terminal; piped, it prints one
+frame after another (`--json`: one JSON object a line). `--count N` stops after N frames; Ctrl-C exits cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Callable, TextIO
+
+from sqlalchemy import func, select
+
+from db import Database, MachineRow, TrialRow
+
+from ..config.fleet import Fleet, Machine
+from ..health import HealthChecker
+from ..launchers import get_launcher
+from ..launchers.base import Launcher, MachineInfo
+from .status import _age_s, _running_trials, _table
+
+PROBE_TIMEOUT_S = 5.0
+
+
+class FleetProber:
+    """Probes every machine of a fleet in parallel, reusing launchers (and SSH connections) across refreshes."""
+
+    def __init__(self, fleet: Fleet, probe_timeout_s: float = PROBE_TIMEOUT_S) -> None:
+        self.fleet, self.timeout_s = fleet, probe_timeout_s
+        self.launchers: dict[str, Launcher] = {}
+        for machine in fleet.machines:
+            if machine.launcher not in self.launchers:
+                self.launchers[machine.launcher] = self._make_launcher(machine.launcher)
+        self.checker = HealthChecker(self._probe, max_workers=max(1, min(32, len(fleet.machines))))
+        self.probe_ms: dict[str, int] = {}  # how long each machine's last finished probe took
+
+    def _make_launcher(self, name: str) -> Launcher:
+        if name == "ssh":
+            from ..launchers.ssh import SshLauncher
+
+            return SshLauncher(connect_timeout_s=self.timeout_s, probe_timeout_s=self.timeout_s)
+        return get_launcher(name)
+
+    def _probe(self, machine: Machine) -> MachineInfo:
+        started = time.monotonic()
+        info = self.launchers[machine.launcher].probe(machine)
+        self.probe_ms[machine.name] = round((time.monotonic() - started) * 1000)
+        return info
+
+    def probe_all(self) -> dict[str, MachineInfo]:
+        """One MachineInfo per machine; a probe still going after the timeout counts as unreachable for this frame
+        (it is not started again while it runs)."""
+        self.checker.submit(self.fleet.machines)
+        infos = {m.name: info for m, info in self.checker.results(wait_s=self.timeout_s + 1)}
+        for machine in self.fleet.machines:
+            infos.setdefault(machine.name, MachineInfo(reachable=False,
+                                                       error=f"no answer within {self.timeout_s:g} s"))
+        return infos
+
+    def close(self) -> None:
+        self.checker.close()
+        for launcher in self.launchers.values():
+            launcher.close()
+
+
+def _iso(when: datetime | None) -> str | None:
+    if when is None:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).isoformat(timespec="seconds")
+
+
+def _state(reachable: bool, drain: bool, running: list) -> str:
+    if not reachable:
+        return "down"
+    if drain:
+        return "draining" if running else "drained"
+    return "busy" if running else "idle"
+
+
+def fleet_status(db: Database, fleet: Fleet, prober: FleetProber | None = None) -> dict:
+    """The view as a plain dict (what --json prints)."""
+    own = prober is None
+    prober = prober or FleetProber(fleet)
+    try:
+        infos = prober.probe_all()
+    finally:
+        if own:
+            prober.close()
+    names = [m.name for m in fleet.machines]
+    with db.session() as s:
+        rows = {m.name: m for m in s.scalars(select(MachineRow).where(MachineRow.name.in_(names)))}
+        beats = dict(s.execute(select(TrialRow.machine, func.max(TrialRow.heartbeat_at)).where(
+            TrialRow.machine.in_(names), TrialRow.state == "running").group_by(TrialRow.machine)).all())
+    running = _running_trials(db, TrialRow.machine.in_(names))
+    machines = []
+    for machine in fleet.machines:
+        info, row = infos[machine.name], rows.get(machine.name)
+        busy = [{k: v for k, v in r.items() if k != "machine"} for r in running if r["machine"] == machine.name]
+        drain = bool(row.drain) if row is not None else False
+        seen = [t for t in (beats.get(machine.name), row.last_seen if row is not None else None) if t is not None]
+        last = max(seen, key=lambda t: t if t.tzinfo else t.replace(tzinfo=timezone.utc)) if seen else None
+        machines.append({
+            "name": machine.name, "host": machine.host, "launcher": machine.launcher, "reachable": info.reachable,
+            "state": _state(info.reachable, drain, busy), "drain": drain,
+            "controller_state": row.state if row is not None else None,
+            "gpu_count": info.gpu_count, "gpu_type": info.gpu_type if info.gpu_count else "no GPU",
+            "gpus": info.gpus, "cpu_count": info.cpu_count,
+            "cpu_slots": machine.resolved_cpu_slots(info.cpu_count) if info.reachable and not info.gpu_count else None,
+            "running": busy, "last_heartbeat": _iso(last), "heartbeat_age_s": _age_s(last),
+            "probe_ms": prober.probe_ms.get(machine.name), "error": info.error,
+        })
+    return {"fleet": fleet.source, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machines": machines}
+
+
+def _fmt(value, spec: str = "g", unit: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def render_fleet_status(view: dict) -> str:
+    rows = []
+    for m in view["machines"]:
+        if not m["reachable"]:
+            gpus = "?"
+        elif m["gpu_count"]:
+            gpus = f"{m['gpu_count']} x {m['gpu_type']}"
+        else:
+            gpus = f"no GPU ({m['cpu_slots']} CPU slots, {m['cpu_count'] or '?'} cores)"
+        trials = ", ".join(f"{r['study']}#{r['number']} {r['slot']} {_fmt(r['elapsed_s'], '.0f', 's')} "
+                           f"val_loss {_fmt(r['val_loss'], '.4f')}" for r in m["running"]) or "-"
+        beat = "-" if m["heartbeat_age_s"] is None else f"{m['heartbeat_age_s']:.0f}s ago"
+        rows.append([m["name"], m["launcher"], m["state"], "yes" if m["reachable"] else "no", gpus, trials, beat])
+    out = _table(["machine", "launcher", "state", "reachable", "GPUs", "running (elapsed, latest val_loss)",
+                  "heartbeat"], rows)
+    for m in view["machines"]:
+        for g in m["gpus"]:
+            out += (f"\n  {m['name']} gpu{g['index']}: {g['name']} util {_fmt(g['utilization_pct'], '.0f', '%')} "
+                    f"mem {_fmt(g['memory_used_mib'], '.0f')}/{_fmt(g['memory_total_mib'], '.0f')} MiB "
+                    f"temp {_fmt(g['temperature_c'], '.0f', 'C')}")
+        if not m["reachable"] and m["error"]:
+            out += f"\n  {m['name']}: {m['error']}"
+    return f"fleet: {view['fleet']} at {view['at']}\n{out}"
+
+
+def watch(db: Database, fleet: Fleet, *, interval_s: float, count: int | None, as_json: bool,
+          out: TextIO | None = None, probe_timeout_s: float = PROBE_TIMEOUT_S) -> int:
+    """Refresh the view every `interval_s` until `count` frames (None: until Ctrl-C); returns the frames shown."""
+    out = out or sys.stdout
+    prober = FleetProber(fleet, probe_timeout_s)
+    shown = 0
+    live = None
+    try:
+        if out.isatty() and not as_json:
+            from rich.console import Console
+            from rich.live import Live
+            from rich.text import Text
+
+            live = Live(console=Console(file=out), auto_refresh=False, transient=False)
+            live.start()
+            show: Callable[[dict], None] = lambda view: live.update(Text(render_fleet_status(view)), refresh=True)
+        elif as_json:
+            show = lambda view: print(json.dumps(view, default=str), file=out, flush=True)  # noqa: E731
+        else:
+            show = lambda view: print(render_fleet_status(view) + "\n", file=out, flush=True)  # noqa: E731
+        while count is None or shown < count:
+            began = time.monotonic()
+            show(fleet_status(db, fleet, prober))
+            shown += 1
+            if count is not None and shown >= count:
+                break
+            time.sleep(max(0.0, interval_s - (time.monotonic() - began)))  # the refresh period, not a wait on state
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if live is not None:
+            live.stop()
+        prober.close()
+    return shown
+
+
+__all__ = ["FleetProber", "fleet_status", "render_fleet_status", "watch"]
