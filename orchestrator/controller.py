@@ -36,7 +36,7 @@ from .launchers.local import DISK_FULL
 from .outcomes import decide, tell
 from .preflight import check_fleet_fits
 from .parsers import LogStream, MetricPoint, get_adapter
-from .provenance import CodeInfo, code_info
+from .provenance import code_info
 from .recovery import enqueue_retry, recover
 from .samplers import build_sampler, distributions
 from .scheduler import NoCapacity, Scheduler

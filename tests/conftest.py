@@ -149,3 +149,27 @@ class Figures:
 def figures(tmp_path_factory) -> Figures:
     out = os.environ.get("ORCH_RELIABILITY_OUT")
     return Figures(Path(out) if out else tmp_path_factory.getbasetemp() / "reliability.jsonl")
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of process group `pgid` is still there (a job's group after a kill)."""
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def dump_database(url: str) -> list:
+    """Every row of every table (ours and Optuna's), sorted: equal dumps mean an untouched database."""
+    from sqlalchemy import inspect, text
+
+    from db import Database
+
+    db = Database(url, create=False)
+    out = []
+    with db.engine.connect() as conn:
+        for table in sorted(inspect(conn).get_table_names()):
+            out.append((table, sorted(map(repr, conn.execute(text(f'SELECT * FROM "{table}"')).all()))))
+    db.dispose()
+    return out

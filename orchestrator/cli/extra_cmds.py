@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from ..extra_runs.commands import (Request, baseline_request, confirm_request, early_exit_request, run_request)
-from ..extra_runs.summary import render_summary
+from ..export.batches import render_summary
 from .common import DbOption, FleetOption, JsonOption, load_inventory, open_db
 from .display import PlainReporter, make_reporter
 

@@ -112,10 +112,8 @@ class Inject(_Strict):
     map: dict[str, str] = Field(default_factory=dict)  # study name -> the injector's name, e.g. stage1: "stages[0].duration"
 
 
-class EarlyExit(_Strict):
-    """How the trainer is told to stop at the target (`orch study early-exit`): flags / env vars built from
-    templates over `{target}`, `{max_steps}`, the parameters and the builtins. Absent for the `orch` log format
-    (our trainer): `--early-exit-at {target}` and `--max-steps {max_steps}`."""
+class _Templates(_Strict):
+    """argv elements (`flags`) and env vars (`env`) built from templates; the names are checked here."""
 
     flags: dict[str, str] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
@@ -135,6 +133,12 @@ class EarlyExit(_Strict):
             if not ENV_PATTERN.match(name):
                 raise bad(f"{name!r} is not an environment variable name", "use letters, digits and _")
         return env
+
+
+class EarlyExit(_Templates):
+    """How the trainer is told to stop at the target (`orch study early-exit`): flags / env vars built from
+    templates over `{target}`, `{max_steps}`, the parameters and the builtins. Absent for the `orch` log format
+    (our trainer): `--early-exit-at {target}` and `--max-steps {max_steps}`."""
 
     @model_validator(mode="after")
     def _says_something(self) -> "EarlyExit":
@@ -169,19 +173,8 @@ class Trainer(_Strict):
         return names
 
 
-class Arguments(_Strict):
+class Arguments(_Templates):
     """argv elements and env vars built from templates over parameter values (`{stage1:.3f}`)."""
-
-    flags: dict[str, str] = Field(default_factory=dict)
-    env: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("flags")
-    @classmethod
-    def _flag_names(cls, flags: dict[str, str]) -> dict[str, str]:
-        for flag in flags:
-            if not FLAG_PATTERN.match(flag):
-                raise bad(f"{flag!r} is not a command-line flag", "write it like --name")
-        return flags
 
 
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")

@@ -19,30 +19,11 @@ from typing import Any
 
 from db import Database, StudyRow
 
-from ..analysis.variants import VariantStats, rank_for_confirmation, variant_stats
+from ..analysis.results import STATS_KINDS, Variant, full_records, optuna_trials, top_variants, variants_of
 from ..config.study import Constraint, StudySpec
-from .records import full_records, optuna_trials
 from .tables import HIT, MISS, _fmt, _note, best_trial
 
-STATS_KINDS = ("search", "baseline", "confirmation")  # runs that count for per-variant statistics
 ROUND_KINDS = ("search", "baseline")  # runs shown in the round tables
-
-
-@dataclass
-class Variant:
-    key: str
-    params: dict[str, Any]
-    numbers: list[int]
-    stats: VariantStats
-    sign: float = 1.0  # -1 for maximize objectives (stats computed on -value)
-
-    @property
-    def mean(self) -> float:
-        return self.sign * self.stats.mean_time
-
-    @property
-    def std(self) -> float:
-        return self.stats.std_time
 
 
 @dataclass
@@ -120,50 +101,6 @@ def note_text(record: dict[str, Any]) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def _variants(spec: StudySpec, records: list[dict[str, Any]], constraint: Constraint | None,
-              names: list[str]) -> list[Variant]:
-    sign = -1.0 if spec.objective.direction == "maximize" else 1.0
-    runs: dict[str, list[tuple[float, float]]] = {}
-    numbers: dict[str, list[int]] = {}
-    params: dict[str, dict[str, Any]] = {}
-    for r in records:
-        if r["state"] != "complete" or r["value"] is None:
-            continue
-        if constraint is not None:
-            metric = r.get(f"metrics.{constraint.metric}")
-            if metric is None:
-                continue
-        else:
-            metric = 0.0
-        runs.setdefault(r["variant"], []).append((sign * float(r["value"]), float(metric)))
-        numbers.setdefault(r["variant"], []).append(r["number"])
-        params.setdefault(r["variant"], {n: r.get(f"params.{n}") for n in names})
-    if constraint is None:
-        target, direction = math.inf, "below"
-    else:
-        target, direction = constraint.threshold, "below" if constraint.op == "<=" else "above"
-    stats = variant_stats(runs, target, direction=direction)
-    return [Variant(key=s.variant, params=params[s.variant], numbers=numbers[s.variant], stats=s, sign=sign)
-            for s in stats]
-
-
-def study_variants(spec: StudySpec, records: list[dict[str, Any]]) -> list[Variant]:
-    """Per-variant statistics of `records` (complete runs), against the study's first constraint."""
-    constraints = spec.objective.constraints
-    return _variants(spec, records, constraints[0] if constraints else None, spec.all_names())
-
-
-def top_variants(variants: list[Variant], constraint: Constraint | None, k: int) -> list[Variant]:
-    """The best `k` variants, best first: `rank_for_confirmation` (hit rate >= 50%, mean metric meets the
-    target, fastest mean); without a constraint, the best mean. The write-up's best variant is the first."""
-    if constraint is not None:
-        ranked = rank_for_confirmation([v.stats for v in variants], k=k)
-    else:
-        ranked = sorted([v.stats for v in variants], key=lambda s: s.mean_time)[:max(k, 0)]
-    by_stats = {id(v.stats): v for v in variants}
-    return [by_stats[id(s)] for s in ranked]
-
-
 def _best_feasible_text(report_spec: StudySpec, records: list[dict[str, Any]], names: list[str],
                         constraint: Constraint | None, has_experiment: bool) -> list[str]:
     done = [r for r in records if r["state"] == "complete"]
@@ -214,7 +151,7 @@ def build_report(db: Database, study: StudyRow) -> Report:
     constraint = constraints[0] if constraints else None
     has_experiment = any(r.get("user_attrs.experiment") is not None for r in records)
     stat_records = [r for r in records if r["kind"] in STATS_KINDS]
-    variants = _variants(spec, stat_records, constraint, names)
+    variants = variants_of(spec, stat_records, constraint, names)
     best = next(iter(top_variants(variants, constraint, 1)), None)
     baseline_rec = next((r for r in records if r["kind"] == "baseline" and r["state"] == "complete"), None)
     baseline_how = "the run marked baseline"
@@ -263,7 +200,7 @@ def build_report(db: Database, study: StudyRow) -> Report:
             conclusion = [head, *_best_feasible_text(spec, so_far, names, constraint, has_experiment)]
         rounds.append(Round(number=number, records=group, conclusion=conclusion, estimate=estimate))
     confirmation = [r for r in records if r["kind"] == "confirmation"]
-    conf_variants = _variants(spec, confirmation, constraint, names)
+    conf_variants = variants_of(spec, confirmation, constraint, names)
     early = [r for r in records if r["kind"] == "early_exit"]
     return Report(name=study.name, spec=spec, records=records, names=names, searched=list(spec.parameters),
                   constraint=constraint, rounds=rounds, variants=variants, best=best, baseline=baseline,

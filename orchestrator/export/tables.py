@@ -1,47 +1,16 @@
 """The short result table `orch study run` prints (trials grouped by round, a hit mark for each run that met
-the target), and the per-trial records the exports build on."""
+the target), and the formatting helpers the other renderers share."""
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from db import Database, StudyRow
 
-from db import Database, StudyRow, TrialRow
-
+from ..analysis.results import trial_records
 from ..config.study import StudySpec
 
 HIT, MISS = "✓", "✗"
-TRIAL_FIELDS = [
-    "number", "round", "state", "variant", "repeat_index", "retry_of", "attempt", "machine", "slot", "gpu_model",
-    "gpu_count", "driver_version", "value", "feasible", "exit_reason", "exit_code", "started_at", "ended_at",
-    "code_revision", "code_branch", "code_dirty", "container_image", "container_image_id", "log_path", "workdir",
-    "note",
-]
-
-
-def _iso(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
-
-
-def trial_records(db: Database, study: StudyRow) -> list[dict[str, Any]]:
-    """Every recorded field of every trial, flattened (params.X, metrics.X), JSON-ready."""
-    with db.session() as s:
-        rows = list(s.scalars(select(TrialRow).where(TrialRow.study_id == study.id).order_by(TrialRow.number)))
-    records = []
-    for row in rows:
-        rec: dict[str, Any] = {"study": study.name}
-        rec.update({f: _iso(getattr(row, f)) for f in TRIAL_FIELDS})
-        rec.update({f"params.{k}": v for k, v in (row.params or {}).items()})
-        rec.update({f"metrics.{k}": v for k, v in (row.metrics or {}).items()})
-        rec["command"] = json.dumps(row.command) if row.command is not None else None
-        rec["env"] = json.dumps(row.env, sort_keys=True) if row.env is not None else None
-        rec["versions"] = json.dumps(row.versions, sort_keys=True) if row.versions else None
-        rec["file_checksums"] = json.dumps(row.file_checksums, sort_keys=True) if row.file_checksums else None
-        records.append(rec)
-    return records
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

@@ -11,8 +11,7 @@ from db import Database, StudyRow, TrialRow
 
 from ..config.errors import OrchError
 from ..config.study import StudySpec
-from ..export.records import full_records
-from ..export.report import STATS_KINDS, Variant, study_variants, top_variants
+from ..analysis.results import STATS_KINDS, Variant, full_records, study_variants, top_variants
 from ..jobs import InvalidParams, build_job, resolve_values
 from ..samplers import distributions
 

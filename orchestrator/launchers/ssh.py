@@ -26,7 +26,6 @@ import re
 import shlex
 import socket
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 

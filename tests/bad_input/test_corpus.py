@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sqlalchemy import inspect, text
 
-from db import Database
 from orchestrator.cli.main import main
-from tests.conftest import orch, stand_in_study
+from tests.conftest import dump_database, orch, stand_in_study
 
 HERE = Path(__file__).parent
 CASES = HERE / "cases"
@@ -27,17 +25,6 @@ FLEET = "machines:\n  - name: box1\n    launcher: local\n    gpus: 8\n    cpu_sl
 def _case_id(entry: dict) -> str:
     words = entry.get("case") or "cli-" + "-".join(str(a) for a in entry["run"] if "{" not in str(a))
     return f"{words}:{'-'.join(str(a) for a in entry['run'][:2])}"
-
-
-def dump(url: str) -> list:
-    """Every row of every table, sorted: equal dumps mean an untouched database."""
-    db = Database(url, create=False)
-    out = []
-    with db.engine.connect() as conn:
-        for table in sorted(inspect(conn).get_table_names()):
-            out.append((table, sorted(map(repr, conn.execute(text(f'SELECT * FROM "{table}"')).all()))))
-    db.dispose()
-    return out
 
 
 def _workspace(tmp_path_factory, url: str) -> dict:
@@ -74,7 +61,7 @@ def _run_case(entry: dict, workspace: dict, capsys, monkeypatch) -> None:
     if entry.get("setup"):
         assert main(_fill(entry["setup"], values)) == 0, capsys.readouterr()
         capsys.readouterr()
-    before = dump(workspace["db"])
+    before = dump_database(workspace["db"])
     code = main(_fill(entry["run"], values))
     captured = capsys.readouterr()
     output = captured.out + captured.err
@@ -82,7 +69,7 @@ def _run_case(entry: dict, workspace: dict, capsys, monkeypatch) -> None:
     assert "Traceback" not in output
     for phrase in entry["expect"]:
         assert phrase in output, f"{phrase!r} not in {output!r}"
-    assert dump(workspace["db"]) == before, "the database changed"
+    assert dump_database(workspace["db"]) == before, "the database changed"
 
 
 def test_the_corpus_is_big_enough():

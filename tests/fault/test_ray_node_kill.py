@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from db import Database, MachineRow, MetricPointRow, TrialRow
-from tests.conftest import orch, stand_in_study
+from tests.conftest import group_alive, orch, stand_in_study
 from tests.helpers.ray_lab import RayLab, ray_study
 from tests.orch._checks import assert_agrees_with_optuna
 
@@ -30,14 +30,6 @@ def lab(tmp_path_factory):
     yield lab
     stopped = lab.down()
     assert stopped.returncode == 0, stopped.stderr + stopped.stdout
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 @pytest.mark.slow
@@ -88,7 +80,7 @@ def test_a_killed_ray_node_fails_its_trial_which_completes_on_the_other_node(lab
             controller.kill()
             controller.wait()
     assert detected_s < DETECT_BOUND_S, f"lost after {detected_s:.1f} s"
-    assert not _group_alive(pgid), "the job on the dead node outlived it"
+    assert not group_alive(pgid), "the job on the dead node outlived it"
     with db.session() as s:
         machine = s.scalar(select(MachineRow).where(MachineRow.name == "rb"))
         assert machine.state == "down" and "rb" in (machine.note or "")

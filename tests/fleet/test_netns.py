@@ -24,7 +24,7 @@ from orchestrator.config.fleet import load_fleet
 from orchestrator.controller import Controller
 from orchestrator.launchers.ssh import SshLauncher
 from orchestrator.studies import create_study
-from tests.conftest import REPO, orch, stand_in_study
+from tests.conftest import REPO, group_alive, orch, stand_in_study
 from tests.fleet.netns_lab import LabUnavailable, NetnsLab
 
 KEEPALIVE_S, DEAD_AFTER_S, HEARTBEAT_S, HEALTH_CHECK_S = 0.5, 2.0, 0.5, 1.0
@@ -101,14 +101,6 @@ def _reporting(db: Database) -> dict[str, int]:
         rows = s.execute(select(TrialRow.machine, TrialRow.number).join(MetricPointRow, MetricPointRow.trial_id == TrialRow.id)
                          .where(TrialRow.state == "running").distinct()).all()
     return {machine: number for machine, number in rows}
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def _launcher(**kwargs) -> SshLauncher:
@@ -214,7 +206,7 @@ def test_cutting_a_link_mid_trial_fails_it_by_machine_and_the_machine_comes_back
         retry = _wait("the lost trial's retry to start", retry_running, timeout=20)
         assert retry.machine in ("nb", "nc") and retry.params == row.params  # re-run elsewhere, same values
         # the partitioned machine's sshd gives up on the vanished client (ClientAliveInterval) and the job dies
-        _wait("the orphaned job on the cut machine to be killed", lambda: not _group_alive(pgid), timeout=15)
+        _wait("the orphaned job on the cut machine to be killed", lambda: not group_alive(pgid), timeout=15)
         up_at = time.monotonic()
         lab.restore("na")
 

@@ -4,7 +4,6 @@ from a fleet file (tests/helpers/ray_lab.py); one cluster for the module, `orch 
 from __future__ import annotations
 
 import json
-import os
 import queue
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from orchestrator.config.fleet import load_fleet
 from orchestrator.jobs import JobSpec
 from orchestrator.launchers import ray as ray_launcher
 from orchestrator.launchers.base import ExitEvent, LineEvent, Slot
-from tests.conftest import REPO, orch, stand_in_study
+from tests.conftest import REPO, group_alive, orch, stand_in_study
 from tests.helpers.ray_lab import RayLab, children, ray_study
 from tests.orch._checks import assert_agrees_with_optuna
 
@@ -151,17 +150,9 @@ def test_cancel_kills_the_jobs_process_group_on_the_node(lab, in_process_cluster
     exit_event = events.get(timeout=30)
     assert isinstance(exit_event, ExitEvent) and exit_event.returncode == 128 + 15 and exit_event.error is None
     deadline = time.monotonic() + 10
-    while _group_alive(pgid):
+    while group_alive(pgid):
         assert time.monotonic() < deadline, "the job's process group outlived its cancel"
         time.sleep(0.05)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def _env() -> dict:

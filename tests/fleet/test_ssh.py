@@ -23,7 +23,7 @@ from orchestrator.jobs import JobSpec
 from orchestrator.launchers.base import ExitEvent, LineEvent, Slot
 from orchestrator.launchers.ssh import ChangedHostKey, SshLauncher, UnknownHostKey
 from orchestrator.studies import create_study
-from tests.conftest import REPO, orch, stand_in_study
+from tests.conftest import group_alive, orch, stand_in_study
 from tests.orch._checks import assert_agrees_with_optuna
 
 KEEPALIVE_S, DEAD_AFTER_S = 0.5, 2.0
@@ -55,14 +55,6 @@ def _wait_exit(events: queue.Queue, key: int, timeout: float = 30) -> tuple[list
             lines.append(event.line)
         elif isinstance(event, ExitEvent) and event.key == key:
             return lines, event
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def _remote_pgid(handle) -> int:
@@ -224,16 +216,16 @@ def test_cancel_kills_the_remote_process_group_even_if_it_ignores_term(ssh_machi
                             Slot("m2", 0), tmp_path / "local", events)
     assert events.get(timeout=10).line == "started\n"
     pgid = _remote_pgid(handle)
-    assert _group_alive(pgid)
+    assert group_alive(pgid)
     started = time.monotonic()
     handle.cancel("test")
     _, exit_event = _wait_exit(events, 3)
     assert time.monotonic() - started < 8
     assert exit_event.returncode == 128 + signal.SIGKILL and exit_event.error is None
     deadline = time.monotonic() + 5
-    while _group_alive(pgid) and time.monotonic() < deadline:
+    while group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _group_alive(pgid)  # `sleep 300` (TERM-ignoring, in the job's group) is gone too
+    assert not group_alive(pgid)  # `sleep 300` (TERM-ignoring, in the job's group) is gone too
     launcher.close()
 
 
@@ -281,9 +273,9 @@ def test_sshd_killed_mid_trial_marks_the_machine_down_within_the_heartbeat(ssh_l
     assert machine.state == "down"
     assert len(ended) == 1 and "no machine of the fleet can take a trial now (down or draining: fragile)" in str(ended[0])
     deadline = time.monotonic() + 5
-    while _group_alive(pgid) and time.monotonic() < deadline:
+    while group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _group_alive(pgid)  # the job died with its connection
+    assert not group_alive(pgid)  # the job died with its connection
     launcher.close()
 
 
@@ -310,9 +302,9 @@ def test_a_silent_connection_is_noticed_by_the_keepalive(ssh_lab, tmp_path):
             os.kill(pid, signal.SIGCONT)
     m.kill()  # the session ends: the job's stdin closes and its group is killed
     deadline = time.monotonic() + 5
-    while _group_alive(pgid) and time.monotonic() < deadline:
+    while group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _group_alive(pgid)
+    assert not group_alive(pgid)
     launcher.close()
 
 

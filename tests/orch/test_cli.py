@@ -8,24 +8,11 @@ import io
 import json
 
 import pytest
-from sqlalchemy import text
 
 from db import Database
-from tests.conftest import orch, stand_in_study
+from tests.conftest import dump_database, orch, stand_in_study
 
 from ._checks import rows_of
-
-
-def _dump(url: str) -> list:
-    """Every row of every table: equal dumps mean an untouched database."""
-    db = Database(url, create=False)
-    out = []
-    with db.engine.connect() as conn:
-        from sqlalchemy import inspect
-        for table in sorted(inspect(conn).get_table_names()):
-            out.append((table, sorted(map(repr, conn.execute(text(f'SELECT * FROM "{table}"')).all()))))
-    db.dispose()
-    return out
 
 
 @pytest.fixture
@@ -65,14 +52,14 @@ def _bad_cases(tmp_path, study):
 
 def test_bad_input_gives_a_clear_error_and_leaves_the_database_untouched(ready):
     db_url, tmp_path, study = ready
-    before = _dump(db_url)
+    before = dump_database(db_url)
     for args, words in _bad_cases(tmp_path, study):
         result = orch(*args, "--db", db_url, cwd=tmp_path)
         output = result.stdout + result.stderr
         assert result.returncode != 0, args
         assert words in output, (args, output)
         assert "Traceback" not in output, (args, output)
-    assert _dump(db_url) == before
+    assert dump_database(db_url) == before
 
 
 def test_asking_more_gpus_than_any_machine_has(sqlite_url, tmp_path):
