@@ -18,10 +18,10 @@ from db import BatchRow, Database
 from orchestrator.config.study import load_study_text, early_exit_templates
 from orchestrator.cli.main import main
 from orchestrator.launchers.local import process_alive
-from tests.conftest import REPO, orch, stand_in_study
+from tests.conftest import REPO, dump_database, orch, stand_in_study
 
 from ._checks import assert_agrees_with_optuna, rows_of
-from .test_cli import _dump
+
 from .test_resume import _wait_for
 
 
@@ -100,10 +100,10 @@ def test_a_sigkilled_confirm_resumes_without_queueing_more(db_url, tmp_path):
     _wait_for(lambda: not any(process_alive(r.pid, r.pid_start) for r in killed), 10, "orphaned jobs to end")
 
     # another batch while this one is open: refused, nothing written
-    before = _dump(db_url)
+    before = dump_database(db_url)
     other = orch("study", "confirm", "s", "--top", "1", "--repeats", "2", "--db", db_url, cwd=tmp_path)
     assert other.returncode == 2 and "unfinished confirmation batch" in other.stderr and "--repeats 4" in other.stderr
-    assert "Traceback" not in other.stderr and _dump(db_url) == before
+    assert "Traceback" not in other.stderr and dump_database(db_url) == before
     # the search controller recovers the killed runs but leaves the batch's queue alone (its budget is spent)
     plain = _ok(orch("study", "run", "s", "--db", db_url, "--plain", cwd=tmp_path))
     assert "recovery: trial" in plain.stdout and "started" not in plain.stdout
@@ -222,9 +222,9 @@ def test_bad_arguments_fail_cleanly_and_leave_the_database_unchanged(db_url, tmp
         (["early-exit", "s", "--variant", "worst", "--max-steps", "200", "--runs", "1"], "'worst' names no variant"),
         (["early-exit", "s", "--variant", "best", "--max-steps", "0", "--runs", "1"], "Invalid value for '--max-steps'"),
     ]
-    before = _dump(db_url)
+    before = dump_database(db_url)
     for args, message in cases:  # in this process (the CLI's own entry point): a dozen interpreter starts saved
         code = main(["study", *args, "--db", db_url])
         err = capsys.readouterr().err
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
-    assert _dump(db_url) == before
+    assert dump_database(db_url) == before
