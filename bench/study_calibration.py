@@ -24,6 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from queue import Queue
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.trainer_throughput import metric_events  # noqa: E402
 
 
 def run_one(seed: int, gpu: str, flags: list[str]) -> dict:
@@ -32,7 +35,7 @@ def run_one(seed: int, gpu: str, flags: list[str]) -> dict:
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                        env=dict(os.environ, CUDA_VISIBLE_DEVICES=gpu, PYTHONUNBUFFERED="1"))
     wall = time.time() - t0
-    metrics = [json.loads(line[10:]) for line in p.stdout.splitlines() if line.startswith("@@metrics ")]
+    metrics = metric_events(p.stdout)
     final = next((m for m in metrics if m["event"] == "final"), {})
     vals = [(m["step"], m["val_loss"], m["train_time_ms"]) for m in metrics if m["event"] == "val"]
     res = {"seed": seed, "gpu": gpu, "rc": p.returncode, "wall_s": round(wall, 1),

@@ -36,6 +36,11 @@ VARIANTS = {
 }
 
 
+def metric_events(stdout: str) -> list[dict]:
+    """The trainer's `@@metrics` objects (docs/contracts.md), in order."""
+    return [json.loads(line[len("@@metrics "):]) for line in stdout.splitlines() if line.startswith("@@metrics ")]
+
+
 def measure_peak_tflops() -> float:
     import torch
 
@@ -67,7 +72,7 @@ def run_variant(name, flags, a) -> dict:
         out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
         err, rc = "timeout", 124
     wall = time.time() - t0
-    metrics = [json.loads(l[10:]) for l in out.splitlines() if l.startswith("@@metrics ")]
+    metrics = metric_events(out)
     start = next((m for m in metrics if m["event"] == "start"), {})
     final = next((m for m in metrics if m["event"] == "final"), {})
     trains = [m for m in metrics if m["event"] == "train"]

@@ -33,7 +33,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.trainer_throughput import SPEC_BF16_TFLOPS, measure_peak_tflops  # noqa: E402
+from bench.trainer_throughput import SPEC_BF16_TFLOPS, measure_peak_tflops, metric_events  # noqa: E402
 
 REF_TOKENS_PER_STEP = 8 * 48 * 1024  # the record's global batch: 8 sequences of 48Ki tokens
 REF_STEP_LINE = re.compile(r"^step:(\d+)/(\d+) train_time:(\d+)ms")
@@ -68,7 +68,7 @@ def batch_tokens(flags, a) -> int:
 
 def our_result(name, out: str, rc: int, wall: float, world: int, a, peak: float) -> dict:
     tokens = batch_tokens(OURS[name.split(" ")[0]], a)
-    metrics = [json.loads(line[10:]) for line in out.splitlines() if line.startswith("@@metrics ")]
+    metrics = metric_events(out)
     start = next((m for m in metrics if m["event"] == "start"), {})
     final = next((m for m in metrics if m["event"] == "final"), {})
     trains = [m for m in metrics if m["event"] == "train"]

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -173,3 +174,14 @@ def dump_database(url: str) -> list:
             out.append((table, sorted(map(repr, conn.execute(text(f'SELECT * FROM "{table}"')).all()))))
     db.dispose()
     return out
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.05):
+    """Poll `predicate` until it returns something true; its value is returned (AssertionError at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

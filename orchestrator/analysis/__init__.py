@@ -1,4 +1,5 @@
-"""Analysis of finished runs: per-variant statistics and the record rule (see ``variants``)."""
+"""Analysis of finished runs: per-variant statistics and the record rule (``variants``); a study's records,
+kinds and variant ranking read from the database (``results``)."""
 
 from orchestrator.analysis.variants import VariantStats
 from orchestrator.analysis.variants import group_runs

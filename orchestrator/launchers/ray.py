@@ -38,7 +38,7 @@ from ..jobs import JobSpec
 from . import ray_runner
 from .base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot, machine_info
 from .containers import PodmanOptions, container_command, containerized_env, job_env, parse_image_id
-from .remote_script import ScriptError, bootstrap_command, job_script
+from .remote_script import ScriptError, bootstrap_command, job_script, remote_workdir
 
 START_TIMEOUT_S = float(os.environ.get("ORCH_RAY_START_TIMEOUT_S", "60"))
 PROBE_TIMEOUT_S = 30.0
@@ -322,12 +322,7 @@ class RayLauncher(Launcher):
     @staticmethod
     def remote_trial_dir(home: str, machine: Machine, job: JobSpec) -> str:
         """`workdir/STUDY/trial-NNNN` on the node; a relative workdir (or `~/...`) is under the node's $HOME."""
-        base = machine.workdir
-        if base == "~" or base.startswith("~/"):
-            base = home + base[1:]
-        elif not base.startswith("/"):
-            base = home.rstrip("/") + "/" + base
-        return f"{base.rstrip('/')}/{job.study}/trial-{job.trial:04d}"
+        return f"{remote_workdir(machine.workdir, home)}/{job.study}/trial-{job.trial:04d}"
 
     def _command(self, runner, machine: Machine, job: JobSpec, slot: Slot, remote_dir: str):
         """(argv, exported env, image ID, container cleanup) of the job on the node: bare or in its container."""

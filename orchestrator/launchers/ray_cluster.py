@@ -28,7 +28,7 @@ from pathlib import Path
 from ..config.errors import ConfigError, OrchError
 from ..config.fleet import Fleet, Machine
 from .ray import auth_env, machine_resource
-from .remote_script import quote_path
+from .remote_script import quote_path, remote_workdir
 
 STATE_DIR = ".orch-ray"
 #: the head's failure detection (GCS health checks): a dead node is noticed in about 5 s (Ray's default: ~15 s)
@@ -101,12 +101,7 @@ def node_env(machine: Machine) -> dict[str, str]:
 
 
 def state_dir(machine: Machine, home: str) -> str:
-    base = machine.workdir
-    if base == "~" or base.startswith("~/"):
-        base = home + base[1:]
-    elif not base.startswith("/"):
-        base = home.rstrip("/") + "/" + base
-    return f"{base.rstrip('/')}/{STATE_DIR}"
+    return f"{remote_workdir(machine.workdir, home)}/{STATE_DIR}"
 
 
 # ---- local nodes --------------------------------------------------------------------------------------------------

@@ -29,6 +29,15 @@ class ScriptError(ValueError):
     pass
 
 
+def remote_workdir(workdir: str, home: str) -> str:
+    """A machine's `workdir` as an absolute path on it: `~`, `~/...` and relative paths are under its $HOME."""
+    if workdir == "~" or workdir.startswith("~/"):
+        workdir = home + workdir[1:]
+    elif not workdir.startswith("/"):
+        workdir = home.rstrip("/") + "/" + workdir
+    return workdir.rstrip("/")
+
+
 def quote_path(path: str) -> str:
     """Quote a remote path; a leading `~/` stays the remote $HOME."""
     if path == "~":

@@ -38,7 +38,7 @@ from ..jobs import JobSpec
 from .base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot, machine_info
 from .containers import PodmanOptions, container_command, containerized_env, job_env, parse_image_id
 from .local import MAX_LINE_BYTES
-from .remote_script import ScriptError, bootstrap_command, job_script
+from .remote_script import ScriptError, bootstrap_command, job_script, remote_workdir
 
 KEEPALIVE_S = float(os.environ.get("ORCH_SSH_KEEPALIVE_S", "5"))
 DEAD_AFTER_S = float(os.environ.get("ORCH_SSH_DEAD_AFTER_S", "10"))
@@ -417,12 +417,7 @@ class SshLauncher(Launcher):
 
     # -- start
     def remote_trial_dir(self, conn: _Connection, machine: Machine, job: JobSpec) -> str:
-        base = machine.workdir
-        if base == "~" or base.startswith("~/"):
-            base = conn.remote_home() + base[1:]
-        elif not base.startswith("/"):
-            base = conn.remote_home().rstrip("/") + "/" + base
-        return f"{base.rstrip('/')}/{job.study}/trial-{job.trial:04d}"
+        return f"{remote_workdir(machine.workdir, conn.remote_home())}/{job.study}/trial-{job.trial:04d}"
 
     def start(self, job: JobSpec, machine: Machine, slot: Slot, workdir: Path,
               events: "queue.Queue[Event]") -> SshJob:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 
@@ -28,12 +27,3 @@ def start_controller(db_url: str, cwd: Path, *extra: str, name: str = "s", env: 
                             env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 
 
-def wait_for(predicate, timeout: float, what: str, every: float = 0.05):
-    """Poll `predicate` until it returns something true; its value is returned."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

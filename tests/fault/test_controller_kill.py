@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from db import Database
-from tests.conftest import orch, stand_in_study
+from tests.conftest import orch, stand_in_study, wait_for
 from tests.orch._checks import assert_agrees_with_optuna, rows_of
 
-from .conftest import backend, start_controller, wait_for
+from .conftest import backend, start_controller
 
 KILLS = 10
 MAX_TRIALS = 24  # far more work than 10 short controller lives can finish, however fast the controller is

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import func, select
 
 from db import Database, EventRow, MetricPointRow, TrialRow
-from tests.conftest import PostgresServer, orch, stand_in_study
+from tests.conftest import PostgresServer, orch, stand_in_study, wait_for
 from tests.orch._checks import assert_agrees_with_optuna, rows_of
 
-from .conftest import start_controller, wait_for
+from .conftest import start_controller
 
 OUTAGE_S = 10.0
 VAL_POINTS = 20  # per trial: --steps 100 --val-every 5

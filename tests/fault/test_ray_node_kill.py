@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import select
 
 from db import Database, MachineRow, MetricPointRow, TrialRow
-from tests.conftest import group_alive, orch, stand_in_study
+from tests.conftest import group_alive, orch, stand_in_study, wait_for
 from tests.helpers.ray_lab import RayLab, ray_study
 from tests.orch._checks import assert_agrees_with_optuna
 
-from .conftest import backend, start_controller, wait_for
+from .conftest import backend, start_controller
 
 DETECT_BOUND_S = 20.0  # Ray's health check notices a dead node in ~5 s (`orch fleet up` settings); dead_after_s is 15
 

@@ -15,10 +15,10 @@ from orchestrator.config.fleet import load_fleet
 from orchestrator.controller import Controller
 from orchestrator.launchers.ssh import SshLauncher
 from orchestrator.studies import create_study
-from tests.conftest import stand_in_study
+from tests.conftest import stand_in_study, wait_for
 from tests.orch._checks import assert_agrees_with_optuna, rows_of
 
-from .conftest import backend, wait_for
+from .conftest import backend
 
 KEEPALIVE_S, DEAD_AFTER_S = 0.5, 2.0
 

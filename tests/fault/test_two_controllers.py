@@ -9,10 +9,10 @@ import signal
 import time
 
 from db import Database
-from tests.conftest import orch, stand_in_study
+from tests.conftest import orch, stand_in_study, wait_for
 from tests.orch._checks import assert_agrees_with_optuna, rows_of
 
-from .conftest import backend, start_controller, wait_for
+from .conftest import backend, start_controller
 
 
 def test_a_second_controller_refuses_and_a_dead_ones_lease_is_taken_over(db_url, tmp_path, figures):

@@ -45,6 +45,14 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def sshd_config(host: str, port: int, host_key: Path, directory: Path, extra: str = "") -> str:
+    """A test sshd's config: key login only, its own host key, authorized keys and pid file in `directory`."""
+    return (f"Port {port}\nListenAddress {host}\nHostKey {host_key}\n"
+            f"AuthorizedKeysFile {directory / 'authorized_keys'}\nPidFile {directory / 'sshd.pid'}\n"
+            "StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "PermitRootLogin prohibit-password\nMaxSessions 64\nMaxStartups 64\nLogLevel ERROR\n" + extra)
+
+
 @dataclass
 class SshMachine:
     name: str
@@ -62,11 +70,7 @@ class SshMachine:
 
     def start(self) -> None:
         config = self.dir / "sshd_config"
-        config.write_text(
-            f"Port {self.port}\nListenAddress {self.host}\nHostKey {self.host_key}\n"
-            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}\nPidFile {self.dir / 'sshd.pid'}\n"
-            "StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-            "PermitRootLogin prohibit-password\nMaxSessions 64\nMaxStartups 64\nLogLevel ERROR\n")
+        config.write_text(sshd_config(self.host, self.port, self.host_key, self.dir))
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
                                      stderr=open(self.dir / "sshd.log", "ab"))
         deadline = time.monotonic() + 10

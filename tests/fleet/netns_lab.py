@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.fleet.conftest import _descendants  # every process below a pid (the sshd's sessions)
+from tests.fleet.conftest import _descendants, sshd_config
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -70,14 +70,10 @@ class NetnsMachine:
 
     def start_sshd(self) -> None:
         config = self.dir / "sshd_config"
-        config.write_text(
-            f"Port {self.port}\nListenAddress {self.host}\nHostKey {self.host_key}\n"
-            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}\nPidFile {self.dir / 'sshd.pid'}\n"
-            "StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-            "PermitRootLogin prohibit-password\nMaxSessions 64\nMaxStartups 64\nLogLevel ERROR\n"
-            "ClientAliveInterval 1\nClientAliveCountMax 3\n"
+        config.write_text(sshd_config(
+            self.host, self.port, self.host_key, self.dir, "ClientAliveInterval 1\nClientAliveCountMax 3\n"
             + (f"SetEnv PATH={self.bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
-               if self.bin_dir else ""))
+               if self.bin_dir else "")))
         pin = ["taskset", "-c", self.cpus] if self.cpus else []
         # nsenter --net enters the network namespace only; `ip netns exec` would also give sshd a mount namespace
         # with a fresh /sys, without the cgroup mounts that runc needs for the podman machine

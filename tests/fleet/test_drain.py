@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from orchestrator.config.errors import ConfigError
 from orchestrator.config.fleet import load_fleet
 from orchestrator.drain import set_drain
 from orchestrator.studies import create_study
-from tests.conftest import REPO, orch, stand_in_study
+from tests.conftest import REPO, orch, stand_in_study, wait_for
 
 
 def _fleet_file(tmp_path: Path) -> Path:
@@ -77,13 +76,7 @@ def _status(fleet: Path, url: str, tmp_path: Path) -> dict:
 
 
 def _wait(what: str, condition, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+    return wait_for(condition, timeout, what, every=0.1)
 
 
 @pytest.mark.slow

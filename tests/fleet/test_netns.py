@@ -24,7 +24,7 @@ from orchestrator.config.fleet import load_fleet
 from orchestrator.controller import Controller
 from orchestrator.launchers.ssh import SshLauncher
 from orchestrator.studies import create_study
-from tests.conftest import REPO, group_alive, orch, stand_in_study
+from tests.conftest import REPO, group_alive, orch, stand_in_study, wait_for
 from tests.fleet.netns_lab import LabUnavailable, NetnsLab
 
 KEEPALIVE_S, DEAD_AFTER_S, HEARTBEAT_S, HEALTH_CHECK_S = 0.5, 2.0, 0.5, 1.0
@@ -86,13 +86,7 @@ class _Run:
 
 
 def _wait(what: str, condition, timeout: float):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.05)
+    return wait_for(condition, timeout, what, every=0.05)
 
 
 def _reporting(db: Database) -> dict[str, int]:

@@ -18,11 +18,10 @@ from db import BatchRow, Database
 from orchestrator.config.study import load_study_text, early_exit_templates
 from orchestrator.cli.main import main
 from orchestrator.launchers.local import process_alive
-from tests.conftest import REPO, dump_database, orch, stand_in_study
+from tests.conftest import REPO, dump_database, orch, stand_in_study, wait_for
 
 from ._checks import assert_agrees_with_optuna, rows_of
 
-from .test_resume import _wait_for
 
 
 def _attrs(db_url: str, name: str = "s") -> dict[int, dict]:
@@ -93,11 +92,11 @@ def test_a_sigkilled_confirm_resumes_without_queueing_more(db_url, tmp_path):
     db = Database(db_url)
     confirm = ["study", "confirm", "s", "--top", "1", "--repeats", "4", "--db", db_url, "--plain"]
     first = _start(confirm, tmp_path)
-    _wait_for(lambda: sum(r.state == "running" for r in rows_of(db, "s")) == 2, 60, "2 confirmation runs running")
+    wait_for(lambda: sum(r.state == "running" for r in rows_of(db, "s")) == 2, 60, "2 confirmation runs running")
     first.kill()
     first.wait(timeout=10)
     killed = [r for r in rows_of(db, "s") if r.state == "running"]
-    _wait_for(lambda: not any(process_alive(r.pid, r.pid_start) for r in killed), 10, "orphaned jobs to end")
+    wait_for(lambda: not any(process_alive(r.pid, r.pid_start) for r in killed), 10, "orphaned jobs to end")
 
     # another batch while this one is open: refused, nothing written
     before = dump_database(db_url)

@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from db import Database
 from orchestrator.launchers.local import process_alive
-from tests.conftest import REPO, orch, stand_in_study
+from tests.conftest import REPO, orch, stand_in_study, wait_for
 
 from ._checks import assert_agrees_with_optuna, rows_of
 
@@ -25,16 +24,6 @@ def _start_controller(db_url: str, cwd: Path) -> subprocess.Popen:
                             env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def test_sigkill_then_resume_loses_nothing_and_runs_nothing_twice(db_url, tmp_path):
     marker = tmp_path / "starts.txt"
     study = stand_in_study(tmp_path, extra_args=["--wall-s", "1.5", "--marker", str(marker)], max_trials=6, parallel=2,
@@ -43,14 +32,14 @@ def test_sigkill_then_resume_loses_nothing_and_runs_nothing_twice(db_url, tmp_pa
     db = Database(db_url)
     controller = _start_controller(db_url, tmp_path)
     # kill once two trials have completed and two others are mid-run
-    _wait_for(lambda: sum(r.state == "complete" for r in rows_of(db, "s")) >= 2
+    wait_for(lambda: sum(r.state == "complete" for r in rows_of(db, "s")) >= 2
               and sum(r.state == "running" for r in rows_of(db, "s")) == 2, 60, "2 complete and 2 running")
     controller.kill()
     controller.wait(timeout=10)
     killed = [r for r in rows_of(db, "s") if r.state == "running"]
     assert len(killed) == 2
     # the jobs die with their controller (PR_SET_PDEATHSIG), without anyone cleaning up
-    _wait_for(lambda: not any(process_alive(r.pid, r.pid_start) for r in killed), 10, "orphaned jobs to end")
+    wait_for(lambda: not any(process_alive(r.pid, r.pid_start) for r in killed), 10, "orphaned jobs to end")
 
     resumed = orch("study", "run", "s", "--db", db_url, "--plain", cwd=tmp_path, timeout=120)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -105,7 +94,7 @@ def test_metric_points_reach_the_database_while_the_run_goes(sqlite_url, tmp_pat
                 return False
             with db.session() as s:
                 return s.scalar(select(func.count()).select_from(MetricPointRow).where(MetricPointRow.trial_id == rows[0].id))
-        assert _wait_for(live_point, 30, "a metric point while the trial runs") >= 1
+        assert wait_for(live_point, 30, "a metric point while the trial runs") >= 1
         status = orch("study", "status", "s", "--db", sqlite_url, "--json", cwd=tmp_path)
         import json
         running = json.loads(status.stdout)["running"]
@@ -120,7 +109,7 @@ def test_a_second_controller_on_the_same_study_refuses(sqlite_url, tmp_path):
     db = Database(sqlite_url)
     first = _start_controller(sqlite_url, tmp_path)
     try:
-        _wait_for(lambda: any(r.state == "running" for r in rows_of(db, "s")), 30, "the first controller's trial")
+        wait_for(lambda: any(r.state == "running" for r in rows_of(db, "s")), 30, "the first controller's trial")
         second = orch("study", "run", "s", "--db", sqlite_url, cwd=tmp_path)
         assert second.returncode != 0
         assert "being run by another controller" in second.stderr and "Traceback" not in second.stderr
