@@ -50,7 +50,17 @@ OURS = {  # name: trainer flags beyond the common ones
     # the reference's tokens per step (393,216) in micro-batches of 64Ki tokens
     "ours_sdpa_causal2048_b393k_mb64k": ["--attn", "sdpa", "--stage-windows", "2048", "--stage-batch-tokens", "393216",
                                          "--micro-batch-tokens", "65536"],
+    # the same with the fused Triton operators of kernels/ (issue 3)
+    "ours_sdpa_causal2048_b393k_mb64k_triton": ["--attn", "sdpa", "--stage-windows", "2048", "--stage-batch-tokens",
+                                                "393216", "--micro-batch-tokens", "65536", "--kernels", "triton"],
 }
+# the best one with the FP8 head, the cuDNN attention kernel, and both (issue 3)
+_BEST = OURS["ours_sdpa_causal2048_b393k_mb64k"]
+OURS.update({
+    "ours_sdpa_causal2048_b393k_mb64k_fp8": _BEST + ["--fp8-head", "1"],
+    "ours_sdpa_causal2048_b393k_mb64k_cudnn": _BEST + ["--sdpa-backend", "cudnn"],
+    "ours_sdpa_causal2048_b393k_mb64k_fp8_cudnn": _BEST + ["--fp8-head", "1", "--sdpa-backend", "cudnn"],
+})
 
 
 def our_command(flags, a, world: int) -> list[str]:

@@ -1,8 +1,9 @@
 """Triton kernels for the speedrun trainer, each with a plain-PyTorch reference path.
 
 Every public function runs its Triton kernel when all tensors are on CUDA and ``triton`` imports,
-and the PyTorch reference otherwise (``backend="torch"``/``"triton"`` force a path). Importing this
-package never imports triton.
+and the PyTorch reference otherwise (``backend="torch"``/``"triton"`` force a path). Both paths run inside
+PyTorch operators (``torch.ops.speedrun_kernels.*``, registered on import), so torch.compile keeps them in
+its graph. The kernel modules (``_*_triton.py``) are imported on first use; triton itself is optional.
 
 - ``softcap_cross_entropy(x, weight, targets, softcap, reduction="mean")``: fused LM head + CE.
 - ``relu2_mlp_up(x, w_up)``: ``relu(x @ w_up.T) ** 2`` with the activation in the matmul epilogue.

@@ -4,20 +4,21 @@
 before the single store, so the pre-activation never reaches memory.
 ``_relu2_bwd_kernel``: dh = dy * 2 * relu(h) = 2 * dy * sqrt(y), one elementwise pass; relu(h) is
 recovered from the saved output y (in bf16 this is as accurate as saving h in bf16).
+Launches go through ``_common.launch`` so torch.compile can trace them (see relu2_mlp.py's ops).
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from ._common import interpreting
+from ._common import interpreting, launch
 from ._tiles import dot_rows, grouped_tile
 
 
 @triton.jit
 def _relu2_fwd_kernel(
     X, W, Y, M, N, K, stride_x, stride_w, stride_y,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
@@ -27,7 +28,7 @@ def _relu2_fwd_kernel(
     nmask = rn < N
     rm64 = rm.to(tl.int64)
     rn64 = rn.to(tl.int64)
-    acc = dot_rows(X, W, rm64, rn64, mmask, nmask, K, stride_x, stride_w, EVEN_K, UPCAST, PREC, BM, BN, BK)
+    acc = dot_rows(X, W, rm64, rn64, mmask, nmask, K, stride_x, stride_w, EVEN_K, UPCAST, IEEE, BM, BN, BK)
     r = tl.maximum(acc, 0.0)
     y = r * r
     tl.store(Y + rm64[:, None] * stride_y + rn64[None, :], y.to(Y.dtype.element_ty),
@@ -57,7 +58,7 @@ if interpreting():
     _FWD_META = {"BM": 16, "BN": 32, "BK": 16, "GROUP_M": 2}
     _BWD_BLOCK = 256
 else:
-    _FWD = triton.autotune(_fwd_configs(), key=["M", "N", "K", "PREC"])(_relu2_fwd_kernel)
+    _FWD = triton.autotune(_fwd_configs(), key=["M", "N", "K", "IEEE"])(_relu2_fwd_kernel)
     _FWD_META = {}
     _BWD_BLOCK = 4096
 
@@ -70,8 +71,8 @@ def relu2_forward(x2, w, prec):
     y = torch.empty((M, N), device=x2.device, dtype=x2.dtype)
     bk = _FWD_META.get("BK", 64)
     grid = lambda meta: (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]),)  # noqa: E731
-    _FWD[grid](x2, w, y, M, N, K, x2.stride(0), w.stride(0), y.stride(0),
-               EVEN_K=(K % bk == 0), UPCAST=interpreting(), PREC=prec, **_FWD_META)
+    launch(_FWD)[grid](x2, w, y, M, N, K, x2.stride(0), w.stride(0), y.stride(0),
+                       EVEN_K=(K % bk == 0), UPCAST=interpreting(), IEEE=(prec == "ieee"), **_FWD_META)
     return y
 
 
@@ -80,5 +81,5 @@ def relu2_dh(dy, y):
 
     dh = torch.empty_like(y)
     n = y.numel()
-    _relu2_bwd_kernel[(triton.cdiv(n, _BWD_BLOCK),)](dy, y, dh, n, BLOCK=_BWD_BLOCK, num_warps=8)
+    launch(_relu2_bwd_kernel)[(triton.cdiv(n, _BWD_BLOCK),)](dy, y, dh, n, BLOCK=_BWD_BLOCK, num_warps=8)
     return dh

@@ -19,10 +19,11 @@ def grouped_tile(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.cons
 
 @triton.jit
 def dot_rows(A, B, ra64, rb64, amask, bmask, K, stride_a, stride_b,
-             EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+             EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """acc[i, j] = sum_k A[ra_i, k] * B[rb_j, k], fp32 accumulators: a tile of A @ B^T for row-major A and B
-    (unit stride along K). Rows outside `amask` / `bmask` read as zeros."""
+    (unit stride along K). Rows outside `amask` / `bmask` read as zeros. IEEE: exact fp32 products (for fp32
+    inputs; bf16/fp16 use the tensor cores either way)."""
     rk = tl.arange(0, BK)
     acc = tl.zeros((BM, BN), tl.float32)
     for k0 in range(0, K, BK):
@@ -36,5 +37,8 @@ def dot_rows(A, B, ra64, rb64, amask, bmask, K, stride_a, stride_b,
         if UPCAST:  # interpreter: numpy has no bf16 matmul
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=PREC)
+        if IEEE:
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
     return acc

@@ -3,20 +3,21 @@
 The grid runs over the lower-triangle tile pairs (i >= j) of the (M, M) output only (program p maps
 to row i = floor((sqrt(8p + 1) - 1) / 2), corrected in integers, and j = p - i(i + 1)/2) and over the batch; each program computes tile (i, j) once and stores it at (i, j)
 and, transposed, at (j, i): about half the FLOPs of a full matmul.
+Launches go through ``_common.launch`` so torch.compile can trace them (see xxt.py's op).
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from ._common import interpreting
+from ._common import interpreting, launch
 from ._tiles import dot_rows
 
 
 @triton.jit
 def _xxt_kernel(
     X, C, M, K, stride_xb, stride_xm, stride_cb, stride_cm, B,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
     BM: tl.constexpr, BK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -31,7 +32,7 @@ def _xxt_kernel(
     jmask = rj < M
     Xb = X + b * stride_xb
     acc = dot_rows(Xb, Xb, ri.to(tl.int64), rj.to(tl.int64), imask, jmask, K, stride_xm, stride_xm,
-                   EVEN_K, UPCAST, PREC, BM, BM, BK)
+                   EVEN_K, UPCAST, IEEE, BM, BM, BK)
     out = acc.to(C.dtype.element_ty)
     Cb = C + b * stride_cb
     tl.store(Cb + ri[:, None] * stride_cm + rj[None, :], out, mask=imask[:, None] & jmask[None, :])
@@ -52,7 +53,7 @@ if interpreting():
     _KERNEL = _xxt_kernel
     _META = {"BM": 16, "BK": 16}
 else:
-    _KERNEL = triton.autotune(_configs(), key=["M", "K", "B", "PREC"])(_xxt_kernel)
+    _KERNEL = triton.autotune(_configs(), key=["M", "K", "B", "IEEE"])(_xxt_kernel)
     _META = {}
 
 
@@ -67,7 +68,7 @@ def xxt_forward(x3, prec):
         n = triton.cdiv(M, meta["BM"])
         return (n * (n + 1) // 2, B)
 
-    _KERNEL[grid](x3, c, M, K, x3.stride(0), x3.stride(1), c.stride(0), c.stride(1), B,
-                  EVEN_K=(K % 128 == 0) if not _META else (K % _META["BK"] == 0),
-                  UPCAST=interpreting(), PREC=prec, **_META)
+    launch(_KERNEL)[grid](x3, c, M, K, x3.stride(0), x3.stride(1), c.stride(0), c.stride(1), B,
+                          EVEN_K=(K % 128 == 0) if not _META else (K % _META["BK"] == 0),
+                          UPCAST=interpreting(), IEEE=(prec == "ieee"), **_META)
     return c

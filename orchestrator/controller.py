@@ -2,8 +2,10 @@
 Optuna each outcome, until the budget is spent. It can be killed at any moment: `recovery` reconciles the
 database on the next start, so no outcome is lost and no trial runs twice without being recorded as a retry.
 
-Crash-safe order of a dispatch: Optuna `ask` -> enqueue the variant's repeats -> our row `pending` ->
-start the job -> our row `running`. Order of a finish: our row `complete`/`failed` -> Optuna `tell`.
+Crash-safe order of a dispatch: Optuna `ask` with our row `pending` (one transaction) -> start the job -> our row
+`running`. A finish: our row `complete`/`failed` with Optuna's `tell` (one transaction). The study's Optuna trials
+are kept in memory under the lease (`study_storage`), and each step above is one transaction for every trial
+that reaches it in a pass of the loop, so the cost per trial stays small on a large fleet.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import queue
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,7 +24,7 @@ from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 
 from db import Database, EventRow, MachineRow, MetricPointRow, StudyRow, TrialRow
 
@@ -41,8 +44,16 @@ from .recovery import enqueue_retry, recover
 from .samplers import build_sampler, distributions
 from .scheduler import NoCapacity, Scheduler
 from .studies import OpenStudy, open_study
+from .study_storage import LeasedStorage
 from .trial_queue import is_search_trial, next_trial, waiting_trials
 
+# statements built once and bound per trial (SQLAlchemy caches their compiled form)
+_TRIALS, _POINTS, _EVENTS = TrialRow.__table__, MetricPointRow.__table__, EventRow.__table__
+_UPDATE_TRIAL_ROW = update(_TRIALS).where(_TRIALS.c.id == bindparam("id_")).values(
+    gpu_model=func.coalesce(_TRIALS.c.gpu_model, bindparam("gpu_", type_=_TRIALS.c.gpu_model.type)))
+_UPDATE_POINT = update(_POINTS).where(_POINTS.c.trial_id == bindparam("id_"), _POINTS.c.kind == bindparam("kind_"),
+                                      _POINTS.c.step == bindparam("step_"))
+POINTS_FLUSH_S = 0.25  # metric points reach the database at most this long after their line
 HEARTBEAT_S = 5.0
 HEALTH_CHECK_S = 30.0  # how often machines marked down are probed again
 #: states that count against the budget (lost and invalid trials do not: they are re-run or skipped)
@@ -66,6 +77,20 @@ class Running:
     last_step: int | None = None
     pending_points: list[MetricPoint] = field(default_factory=list)
     stored_points: set[tuple[str, int]] = field(default_factory=set)
+
+
+@dataclass
+class Prepared:
+    """A trial asked for a slot and recorded `pending`, not started yet."""
+
+    slot: Slot
+    number: int
+    trial_id: int
+    row: TrialRow
+    job: object
+    machine: Machine
+    workdir: Path
+    values: dict
 
 
 @dataclass
@@ -116,6 +141,10 @@ class Controller:
         self.health_check_s = health_check_s
         self._health = HealthChecker(lambda machine: self._launcher(machine).probe(machine))
         self._drained: set[str] = set()  # machines seen drained (`orch fleet drain`), to report changes once
+        self._session = None  # the open transaction of `_unit`
+        self._events_out: list[dict] = []  # its trial events, written as it commits
+        self._points_due: float | None = None  # when the metric points waiting in `running` must be written
+        self._row_states: dict[int, tuple[str, str]] = {}  # row id -> (state, machine) of the trials this run started
 
     # ---- setup ---------------------------------------------------------------------------------------
     def _launcher(self, machine: Machine) -> Launcher:
@@ -124,7 +153,7 @@ class Controller:
         return self.launchers[machine.launcher]
 
     def _open(self) -> OpenStudy:
-        opened = open_study(self.db, self.name)
+        opened = open_study(self.db, self.name, leased=True)
         history = len(opened.optuna.get_trials(deepcopy=False))
         opened.optuna.sampler = build_sampler(opened.spec, history)
         return opened
@@ -172,6 +201,8 @@ class Controller:
         sid = opened.row.id
         check_fleet_fits(self.fleet, self.spec)  # a study no machine could ever run: refused before any write
         lease.acquire(self.db, sid, self.owner)
+        if isinstance(opened.optuna._storage, LeasedStorage):
+            opened.optuna._storage.reload()  # read under the lease: nobody else writes the trials now
         self.progress = Progress(study=self.name, max_trials=self.spec.budget.max_trials)
         try:
             recover(self.db, opened, self.spec, self.adapter, report=lambda m: self._say(m))
@@ -216,9 +247,8 @@ class Controller:
                                          f"{', '.join(sorted(self.scheduler.unavailable)) or 'none'}) (fix: bring the "
                                          "machines back, see `orch fleet status`; `orch study run` then resumes)")
                 if free:
-                    self._new_round()
-                    for slot in free:
-                        if self._dispatch(slot):
+                    for ok in self._dispatch(free):
+                        if ok:
                             invalid_in_a_row = 0
                         else:
                             invalid_in_a_row += 1
@@ -230,8 +260,10 @@ class Controller:
                     continue
             else:
                 self.reporter(self.progress, "")  # the running trials' latest steps and losses
-            timeout = max(0.0, min([next_beat - time.monotonic()] + [r.deadline - time.monotonic()
-                                                                       for r in self.running.values()]))
+            due = [next_beat] + [r.deadline for r in self.running.values()]
+            if self._points_due is not None:
+                due.append(self._points_due)
+            timeout = max(0.0, min(due) - time.monotonic())
             changed = self._drain(timeout)
             now = time.monotonic()
             for run in list(self.running.values()):
@@ -268,7 +300,7 @@ class Controller:
         if self._extra_numbers is None:
             self._extra_numbers = [t.number for t in self.study.optuna.get_trials(deepcopy=False)
                                    if not is_search_trial(t)]
-        with self.db.session() as s:
+        with self._unit() as s:
             counted = s.scalar(select(func.count()).select_from(TrialRow).where(
                 TrialRow.study_id == self.study.row.id, TrialRow.state.in_(COUNTED_STATES),
                 TrialRow.number.not_in(self._extra_numbers)))
@@ -276,18 +308,70 @@ class Controller:
         return counted, waiting
 
     # ---- dispatch ------------------------------------------------------------------------------------
-    def _new_round(self) -> None:
+    @contextmanager
+    def _unit(self):
+        """One transaction for our rows and the Optuna writes made inside it; nested calls join the open one."""
+        if self._session is not None:
+            yield self._session
+            return
+        storage = self.study.optuna._storage
         with self.db.session() as s:
+            self._session = s
+            try:
+                if isinstance(storage, LeasedStorage):
+                    with storage.bind(s.connection()):
+                        yield s
+                else:
+                    yield s
+                if self._events_out:
+                    s.execute(insert(_EVENTS), self._events_out)
+            finally:
+                self._session = None
+                self._events_out = []
+
+    def _trial_event(self, number: int, machine: str | None, old: str | None, new: str, message: str | None = None):
+        """A trial's state change, written with the open transaction (one statement for all of them)."""
+        assert self._session is not None, "trial events are written inside a _unit"
+        self._events_out.append(dict(at=_now(), study_id=self.study.row.id, trial_number=number, machine=machine,
+                                     kind="trial.state", old=old, new=new, message=message))
+
+    def _new_round(self) -> None:
+        with self._unit() as s:
             row = s.get(StudyRow, self.study.row.id)
             row.rounds += 1
             self.round = row.rounds
         self.progress.round = self.round
 
-    def _dispatch(self, slot: Slot) -> bool:
-        """Run one new trial on `slot`. False when the sampled values were invalid (nothing started)."""
+    def _dispatch(self, slots: list[Slot]) -> list[bool]:
+        """Run a new trial on each of `slots`: asked and recorded `pending` in one transaction, started, then
+        recorded `running` in one more. Per slot, False when nothing was started (invalid values, empty queue)."""
+        with self._unit() as s:
+            self._new_round()
+            prepared = [self._prepare(slot) for slot in slots]
+            s.flush()  # the pending rows' ids
+        started = [self._start(p) for p in prepared if p is not None]
+        started = [run for run in started if run is not None]
+        if started:
+            now = _now()
+            with self._unit() as s:
+                s.execute(update(TrialRow), [dict(id=run.row_id, state="running", pid=run.handle.pid,
+                                                  pid_start=run.handle.pid_start, started_at=now, heartbeat_at=now,
+                                                  command=run.handle.command,
+                                                  container_image_id=run.handle.container_image_id)
+                                             for run in started])
+                for run in started:
+                    self._trial_event(run.number, run.slot.machine, "pending", "running")
+        for run in started:
+            self.running[run.number] = run
+            self._row_states[run.row_id] = ("running", run.slot.machine)
+            self.dispatched += 1
+        return [p is not None for p in prepared]
+
+    def _prepare(self, slot: Slot) -> Prepared | None:
+        """Ask for `slot`'s trial, build its job, add its `pending` row to the open transaction."""
         trial = self._ask(slot)
         if trial is None:  # nothing left in the queue for this controller
-            return False
+            return None
         number, trial_id = trial.number, trial._trial_id
         attrs = trial.user_attrs
         retry_of, attempt = attrs.get("retry_of"), int(attrs.get("attempt", 1))
@@ -297,7 +381,7 @@ class Controller:
             values = resolve_values(self.spec, params)
         except InvalidParams as exc:
             self._skip_invalid(number, trial_id, params, retry_of, attempt, repeat_index, str(exc))
-            return False
+            return None
         machine = self.fleet.machine(slot.machine)
         info = self.infos[slot.machine]
         job = build_job(self.spec, self.name, number, repeat_index, values, early_exit=attrs.get("early_exit"))
@@ -306,48 +390,44 @@ class Controller:
             diff = apply_injection(self.spec, values, job, workdir, Path(self.study.row.spec_dir or "."))
         except InvalidParams as exc:
             self._skip_invalid(number, trial_id, params, retry_of, attempt, repeat_index, str(exc))
-            return False
+            return None
         if retry_of is None and repeat_index == 0:
             self._enqueue_repeats(params, number)
-        with self.db.session() as s:
-            row = TrialRow(study_id=self.study.row.id, number=number, optuna_trial_id=trial_id, round=self.round,
-                           variant=variant_key(params), repeat_index=repeat_index, retry_of=retry_of, attempt=attempt,
-                           params=values, state="pending", machine=slot.machine, slot=slot.label,
-                           gpu_model=info.gpu_type if slot.gpu_ids else None, gpu_count=len(slot.gpu_ids),
-                           driver_version=info.driver_version if slot.gpu_ids else None,
-                           command=job.argv, env=job.stored_env(), container_image=job.image or machine.container.image,
-                           code_revision=self.code.revision, code_branch=self.code.branch, code_dirty=self.code.dirty,
-                           file_checksums=self.code.checksums, workdir=str(workdir), log_path=str(workdir / "train.log"),
-                           injection_diff=diff, controller=self.owner)
+        row = TrialRow(study_id=self.study.row.id, number=number, optuna_trial_id=trial_id, round=self.round,
+                       variant=variant_key(params), repeat_index=repeat_index, retry_of=retry_of, attempt=attempt,
+                       params=values, state="pending", machine=slot.machine, slot=slot.label,
+                       gpu_model=info.gpu_type if slot.gpu_ids else None, gpu_count=len(slot.gpu_ids),
+                       driver_version=info.driver_version if slot.gpu_ids else None,
+                       command=job.argv, env=job.stored_env(), container_image=job.image or machine.container.image,
+                       code_revision=self.code.revision, code_branch=self.code.branch, code_dirty=self.code.dirty,
+                       file_checksums=self.code.checksums, workdir=str(workdir), log_path=str(workdir / "train.log"),
+                       injection_diff=diff, controller=self.owner)
+        with self._unit() as s:
             s.add(row)
-            s.flush()
-            row_id = row.id
-            s.add(EventRow(study_id=self.study.row.id, trial_number=number, machine=slot.machine, kind="trial.state",
-                           new="pending", message=f"round {self.round} on {slot.machine} {slot.label}"))
+            self._trial_event(number, slot.machine, None, "pending", f"round {self.round} on {slot.machine} {slot.label}")
+        return Prepared(slot=slot, number=number, trial_id=trial_id, row=row, job=job, machine=machine,
+                        workdir=workdir, values=values)
+
+    def _start(self, p: Prepared) -> Running | None:
+        """Start a prepared trial's job; a launch failure is recorded at once (None)."""
+        row_id, number, trial_id, slot = p.row.id, p.number, p.trial_id, p.slot
+        self._row_states[row_id] = ("pending", slot.machine)
         try:
-            handle = self._launcher(machine).start(job, machine, slot, workdir, self.events)
+            handle = self._launcher(p.machine).start(p.job, p.machine, slot, p.workdir, self.events)
         except (OSError, OrchError) as exc:
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 self._disk_full(row_id, number, trial_id, slot.machine, f"{DISK_FULL}: could not start: {exc}")
-                return True
-            if not self._launcher(machine).probe(machine).reachable:  # the machine's fault, not the trial's
+            elif not self._launcher(p.machine).probe(p.machine).reachable:  # the machine's fault, not the trial's
                 self._lose_to_machine(row_id, number, trial_id, slot.machine, f"connection lost: could not start: {exc}")
-                return True
-            self._finish_row(row_id, number, trial_id, "failed", "launch_error", None, None, {}, {}, f"could not start: {exc}")
-            return True
-        with self.db.session() as s:
-            s.execute(update(TrialRow).where(TrialRow.id == row_id).values(
-                state="running", pid=handle.pid, pid_start=handle.pid_start, started_at=_now(), heartbeat_at=_now(),
-                command=handle.command, container_image_id=handle.container_image_id))
-            s.add(EventRow(study_id=self.study.row.id, trial_number=number, machine=slot.machine, kind="trial.state",
-                           old="pending", new="running"))
+            else:
+                self._finish_row(row_id, number, trial_id, "failed", "launch_error", None, None, {}, {},
+                                 f"could not start: {exc}")
+            return None
         now = time.monotonic()
-        self.running[number] = Running(number=number, row_id=row_id, trial_id=trial_id, slot=slot, handle=handle,
-                                       stream=self.adapter.stream(), deadline=now + self.spec.timeout_s, started=now)
-        self.dispatched += 1
         self._say(f"trial {number}: started on {slot.machine} {slot.label} "
-                  + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()))
-        return True
+                  + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.values.items()))
+        return Running(number=number, row_id=row_id, trial_id=trial_id, slot=slot, handle=handle,
+                       stream=self.adapter.stream(), deadline=now + self.spec.timeout_s, started=now)
 
     def _ask(self, slot: Slot) -> optuna.Trial | None:
         """The trial `slot` runs next: a queued search trial, else the sampler's next point."""
@@ -356,13 +436,13 @@ class Controller:
     def _skip_invalid(self, number: int, trial_id: int, params: dict, retry_of, attempt: int, repeat_index: int,
                       reason: str) -> None:
         """Values that cannot make a valid job: recorded as `invalid` (Optuna FAIL), nothing is started."""
-        with self.db.session() as s:
+        with self._unit() as s:
             s.add(TrialRow(study_id=self.study.row.id, number=number, optuna_trial_id=trial_id, round=self.round,
                            variant=variant_key(params), params=params, state="invalid", exit_reason="invalid_params",
                            note=reason, retry_of=retry_of, attempt=attempt, repeat_index=repeat_index))
             s.add(EventRow(study_id=self.study.row.id, trial_number=number, kind="trial.state", new="invalid",
                            message=reason))
-        self.study.optuna.tell(number, state=TrialState.FAIL)
+            self.study.optuna.tell(number, state=TrialState.FAIL)
         self._last_invalid = reason
         self._say(f"trial {number}: skipped, {reason}")
 
@@ -377,17 +457,15 @@ class Controller:
 
     # ---- events --------------------------------------------------------------------------------------
     def _drain(self, timeout: float) -> bool:
-        """Handle what the launchers reported; True when a trial ended."""
+        """Handle what the launchers reported; True when a trial ended. Metric points are written with the next
+        finished trial, or at most `POINTS_FLUSH_S` after they arrived."""
+        batch = []
         try:
-            event = self.events.get(timeout=timeout)
-        except queue.Empty:
-            return False
-        batch = [event]
-        while True:
-            try:
+            batch.append(self.events.get(timeout=timeout))
+            while True:
                 batch.append(self.events.get_nowait())
-            except queue.Empty:
-                break
+        except queue.Empty:
+            pass
         exits = []
         for event in batch:
             if isinstance(event, LineEvent):
@@ -395,18 +473,24 @@ class Controller:
                 if run is not None:
                     for point in run.stream.feed(event.line):
                         run.pending_points.append(point)
+                        if self._points_due is None:
+                            self._points_due = time.monotonic() + POINTS_FLUSH_S
                         if point.kind == "val" and point.val_loss is not None:
                             run.last_val, run.last_step = point.val_loss, point.step
             elif event.key in self.running:
                 exits.append(event)
-        self._flush_points()
-        for event in exits:
-            self._on_exit(self.running.pop(event.key), event)
+        if not exits and (self._points_due is None or time.monotonic() < self._points_due):
+            return False
+        with self._unit():  # the points and every finished trial (our row and Optuna's tell): one transaction
+            self._flush_points()
+            for event in exits:
+                self._on_exit(self.running.pop(event.key), event)
         return bool(exits)
 
     def _flush_points(self) -> None:
         """Write the points streamed since the last flush; a point seen again (a human line's JSON twin)
         replaces the stored one."""
+        self._points_due = None
         inserts, updates = [], []
         for run in self.running.values():
             latest = {(p.kind, p.step): p for p in run.pending_points}
@@ -414,17 +498,17 @@ class Controller:
                 values = dict(total_steps=p.total_steps, val_loss=p.val_loss, train_loss=p.train_loss,
                               train_time_ms=p.train_time_ms, step_avg_ms=p.step_avg_ms, extra=p.extra or None)
                 if key in run.stored_points:
-                    updates.append((run.row_id, p.kind, p.step, values))
+                    updates.append(dict(id_=run.row_id, kind_=p.kind, step_=p.step, **values))
                 else:
                     run.stored_points.add(key)
-                    inserts.append(MetricPointRow(trial_id=run.row_id, kind=p.kind, step=p.step, **values))
+                    inserts.append(dict(trial_id=run.row_id, kind=p.kind, step=p.step, recorded_at=_now(), **values))
             run.pending_points.clear()
         if inserts or updates:
-            with self.db.session() as s:
-                s.add_all(inserts)
-                for trial_id, kind, step, values in updates:
-                    s.execute(update(MetricPointRow).where(MetricPointRow.trial_id == trial_id, MetricPointRow.kind == kind,
-                                                           MetricPointRow.step == step).values(**values))
+            with self._unit() as s:
+                if inserts:
+                    s.execute(insert(_POINTS), inserts)
+                if updates:
+                    s.execute(_UPDATE_POINT, updates)
 
     def _on_exit(self, run: Running, event: ExitEvent) -> None:
         parsed = run.stream.finish()
@@ -439,9 +523,8 @@ class Controller:
                          outcome.feasible, outcome.constraints, outcome.metrics, outcome.note,
                          exit_code=event.returncode, versions=parsed.versions, gpu_name=parsed.gpu_name)
         if outcome.retry:  # the study's on_failure says so: same values again, recorded as a retry
-            with self.db.session() as s:
-                row = s.get(TrialRow, run.row_id)
-            enqueue_retry(self.study.optuna, row, self.spec.retries, self.spec)
+            with self._unit() as s:
+                enqueue_retry(self.study.optuna, s.get(TrialRow, run.row_id), self.spec.retries, self.spec)
         if outcome.state == "complete":
             mark = "hit" if outcome.feasible else "miss"
             self._say(f"trial {run.number}: {self.spec.objective.metric}={outcome.value:.4g} "
@@ -453,18 +536,17 @@ class Controller:
     def _finish_row(self, row_id: int, number: int, trial_id: int, state: str, exit_reason: str, value, feasible,
                     constraints: dict, metrics: dict, note: str | None, exit_code: int | None = None,
                     versions: dict | None = None, gpu_name: str | None = None) -> None:
-        with self.db.session() as s:
-            row = s.get(TrialRow, row_id)
-            old = row.state
-            row.state, row.exit_reason, row.value, row.feasible = state, exit_reason, value, feasible
-            row.metrics, row.note, row.exit_code, row.ended_at = metrics or None, note, exit_code, _now()
-            row.versions = versions or row.versions
-            if gpu_name and not row.gpu_model:
-                row.gpu_model = gpu_name
-            s.add(EventRow(study_id=self.study.row.id, trial_number=number, machine=row.machine, kind="trial.state",
-                           old=old, new=state, message=note))
+        with self._unit() as s:
+            known = self._row_states.pop(row_id, None)
+            old, machine = known or s.execute(select(TrialRow.state, TrialRow.machine).where(TrialRow.id == row_id)).one()
+            change = dict(id_=row_id, gpu_=gpu_name, state=state, exit_reason=exit_reason, value=value,
+                          feasible=feasible, metrics=metrics or None, note=note, exit_code=exit_code, ended_at=_now())
+            if versions:
+                change["versions"] = versions
+            s.execute(_UPDATE_TRIAL_ROW, change)
+            self._trial_event(number, machine, old, state, note)
+            tell(self.study.optuna, trial_id, number, state, value, constraints)
         self._tally(state, value, feasible, number)
-        tell(self.study.optuna, trial_id, number, state, value, constraints)
 
     def _machine_lost(self, run: Running, error: str) -> None:
         """The machine dropped mid-run: it is marked down (no new trials) and the trial re-queued elsewhere."""
@@ -473,26 +555,24 @@ class Controller:
     def _lose_to_machine(self, row_id: int, number: int, trial_id: int, name: str, error: str) -> None:
         """The machine is marked down, then the trial `lost` (machine_lost) and re-queued (in this order: whoever sees
         the lost trial sees the machine down)."""
-        with self.db.session() as s:
+        with self._unit() as s:
             machine = s.scalar(select(MachineRow).where(MachineRow.name == name))
             if machine is not None and machine.state != "down":
                 s.add(EventRow(machine=machine.name, kind="machine.state", old=machine.state, new="down", message=error))
                 machine.state, machine.note = "down", error
-        self.scheduler.unavailable.add(name)
-        self._finish_row(row_id, number, trial_id, "lost", "machine_lost", None, None, {}, {}, error)
-        with self.db.session() as s:
-            row = s.get(TrialRow, row_id)
-        queued = enqueue_retry(self.study.optuna, row, self.spec.retries, self.spec)
+            self.scheduler.unavailable.add(name)
+            self._finish_row(row_id, number, trial_id, "lost", "machine_lost", None, None, {}, {}, error)
+            queued = enqueue_retry(self.study.optuna, s.get(TrialRow, row_id), self.spec.retries, self.spec)
         self._say(f"trial {number}: machine {name} lost ({error}); it is marked down"
                   + ("; the trial is re-queued" if queued else "; retries spent"))
 
     def _disk_full(self, row_id: int, number: int, trial_id: int, machine: str, error: str,
                    exit_code: int | None = None) -> None:
         """The trial's working directory is full: the trial is `lost` (re-queued) and the study stops with the fix."""
-        self._finish_row(row_id, number, trial_id, "lost", "disk_full", None, None, {}, {}, error, exit_code=exit_code)
-        with self.db.session() as s:
-            row = s.get(TrialRow, row_id)
-        enqueue_retry(self.study.optuna, row, self.spec.retries, self.spec)
+        with self._unit() as s:
+            self._finish_row(row_id, number, trial_id, "lost", "disk_full", None, None, {}, {}, error,
+                             exit_code=exit_code)
+            enqueue_retry(self.study.optuna, s.get(TrialRow, row_id), self.spec.retries, self.spec)
         workdir = self.fleet.machine(machine).workdir
         self._stop_reason = "disk full"
         self._fatal = OrchError(f"machine {machine!r}: {error}; trial {number} is re-queued (fix: free space under "
@@ -620,11 +700,10 @@ class Controller:
             if isinstance(event, ExitEvent) and event.key in self.running:
                 run = self.running.pop(event.key)
                 note = f"stopped: {self._stop_reason or 'controller exit'}"
-                self._finish_row(run.row_id, run.number, run.trial_id, "lost", "interrupted", None, None, {}, {}, note,
-                                 exit_code=event.returncode)
-                with self.db.session() as s:
-                    row = s.get(TrialRow, run.row_id)
-                enqueue_retry(self.study.optuna, row, self.spec.retries, self.spec)
+                with self._unit() as s:
+                    self._finish_row(run.row_id, run.number, run.trial_id, "lost", "interrupted", None, None, {}, {},
+                                     note, exit_code=event.returncode)
+                    enqueue_retry(self.study.optuna, s.get(TrialRow, run.row_id), self.spec.retries, self.spec)
         self.running.clear()
 
 

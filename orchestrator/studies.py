@@ -21,6 +21,7 @@ from .config.errors import ConfigError, OrchError
 from .config.study import StudySpec, check_metrics, load_study_file
 from .parsers import UnknownFormat, get_adapter
 from .samplers import build_sampler
+from .study_storage import LeasedStorage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -135,10 +136,17 @@ def load_study_row(db: Database, name: str) -> StudyRow:
         return row
 
 
-def open_study(db: Database, name: str, sampler: optuna.samplers.BaseSampler | None = None) -> OpenStudy:
+def open_study(db: Database, name: str, sampler: optuna.samplers.BaseSampler | None = None,
+               leased: bool = False) -> OpenStudy:
+    """`leased`: for the controller holding the study's lease, the trials kept in memory and written through
+    its transactions (`study_storage.LeasedStorage`)."""
     row = load_study_row(db, name)
     spec = StudySpec.model_validate(row.spec)
-    study = optuna.load_study(study_name=row.optuna_study_name, storage=optuna_storage(db), sampler=sampler)
+    storage = optuna_storage(db)
+    if leased:
+        backend = storage._backend
+        storage = LeasedStorage(backend, backend.get_study_id_from_name(row.optuna_study_name), db.engine)
+    study = optuna.load_study(study_name=row.optuna_study_name, storage=storage, sampler=sampler)
     return OpenStudy(row=row, spec=spec, optuna=study)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_ERROR = 1
+SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 
 
 class ConfigError(Exception):
@@ -96,6 +97,8 @@ class Config:
     warmup_steps: int = 0  # compile warm-up steps (state restored afterwards, not timed)
     dtype: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | bf16 | fp32
     micro_batch_tokens: int = 0  # per rank and forward pass; 0: the whole local batch at once
+    fp8_head: bool = False  # LM head matmul in FP8 (trainer/fp8.py; emulated in fp32 on CPU)
+    sdpa_backend: str = "auto"  # with --attn sdpa: auto (PyTorch's choice) | flash | cudnn | efficient | math
 
     @property
     def stages(self) -> list[Stage]:
@@ -233,6 +236,8 @@ OPTIONS: dict[str, tuple] = {
     "warmup-steps": ("warmup_steps", _int, "untimed compile warm-up steps, state restored afterwards"),
     "dtype": ("dtype", None, "activations: auto | bf16 | fp32"),
     "micro-batch-tokens": ("micro_batch_tokens", _int, "tokens per rank per forward (gradient accumulation; 0: all)"),
+    "fp8-head": ("fp8_head", _bool, "LM head matmul in FP8 (1/0): e4m3 x and W, e5m2 gradient; emulated on CPU"),
+    "sdpa-backend": ("sdpa_backend", None, "with --attn sdpa: auto | flash | cudnn | efficient | math"),
     "vocab-size": ("vocab_size", _int, "embedding rows (>= the data's largest token id + 1)"),
     "n-layer": ("n_layer", _int, "transformer blocks"),
     "model-dim": ("model_dim", _int, "residual width"),
@@ -372,6 +377,16 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         (0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1 and 0 <= cfg.muon_momentum < 1,
          "betas / momentum must lie in [0, 1)", "give values like 0.9"),
         (cfg.micro_batch_tokens >= 0, "--micro-batch-tokens must be >= 0", "give 0 (off) or a token count"),
+        (cfg.sdpa_backend in SDPA_BACKENDS, f"--sdpa-backend {cfg.sdpa_backend!r} unknown",
+         "use " + ", ".join(SDPA_BACKENDS)),
+        (cfg.sdpa_backend == "auto" or cfg.attn != "flex", f"--sdpa-backend {cfg.sdpa_backend} applies to --attn sdpa",
+         "use --attn sdpa or drop --sdpa-backend"),
+        (not cfg.fp8_head or (cfg.model_dim % 16 == 0 and cfg.vocab_size % 16 == 0),
+         f"--fp8-head 1 needs --model-dim ({cfg.model_dim}) and --vocab-size ({cfg.vocab_size}) divisible by 16",
+         "round them up to multiples of 16 or use --fp8-head 0"),
+        (not cfg.fp8_head or cfg.kernels == "torch",
+         "--fp8-head 1 with --kernels triton: the fused cross-entropy kernel computes the head itself",
+         "use one of --fp8-head 1 and --kernels triton"),
     ]
     for ok, what, fix in checks:
         if not ok:

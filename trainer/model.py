@@ -4,7 +4,8 @@ Speedrun features: rotary position embeddings, QK-norm, parameter-free RMS norms
 zero-initialised output projections and head, the embedding mixed back into every block through
 learned scalars, logit softcap, sliding-window attention (a short window in most layers, a long one
 in every 4th and the last) with FlexAttention (documents masked apart) or SDPA.
-Weights stay fp32; on CUDA the activations run in bf16 under autocast.
+Weights stay fp32; on CUDA the activations run in bf16 under autocast. Optional: the head matmul in FP8
+(`--fp8-head`, trainer/fp8.py) and one fixed SDPA kernel (`--sdpa-backend`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,16 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from trainer.fp8 import fp8_head
 
 
 # debugging knob (not a trainer option): hand FlexAttention contiguous (B, H, T, D) tensors
 FLEX_CONTIGUOUS = os.environ.get("TRAINER_DEBUG_FLEX_CONTIGUOUS", "") == "1"
+# --sdpa-backend: the one kernel SDPA may use (auto: PyTorch's choice, no restriction)
+SDPA_BACKEND = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 
 
 def norm(x):
@@ -34,10 +41,18 @@ def _kernels(enabled: bool):
     except Exception:
         return None
 
-    class Fused:  # opaque to torch.compile (graph breaks around the Triton launches)
-        softcap_cross_entropy = staticmethod(torch.compiler.disable(K.softcap_cross_entropy))
-        relu2_mlp_up = staticmethod(torch.compiler.disable(K.relu2_mlp_up))
+    class Fused:  # PyTorch operators (speedrun_kernels::*): torch.compile keeps them in its graph
+        softcap_cross_entropy = staticmethod(K.softcap_cross_entropy)
+        relu2_mlp_up = staticmethod(K.relu2_mlp_up)
         xxt = staticmethod(K.xxt)
+
+        @staticmethod
+        def autocast(*tensors):
+            """The tensors in autocast's dtype when autocast is on (custom operators are not autocast)."""
+            dev = tensors[0].device.type
+            if not torch.is_autocast_enabled(dev):
+                return tensors
+            return tuple(t.to(torch.get_autocast_dtype(dev)) for t in tensors)
 
     return Fused
 
@@ -66,9 +81,10 @@ def _window_mask(T: int, window: int, device):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, n_head: int, max_seq_len: int, rope_base: float):
+    def __init__(self, dim: int, n_head: int, max_seq_len: int, rope_base: float, sdpa_backend: str = "auto"):
         super().__init__()
         self.n_head, self.head_dim = n_head, dim // n_head
+        self.sdpa_backend = SDPA_BACKEND.get(sdpa_backend)
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)  # Muon treats it as three dim x dim matrices
         self.proj = nn.Linear(dim, dim, bias=False)
         self.rotary = Rotary(self.head_dim, max_seq_len, rope_base)
@@ -85,10 +101,16 @@ class Attention(nn.Module):
                 q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
             y = flex_attention(q, k, v, block_mask=masks[window])
         elif window >= T:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = self.sdpa(q, k, v, is_causal=True)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=_window_mask(T, window, x.device))
+            y = self.sdpa(q, k, v, attn_mask=_window_mask(T, window, x.device))
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+    def sdpa(self, q, k, v, **kw):
+        if self.sdpa_backend is None:
+            return F.scaled_dot_product_attention(q, k, v, **kw)
+        with sdpa_kernel([self.sdpa_backend]):  # traced into the compiled graph (no graph break)
+            return F.scaled_dot_product_attention(q, k, v, **kw)
 
 
 class MLP(nn.Module):
@@ -100,8 +122,7 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if self.kern is not None and x.is_cuda:
-            w = self.up.weight.to(x.dtype)
-            h = self.kern.relu2_mlp_up(x.reshape(-1, x.size(-1)), w).view(*x.shape[:-1], -1)
+            h = self.kern.relu2_mlp_up(*self.kern.autocast(x, self.up.weight.to(x.dtype)))
         else:
             h = F.relu(self.up(x)).square()
         return self.down(h)
@@ -111,7 +132,7 @@ class Block(nn.Module):
     def __init__(self, cfg, max_seq_len: int, long_window: bool, kern=None):
         super().__init__()
         self.long_window = long_window
-        self.attn = Attention(cfg.model_dim, cfg.n_head, max_seq_len, cfg.rope_base)
+        self.attn = Attention(cfg.model_dim, cfg.n_head, max_seq_len, cfg.rope_base, cfg.sdpa_backend)
         self.mlp = MLP(cfg.model_dim, cfg.mlp_mult, kern)
         self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))  # x <- l0 * x + l1 * x0
 
@@ -186,7 +207,8 @@ class GPT(nn.Module):
         """Mean cross-entropy of targets given idx (both (B, T)); windows = (short, long) in tokens;
         masks = `block_masks(idx, windows)` (needed with FlexAttention)."""
         x = self.hidden(idx, windows, masks)
-        return softcap_cross_entropy(x, self.head_weight, targets, self.cfg.logit_softcap, self.kern)
+        return softcap_cross_entropy(x, self.head_weight, targets, self.cfg.logit_softcap, self.kern,
+                                     fp8=self.cfg.fp8_head)
 
     def param_groups(self):
         """(Muon matrices, embedding, head, scalars): who is optimised by what."""
@@ -197,13 +219,14 @@ class GPT(nn.Module):
         return muon, [self.embed.weight], head, scalars
 
 
-def softcap_cross_entropy(x, weight, targets, softcap: float, kern=None):
-    """Cross entropy of softcap * tanh((x @ weight.T) / softcap); fused kernel on CUDA when given."""
+def softcap_cross_entropy(x, weight, targets, softcap: float, kern=None, fp8: bool = False):
+    """Cross entropy of softcap * tanh((x @ weight.T) / softcap); fused kernel on CUDA when given;
+    fp8: the head matmul in FP8 (trainer/fp8.py)."""
     x = x.reshape(-1, x.size(-1))
     targets = targets.reshape(-1)
     if kern is not None and x.is_cuda:
-        return kern.softcap_cross_entropy(x, weight.to(x.dtype), targets, softcap)
-    logits = F.linear(x, weight.to(x.dtype)).float()
+        return kern.softcap_cross_entropy(*kern.autocast(x, weight.to(x.dtype)), targets, softcap)
+    logits = fp8_head(x, weight).float() if fp8 else F.linear(x, weight.to(x.dtype)).float()
     if softcap > 0:
         logits = softcap * torch.tanh(logits / softcap)
     return F.cross_entropy(logits, targets)

@@ -121,7 +121,7 @@ class Run:
         import torch
         import torch.distributed as dist
 
-        from trainer import data, model, optim
+        from trainer import data, fp8, model, optim
 
         cfg = self.cfg
         self.torch, self.np, self.dist = torch, np, dist
@@ -154,6 +154,11 @@ class Run:
         self.attn_kind = cfg.attn if cfg.attn != "auto" else "sdpa"
         if self.attn_kind == "flex" and not self.is_cuda:
             raise ConfigError("--attn flex needs CUDA here", "use --attn sdpa on CPU")
+        if cfg.sdpa_backend in ("cudnn", "efficient") and not self.is_cuda:
+            raise ConfigError(f"--sdpa-backend {cfg.sdpa_backend} needs CUDA", "use auto, flash or math on CPU")
+        if cfg.fp8_head and not fp8.fp8_supported(self.device):
+            raise ConfigError("--fp8-head 1 needs a GPU with FP8 matmuls (compute capability 8.9+: Ada, Hopper)",
+                              "use --fp8-head 0 on this GPU")
         self.compile = cfg.compile == "1" or (cfg.compile == "auto" and self.is_cuda)
         self.schedule = Schedule(cfg)
 

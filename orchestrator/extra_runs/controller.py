@@ -32,7 +32,7 @@ class BatchController(Controller):
         self.batch_id, self.batch_size = batch_id, batch_size
 
     def _open(self) -> OpenStudy:
-        return open_study(self.db, self.name, sampler=optuna.samplers.RandomSampler())
+        return open_study(self.db, self.name, sampler=optuna.samplers.RandomSampler(), leased=True)
 
     def _queued(self) -> list[FrozenTrial]:
         return [t for t in waiting_trials(self.study.optuna) if batch_of(t) == self.batch_id]
@@ -48,7 +48,7 @@ class BatchController(Controller):
     def _ask(self, slot: Slot) -> optuna.Trial | None:
         queued = self._queued()
         mine = {t.number for t in self.study.optuna.get_trials(deepcopy=False) if batch_of(t) == self.batch_id}
-        with self.db.session() as s:
+        with self._unit() as s:
             placed = s.execute(select(TrialRow.number, TrialRow.variant, TrialRow.machine, TrialRow.slot).where(
                 TrialRow.study_id == self.study.row.id, TrialRow.machine.is_not(None),
                 TrialRow.state != "invalid")).all()

@@ -118,3 +118,17 @@ def test_triton_interpreter_all_ignored():
 @pytest.mark.parametrize("N,D,V,reduction,chunk_rows", [(4099, 768, 50257, "mean", 1536), (513, 256, 1000, "none", None)])
 def test_gpu(N, D, V, reduction, chunk_rows, dtype):
     check("auto", N, D, V, dtype, 15.0, reduction, seed=11 + N, device="cuda", n_ignore=5, chunk_rows=chunk_rows)
+
+
+@needs_interp
+def test_triton_interpreter_dz_zeroes_padding_columns():
+    # the backward's dz buffer is fresh (torch.empty) with a padded row; its pad columns must come out as zeros,
+    # since dx = dz @ W_padded would turn NaN garbage there into NaN gradients
+    from kernels import _softcap_ce_triton as K
+
+    x, w, t, _ = make(21, 16, 45, torch.float32, "cpu", 2)
+    x, w = x.detach(), w.detach()
+    lse = torch.logsumexp(15.0 * torch.tanh(x @ w.t() / 15.0), dim=1)
+    dz = torch.full((21, 64), float("nan"))
+    K.ce_dz(x, w, t, lse, torch.ones(21), dz, 15.0, "ieee")
+    assert torch.isfinite(dz).all() and dz[:, 45:].abs().max() == 0

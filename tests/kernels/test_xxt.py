@@ -41,10 +41,15 @@ def test_triton_interpreter(shape, dtype):
 
 
 @needs_interp
-def test_triton_interpreter_needs_no_grad():
-    X = torch.randn(8, 8, requires_grad=True)
-    with pytest.raises(RuntimeError):
-        kernels.xxt(X, backend="triton")
+def test_triton_interpreter_backward():
+    # the op's backward (G + G^T) @ X against autograd through X @ X^T in float64
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(2, 9, 13, generator=g, requires_grad=True)
+    G = torch.randn(2, 9, 9, generator=g)
+    kernels.xxt(X, backend="triton").backward(G)
+    Xd = X.detach().double().requires_grad_()
+    (Xd @ Xd.mT).backward(G.double())
+    assert rel(X.grad, Xd.grad) < BOUND[torch.float32]
 
 
 @pytest.mark.gpu

@@ -1,0 +1,120 @@
+"""The FP8 output head (`--fp8-head 1`): logits = x @ W.T with x and W in float8_e4m3fn and the gradient
+of the logits in float8_e5m2, all three products through `torch._scaled_mm` on CUDA.
+
+Scaling, per tensor and from the tensor itself (dynamic): t is stored as q = t / s with
+s = amax(|t|) / max(format), so the largest entry lands on the format's largest finite value (e4m3 448,
+e5m2 57344) and nothing overflows; s is the dequantisation scale that `_scaled_mm` multiplies back in.
+An all-zero tensor (the zero-initialised head at step 0) gets a tiny s and stays exactly zero. Fixed
+scales were not used: the logits' gradient scales with 1 / (tokens per step) and the micro-batch
+weights, which the head does not know, and the head weight's range drifts during training.
+
+Products and the layouts `_scaled_mm` needs (first operand row-major, second column-major; the inner
+dimension and both of the second operand's dimensions multiples of 16):
+  forward  logits = x_q @ W_q.T        W.T of a row-major W is already column-major
+  backward grad_x = g_q @ W_q          a transposed copy of W_q (vocab x dim bytes)
+           grad_W = g_q.T @ x_q        a transposed copy of g_q (tokens x vocab bytes) and of x_q
+K (model dim) and N (vocab) must be multiples of 16 (checked by the config); M (tokens per forward)
+is padded with zero rows for grad_W when it is not.
+
+`trainer::fp8_head` is a torch.library custom op (opaque to torch.compile, no graph break; it quantises
+x and W and runs the forward product). Its backward, registered with `register_autograd`, is plain
+torch code that torch.compile traces into the backward graph, so the amax, cast and transposed copy
+of the logits' gradient (the only large tensors) can fuse with the cross-entropy backward producing
+it; the two backward products go through the small custom op `trainer::scaled_mm`.
+Accumulation is fp32; the forward uses `_scaled_mm`'s fast accumulation (inner dimension = model
+dim, short), the backward products (inner dimensions vocab and tokens) do not.
+
+Without CUDA (tests, CPU runs) the same quantisation runs and the product is taken of the fp8 values
+in fp32 and then scaled, which emulates `_scaled_mm` up to the order of accumulation. Logits are bf16
+on CUDA and fp32 on CPU; the gradients come back in the dtypes of x and W.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+E4M3 = torch.float8_e4m3fn
+E5M2 = torch.float8_e5m2
+ALIGN = 16  # _scaled_mm's multiple for the inner and the second operand's dimensions
+
+
+def quantise(t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, s): q = t / s in `dtype` with s = amax(|t|) / max(dtype), an fp32 0-dim tensor."""
+    fmax = torch.finfo(dtype).max
+    amax = t.detach().abs().amax().float()
+    scale = torch.clamp(amax, min=1e-30) / fmax
+    return (t.float() / scale).clamp(-fmax, fmax).to(dtype), scale
+
+
+def logits_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.bfloat16 if x.is_cuda else torch.float32
+
+
+def _row_major(t):
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _col_major(t):
+    return t if t.stride(0) == 1 else t.t().contiguous().t()
+
+
+def _scaled_mm_impl(a, b, scale_a, scale_b, out_dtype: torch.dtype, fast_accum: bool):
+    if a.is_cuda:
+        return torch._scaled_mm(_row_major(a), _col_major(b), scale_a=scale_a, scale_b=scale_b,
+                                out_dtype=out_dtype, use_fast_accum=fast_accum)
+    return ((a.float() @ b.float()) * (scale_a * scale_b)).to(out_dtype)
+
+
+@torch.library.custom_op("trainer::scaled_mm", mutates_args=())
+def scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor,
+              out_dtype: torch.dtype, fast_accum: bool) -> torch.Tensor:
+    """(a * scale_a) @ (b * scale_b) of fp8 matrices a (M, K), b (K, N), in out_dtype."""
+    return _scaled_mm_impl(a, b, scale_a, scale_b, out_dtype, fast_accum)
+
+
+@scaled_mm.register_fake
+def _(a, b, scale_a, scale_b, out_dtype, fast_accum):
+    return a.new_empty((a.size(0), b.size(1)), dtype=out_dtype)
+
+
+@torch.library.custom_op("trainer::fp8_head", mutates_args=())
+def fp8_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x (M, K) @ w (N, K).T in FP8 (e4m3, per-tensor scales) -> logits (M, N), bf16 on CUDA, fp32 on CPU."""
+    xq, sx = quantise(x, E4M3)
+    wq, sw = quantise(w, E4M3)
+    return _scaled_mm_impl(xq, wq.t(), sx, sw, logits_dtype(x), True)
+
+
+@fp8_head.register_fake
+def _(x, w):
+    return x.new_empty((x.size(0), w.size(0)), dtype=logits_dtype(x))
+
+
+def _setup_context(ctx, inputs, output):
+    x, w = inputs
+    ctx.save_for_backward(x, w)
+
+
+def _backward(ctx, grad):
+    x, w = ctx.saved_tensors
+    m = x.size(0)
+    pad = -m % ALIGN  # grad_W's inner dimension is the token count
+    if pad:
+        grad, x = F.pad(grad, (0, 0, 0, pad)), F.pad(x, (0, 0, 0, pad))
+    gq, sg = quantise(grad, E5M2)
+    xq, sx = quantise(x, E4M3)
+    wq, sw = quantise(w, E4M3)
+    grad_x = torch.ops.trainer.scaled_mm(gq, wq.t().contiguous().t(), sg, sw, x.dtype, False)
+    grad_w = torch.ops.trainer.scaled_mm(gq.t().contiguous(), xq.t().contiguous().t(), sg, sx, w.dtype, False)
+    return grad_x[:m], grad_w
+
+
+fp8_head.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fp8_supported(device: torch.device) -> bool:
+    """True on CPU (emulated) and on CUDA GPUs with FP8 matmuls (compute capability 8.9 or later)."""
+    if device.type != "cuda":
+        return True
+    return torch.cuda.get_device_capability(device) >= (8, 9)
