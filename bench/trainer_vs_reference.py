@@ -60,6 +60,9 @@ OURS.update({
     "ours_sdpa_causal2048_b393k_mb64k_fp8": _BEST + ["--fp8-head", "1"],
     "ours_sdpa_causal2048_b393k_mb64k_cudnn": _BEST + ["--sdpa-backend", "cudnn"],
     "ours_sdpa_causal2048_b393k_mb64k_fp8_cudnn": _BEST + ["--fp8-head", "1", "--sdpa-backend", "cudnn"],
+    # where the time goes: the same at sequence 1024 (half the keys per query), and flex with documents masked apart
+    "ours_sdpa_causal1024_b393k_mb64k": _BEST + ["--stage-seq-lens", "1024", "--stage-windows", "1024"],
+    "ours_flex_docs1024_2048_b393k_mb64k": _BEST + ["--attn", "flex", "--stage-windows", "1024/2048"],
 })
 
 

@@ -30,7 +30,7 @@ def _tanh(x):
 def _ce_fwd_kernel(
     X, W, T, M_OUT, L_OUT, ZT_OUT,
     N, V, D, stride_x, stride_w,
-    softcap,
+    SOFTCAP: tl.constexpr,
     HAS_CAP: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
@@ -54,7 +54,7 @@ def _ce_fwd_kernel(
         acc = dot_rows(X, W, rm64, rn.to(tl.int64), mmask, nmask, D, stride_x, stride_w,
                        EVEN_K, UPCAST, IEEE, BM, BN, BK)
         if HAS_CAP:
-            s = softcap * _tanh(acc / softcap)
+            s = SOFTCAP * _tanh(acc / SOFTCAP)
         else:
             s = acc
         s = tl.where(nmask[None, :], s, float("-inf"))
@@ -72,7 +72,7 @@ def _ce_fwd_kernel(
 def _ce_dz_kernel(
     X, W, T, LSE, G, DZ,
     N, V, V_OUT, D, stride_x, stride_w, stride_dz,
-    softcap,
+    SOFTCAP: tl.constexpr,
     HAS_CAP: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -90,8 +90,8 @@ def _ce_dz_kernel(
     lse = tl.load(LSE + rm, mask=mmask, other=0.0)
     g = tl.load(G + rm, mask=mmask, other=0.0)
     if HAS_CAP:
-        th = _tanh(acc / softcap)
-        s = softcap * th
+        th = _tanh(acc / SOFTCAP)
+        s = SOFTCAP * th
     else:
         s = acc
     p = tl.exp(s - lse[:, None])
@@ -144,8 +144,8 @@ def ce_forward_partials(x, w, targets, softcap, n_split, prec):
     bk = _FWD_META.get("BK", 64)
     grid = lambda meta: (triton.cdiv(N, meta["BM"]), n_split)  # noqa: E731
     launch(_FWD)[grid](
-        x, w, targets, m, l, zt, N, V, D, x.stride(0), w.stride(0), cap,
-        HAS_CAP=has_cap, EVEN_K=(D % bk == 0), UPCAST=interpreting(), IEEE=(prec == "ieee"), **_FWD_META,
+        x, w, targets, m, l, zt, N, V, D, x.stride(0), w.stride(0),
+        SOFTCAP=cap, HAS_CAP=has_cap, EVEN_K=(D % bk == 0), UPCAST=interpreting(), IEEE=(prec == "ieee"), **_FWD_META,
     )
     return m, l, zt
 
@@ -160,6 +160,6 @@ def ce_dz(x, w, targets, lse, g, dz, softcap, prec):
     bk = _DZ_META.get("BK", 64)
     grid = lambda meta: (triton.cdiv(N, meta["BM"]) * triton.cdiv(v_out, meta["BN"]),)  # noqa: E731
     launch(_DZ)[grid](
-        x, w, targets, lse, g, dz, N, V, v_out, D, x.stride(0), w.stride(0), dz.stride(0), cap,
-        HAS_CAP=has_cap, EVEN_K=(D % bk == 0), UPCAST=interpreting(), IEEE=(prec == "ieee"), **_DZ_META,
+        x, w, targets, lse, g, dz, N, V, v_out, D, x.stride(0), w.stride(0), dz.stride(0),
+        SOFTCAP=cap, HAS_CAP=has_cap, EVEN_K=(D % bk == 0), UPCAST=interpreting(), IEEE=(prec == "ieee"), **_DZ_META,
     )

@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from sqlalchemy import bindparam, func, insert, select, update
 
 from db import Database, EventRow, MachineRow, MetricPointRow, StudyRow, TrialRow
+from db.write_batch import WriteBatch
 
 from . import lease
 from .config.errors import OrchError
@@ -137,12 +138,14 @@ class Controller:
         self._last_invalid = ""
         self._next_health_check = 0.0
         self._progress_read = False  # see _refresh_progress
-        self._extra_numbers: list[int] | None = None  # see _budget_counts
+        self._counted: int | None = None  # see _budget_counts
+        self._counted_here: set[int] = set()  # trial numbers this run recorded that count against the budget
         self.health_check_s = health_check_s
         self._health = HealthChecker(lambda machine: self._launcher(machine).probe(machine))
         self._drained: set[str] = set()  # machines seen drained (`orch fleet drain`), to report changes once
         self._session = None  # the open transaction of `_unit`
         self._events_out: list[dict] = []  # its trial events, written as it commits
+        self._writes = WriteBatch()  # its row updates (ours and Optuna's), one executemany per kind as it commits
         self._points_due: float | None = None  # when the metric points waiting in `running` must be written
         self._row_states: dict[int, tuple[str, str]] = {}  # row id -> (state, machine) of the trials this run started
 
@@ -295,15 +298,16 @@ class Controller:
 
     def _budget_counts(self) -> tuple[int, int]:
         """(trials that count against the budget, search trials queued); extra runs (a `batch`) count in neither.
-        The extra runs' trial numbers are read once a run (all trials: O(trials)): under the study's lease no
-        other controller adds rows meanwhile, and this one dispatches search trials only."""
-        if self._extra_numbers is None:
-            self._extra_numbers = [t.number for t in self.study.optuna.get_trials(deepcopy=False)
-                                   if not is_search_trial(t)]
-        with self._unit() as s:
-            counted = s.scalar(select(func.count()).select_from(TrialRow).where(
-                TrialRow.study_id == self.study.row.id, TrialRow.state.in_(COUNTED_STATES),
-                TrialRow.number.not_in(self._extra_numbers)))
+        Both are read once a run, after recovery: under the study's lease no other controller writes the study's
+        rows meanwhile, so this one keeps the count as it records search trials (`_prepare`) and ends them
+        uncounted (`_finish_row`: lost)."""
+        if self._counted is None:
+            extra = [t.number for t in self.study.optuna.get_trials(deepcopy=False) if not is_search_trial(t)]
+            with self._unit() as s:
+                self._counted = s.scalar(select(func.count()).select_from(TrialRow).where(
+                    TrialRow.study_id == self.study.row.id, TrialRow.state.in_(COUNTED_STATES),
+                    TrialRow.number.not_in(extra)))
+        counted = self._counted
         waiting = sum(1 for t in waiting_trials(self.study.optuna) if is_search_trial(t))
         return counted, waiting
 
@@ -319,15 +323,17 @@ class Controller:
             self._session = s
             try:
                 if isinstance(storage, LeasedStorage):
-                    with storage.bind(s.connection()):
+                    with storage.bind(s.connection(), self._writes):
                         yield s
                 else:
                     yield s
+                self._writes.flush(s.connection())
                 if self._events_out:
                     s.execute(insert(_EVENTS), self._events_out)
             finally:
                 self._session = None
                 self._events_out = []
+                self._writes.clear()
 
     def _trial_event(self, number: int, machine: str | None, old: str | None, new: str, message: str | None = None):
         """A trial's state change, written with the open transaction (one statement for all of them)."""
@@ -402,6 +408,10 @@ class Controller:
                        code_revision=self.code.revision, code_branch=self.code.branch, code_dirty=self.code.dirty,
                        file_checksums=self.code.checksums, workdir=str(workdir), log_path=str(workdir / "train.log"),
                        injection_diff=diff, controller=self.owner)
+        if is_search_trial(trial):
+            self._counted_here.add(number)
+            if self._counted is not None:
+                self._counted += 1
         with self._unit() as s:
             s.add(row)
             self._trial_event(number, slot.machine, None, "pending", f"round {self.round} on {slot.machine} {slot.label}")
@@ -543,7 +553,11 @@ class Controller:
                           feasible=feasible, metrics=metrics or None, note=note, exit_code=exit_code, ended_at=_now())
             if versions:
                 change["versions"] = versions
-            s.execute(_UPDATE_TRIAL_ROW, change)
+            self._writes.add(_UPDATE_TRIAL_ROW, change)
+            if state not in COUNTED_STATES and number in self._counted_here:
+                self._counted_here.discard(number)
+                if self._counted is not None:
+                    self._counted -= 1
             self._trial_event(number, machine, old, state, note)
             tell(self.study.optuna, trial_id, number, state, value, constraints)
         self._tally(state, value, feasible, number)

@@ -5,8 +5,9 @@ memory: every read (the sampler's, `ask`, `tell`, the queue) is answered from he
 to Optuna's own tables at once, in Optuna's format (readers elsewhere, `orch export`, recovery and Optuna itself,
 see the same rows an `RDBStorage` would have written), through the transaction the controller has open
 (`bind`), so one commit carries a batch of trials' Optuna writes and our rows together: a finished trial's row
-and its `tell`, or a new trial and its `pending` row, land atomically. Without a bound transaction each write
-commits on its own.
+and its `tell`, or a new trial and its `pending` row, land atomically. Inside it, every write but a new trial's
+row (whose id is needed at once) waits in the transaction's `WriteBatch` and goes out with the others of its
+kind as one executemany. Without a bound transaction each write commits on its own.
 
 Other studies and study-level writes go to the wrapped `RDBStorage`. A write that fails leaves memory ahead of
 the database; the controller stops then, and the next run loads the study again.
@@ -30,6 +31,8 @@ from optuna.study._study_direction import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Connection, Engine
+
+from db.write_batch import WriteBatch
 
 _TRIALS = models.TrialModel.__table__
 _PARAMS = models.TrialParamModel.__table__
@@ -69,6 +72,7 @@ class LeasedStorage(BaseStorage):
         self._backend, self._study_id, self._engine = backend, study_id, engine
         self._lock = threading.RLock()
         self._conn: Connection | None = None
+        self._batch: WriteBatch | None = None
         self._directions = backend.get_study_directions(study_id)
         self.reload()
 
@@ -82,21 +86,31 @@ class LeasedStorage(BaseStorage):
 
     # ---- the controller's transaction -------------------------------------------------------------------
     @contextmanager
-    def bind(self, conn: Connection) -> Iterator[None]:
-        """Trial writes made inside go through `conn` (the caller commits)."""
+    def bind(self, conn: Connection, batch: WriteBatch) -> Iterator[None]:
+        """Trial writes made inside go through `conn`, all but new trials' rows gathered in `batch` (the caller
+        flushes the batch and commits)."""
         with self._lock:
-            self._conn = conn
+            self._conn, self._batch = conn, batch
             try:
                 yield
             finally:
-                self._conn = None
+                self._conn = self._batch = None
 
-    def _execute(self, *writes: tuple[Any, dict]) -> list:
-        """Run (statement, parameters) pairs in the bound transaction, else in one of their own."""
-        if self._conn is not None:
-            return [self._conn.execute(statement, params) for statement, params in writes]
+    def _execute(self, *writes: tuple[Any, dict]) -> None:
+        """Queue (statement, parameters) pairs in the bound transaction's batch, else run them in one of their own."""
+        if self._batch is not None:
+            for statement, params in writes:
+                self._batch.add(statement, params)
+            return
         with self._engine.begin() as conn:
-            return [conn.execute(statement, params) for statement, params in writes]
+            for statement, params in writes:
+                conn.execute(statement, params)
+
+    def _insert_trial(self, params: dict) -> int:
+        if self._conn is not None:
+            return self._conn.execute(_INSERT["trial"], params).inserted_primary_key[0]
+        with self._engine.begin() as conn:
+            return conn.execute(_INSERT["trial"], params).inserted_primary_key[0]
 
     def _ours(self, study_id: int) -> bool:
         return study_id == self._study_id
@@ -156,10 +170,9 @@ class LeasedStorage(BaseStorage):
             else:
                 trial = copy.deepcopy(template_trial)
                 trial.number = number
-            (result,) = self._execute((_INSERT["trial"], dict(
+            trial._trial_id = tid = self._insert_trial(dict(
                 number=number, study_id=study_id, state=trial.state, datetime_start=_stored_time(trial.datetime_start),
-                datetime_complete=_stored_time(trial.datetime_complete))))
-            trial._trial_id = tid = result.inserted_primary_key[0]
+                datetime_complete=_stored_time(trial.datetime_complete)))
             rows = []
             for name, value in trial.params.items():
                 dist = trial.distributions[name]

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from sqlalchemy import event, select
 
 from db import Database, EventRow
+from db.write_batch import WriteBatch
 from orchestrator.studies import optuna_storage
 from orchestrator.study_storage import LeasedStorage
 
@@ -92,13 +93,18 @@ def test_a_joined_transaction_commits_or_rolls_back_both_halves(db_url):
     db = Database(db_url)
     optuna.create_study(study_name="s", storage=optuna_storage(db))
     study = _leased(db, "s")
-    with db.session() as s, study._storage.bind(s.connection()):
-        trial = study.ask(DISTS)
-        s.add(EventRow(kind="test", message="committed with the trial"))
+    batch = WriteBatch()
+    with db.session() as s:
+        with study._storage.bind(s.connection(), batch):
+            trial = study.ask(DISTS)
+            s.add(EventRow(kind="test", message="committed with the trial"))
+        assert len(batch) == 3  # the trial's row went out at once (its id is needed); its params wait
+        batch.flush(s.connection())
     with pytest.raises(RuntimeError):
-        with db.session() as s, study._storage.bind(s.connection()):
+        with db.session() as s, study._storage.bind(s.connection(), batch):
             study.tell(trial, 2.0)
             s.add(EventRow(kind="test", message="rolled back with the tell"))
+            batch.flush(s.connection())
             s.flush()
             raise RuntimeError("the controller fails mid-transaction")
     reader = optuna.load_study(study_name="s", storage=optuna_storage(Database(db_url)))
