@@ -23,7 +23,6 @@ from datetime import datetime, timezone
 from typing import Any, Iterator, Sequence
 
 from optuna.distributions import BaseDistribution, distribution_to_json
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._rdb import models
 from optuna.study._frozen import FrozenStudy

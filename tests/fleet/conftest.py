@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.ray_lab import comm
+
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
 SSH_KEYGEN = shutil.which("ssh-keygen")
 
@@ -24,6 +26,21 @@ def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def wait_listening(proc: subprocess.Popen, host: str, port: int, log: Path, timeout_s: float, what: str) -> None:
+    """Until `proc` (a server writing `log`) accepts connections on host:port; its log's tail if it dies first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited: {log.read_text()[-500:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not listen on {host}:{port} within {timeout_s:g} s")
+            time.sleep(0.05)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -73,16 +90,7 @@ class SshMachine:
         config.write_text(sshd_config(self.host, self.port, self.host_key, self.dir))
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
                                      stderr=open(self.dir / "sshd.log", "ab"))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"sshd exited: {(self.dir / 'sshd.log').read_text()[-500:]}")
-                time.sleep(0.05)
-        raise RuntimeError("sshd did not listen within 10 s")
+        wait_listening(self.proc, self.host, self.port, self.dir / "sshd.log", 10, "sshd")
 
     def sessions(self) -> list[int]:
         """The per-connection sshd processes (and their children)."""
@@ -92,7 +100,7 @@ class SshMachine:
         """The machine's sshd dies: the listener and every session process (SIGKILL)."""
         if self.proc is None:
             return
-        pids = [self.proc.pid] + [p for p in self.sessions() if _comm(p) == "sshd"]
+        pids = [self.proc.pid] + [p for p in self.sessions() if comm(p) == "sshd"]
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -114,13 +122,6 @@ class SshMachine:
         return {"name": self.name, "launcher": "ssh", "host": self.host, "port": self.port, "user": "root",
                 "identity_file": str(self.client_key), "known_hosts": str(self.known_hosts), "gpus": "none",
                 "cpu_slots": 1, "workdir": str(workdir), **extra}
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 class SshLab:

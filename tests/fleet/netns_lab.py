@@ -26,13 +26,11 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.fleet.conftest import _descendants, sshd_config
+from tests.fleet.conftest import _descendants, sshd_config, wait_listening
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -79,17 +77,7 @@ class NetnsMachine:
         # with a fresh /sys, without the cgroup mounts that runc needs for the podman machine
         argv = [NSENTER, f"--net=/run/netns/{self.netns}", *pin, SSHD, "-D", "-e", "-f", str(config)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(self.dir / "sshd.log", "ab"))
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"sshd in {self.netns} exited: {(self.dir / 'sshd.log').read_text()[-500:]}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"sshd in {self.netns} did not listen on {self.host}:{self.port} within 15 s")
-                time.sleep(0.05)
+        wait_listening(self.proc, self.host, self.port, self.dir / "sshd.log", 15, f"sshd in {self.netns}")
 
     def stop_sshd(self) -> None:
         if self.proc is None:
