@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from sqlalchemy import bindparam, func, insert, select, update
 
 from db import Database, EventRow, MachineRow, MetricPointRow, StudyRow, TrialRow
+from db.new_rows import NewRows
 from db.write_batch import WriteBatch
 
 from . import lease
@@ -54,7 +55,14 @@ _UPDATE_TRIAL_ROW = update(_TRIALS).where(_TRIALS.c.id == bindparam("id_")).valu
     gpu_model=func.coalesce(_TRIALS.c.gpu_model, bindparam("gpu_", type_=_TRIALS.c.gpu_model.type)))
 _UPDATE_POINT = update(_POINTS).where(_POINTS.c.trial_id == bindparam("id_"), _POINTS.c.kind == bindparam("kind_"),
                                       _POINTS.c.step == bindparam("step_"))
+_UPDATE_RUNNING = update(_TRIALS).where(_TRIALS.c.id == bindparam("id_"))
+_INSERT_POINTS, _INSERT_EVENTS = insert(_POINTS).inline(), insert(_EVENTS).inline()  # no ids read back
+_STUDIES = StudyRow.__table__
+_UPDATE_ROUNDS = update(_STUDIES).where(_STUDIES.c.id == bindparam("id_"))
 POINTS_FLUSH_S = 0.25  # metric points reach the database at most this long after their line
+#: a drain (`orch fleet drain`) or a machine marked down by another process applies to this controller's dispatch
+#: decisions at most this long after it commits (machine states this controller writes apply at once)
+MACHINE_STATE_READ_S = 0.25
 HEARTBEAT_S = 5.0
 HEALTH_CHECK_S = 30.0  # how often machines marked down are probed again
 #: states that count against the budget (lost and invalid trials do not: they are re-run or skipped)
@@ -87,7 +95,7 @@ class Prepared:
     slot: Slot
     number: int
     trial_id: int
-    row: TrialRow
+    row_id: int
     job: object
     machine: Machine
     workdir: Path
@@ -143,9 +151,11 @@ class Controller:
         self.health_check_s = health_check_s
         self._health = HealthChecker(lambda machine: self._launcher(machine).probe(machine))
         self._drained: set[str] = set()  # machines seen drained (`orch fleet drain`), to report changes once
+        self._machine_states: tuple[float, set[str]] | None = None  # (when read, unavailable machines)
+        self.round: int | None = None  # the study's round counter, read once under the lease (`_new_round`)
+        self._new_trial_rows = NewRows(_TRIALS, db.engine.dialect.name)
         self._session = None  # the open transaction of `_unit`
-        self._events_out: list[dict] = []  # its trial events, written as it commits
-        self._writes = WriteBatch()  # its row updates (ours and Optuna's), one executemany per kind as it commits
+        self._writes = WriteBatch()  # its writes (ours and Optuna's), one executemany per kind as it commits
         self._points_due: float | None = None  # when the metric points waiting in `running` must be written
         self._row_states: dict[int, tuple[str, str]] = {}  # row id -> (state, machine) of the trials this run started
 
@@ -173,6 +183,7 @@ class Controller:
         return infos
 
     def _record_machine(self, machine: Machine, info: MachineInfo) -> None:
+        self._machine_states = None  # read again at the next dispatch decision
         with self.db.session() as s:
             row = s.scalar(select(MachineRow).where(MachineRow.name == machine.name))
             state = "idle" if info.reachable else "down"
@@ -328,44 +339,41 @@ class Controller:
                 else:
                     yield s
                 self._writes.flush(s.connection())
-                if self._events_out:
-                    s.execute(insert(_EVENTS), self._events_out)
             finally:
                 self._session = None
-                self._events_out = []
                 self._writes.clear()
 
     def _trial_event(self, number: int, machine: str | None, old: str | None, new: str, message: str | None = None):
         """A trial's state change, written with the open transaction (one statement for all of them)."""
         assert self._session is not None, "trial events are written inside a _unit"
-        self._events_out.append(dict(at=_now(), study_id=self.study.row.id, trial_number=number, machine=machine,
-                                     kind="trial.state", old=old, new=new, message=message))
+        self._writes.add(_INSERT_EVENTS, dict(at=_now(), study_id=self.study.row.id, trial_number=number,
+                                              machine=machine, kind="trial.state", old=old, new=new, message=message))
 
     def _new_round(self) -> None:
+        """The study's round counter + 1: read once under the lease (no other controller writes it), then kept."""
         with self._unit() as s:
-            row = s.get(StudyRow, self.study.row.id)
-            row.rounds += 1
-            self.round = row.rounds
+            if self.round is None:
+                self.round = s.scalar(select(StudyRow.rounds).where(StudyRow.id == self.study.row.id)) or 0
+            self.round += 1
+            self._writes.add(_UPDATE_ROUNDS, dict(id_=self.study.row.id, rounds=self.round))
         self.progress.round = self.round
 
     def _dispatch(self, slots: list[Slot]) -> list[bool]:
         """Run a new trial on each of `slots`: asked and recorded `pending` in one transaction, started, then
         recorded `running` in one more. Per slot, False when nothing was started (invalid values, empty queue)."""
-        with self._unit() as s:
+        with self._unit():
             self._new_round()
             prepared = [self._prepare(slot) for slot in slots]
-            s.flush()  # the pending rows' ids
         started = [self._start(p) for p in prepared if p is not None]
         started = [run for run in started if run is not None]
         if started:
             now = _now()
-            with self._unit() as s:
-                s.execute(update(TrialRow), [dict(id=run.row_id, state="running", pid=run.handle.pid,
-                                                  pid_start=run.handle.pid_start, started_at=now, heartbeat_at=now,
-                                                  command=run.handle.command,
-                                                  container_image_id=run.handle.container_image_id)
-                                             for run in started])
+            with self._unit():
                 for run in started:
+                    self._writes.add(_UPDATE_RUNNING, dict(
+                        id_=run.row_id, state="running", pid=run.handle.pid, pid_start=run.handle.pid_start,
+                        started_at=now, heartbeat_at=now, command=run.handle.command,
+                        container_image_id=run.handle.container_image_id))
                     self._trial_event(run.number, run.slot.machine, "pending", "running")
         for run in started:
             self.running[run.number] = run
@@ -399,28 +407,28 @@ class Controller:
             return None
         if retry_of is None and repeat_index == 0:
             self._enqueue_repeats(params, number)
-        row = TrialRow(study_id=self.study.row.id, number=number, optuna_trial_id=trial_id, round=self.round,
-                       variant=variant_key(params), repeat_index=repeat_index, retry_of=retry_of, attempt=attempt,
-                       params=values, state="pending", machine=slot.machine, slot=slot.label,
-                       gpu_model=info.gpu_type if slot.gpu_ids else None, gpu_count=len(slot.gpu_ids),
-                       driver_version=info.driver_version if slot.gpu_ids else None,
-                       command=job.argv, env=job.stored_env(), container_image=job.image or machine.container.image,
-                       code_revision=self.code.revision, code_branch=self.code.branch, code_dirty=self.code.dirty,
-                       file_checksums=self.code.checksums, workdir=str(workdir), log_path=str(workdir / "train.log"),
-                       injection_diff=diff, controller=self.owner)
+        row = dict(study_id=self.study.row.id, number=number, optuna_trial_id=trial_id, round=self.round,
+                   variant=variant_key(params), repeat_index=repeat_index, retry_of=retry_of, attempt=attempt,
+                   params=values, state="pending", machine=slot.machine, slot=slot.label,
+                   gpu_model=info.gpu_type if slot.gpu_ids else None, gpu_count=len(slot.gpu_ids),
+                   driver_version=info.driver_version if slot.gpu_ids else None,
+                   command=job.argv, env=job.stored_env(), container_image=job.image or machine.container.image,
+                   code_revision=self.code.revision, code_branch=self.code.branch, code_dirty=self.code.dirty,
+                   file_checksums=self.code.checksums, workdir=str(workdir), log_path=str(workdir / "train.log"),
+                   injection_diff=diff, controller=self.owner, created_at=_now())
         if is_search_trial(trial):
             self._counted_here.add(number)
             if self._counted is not None:
                 self._counted += 1
         with self._unit() as s:
-            s.add(row)
+            row_id = self._new_trial_rows.add(s.connection(), self._writes, row)
             self._trial_event(number, slot.machine, None, "pending", f"round {self.round} on {slot.machine} {slot.label}")
-        return Prepared(slot=slot, number=number, trial_id=trial_id, row=row, job=job, machine=machine,
+        return Prepared(slot=slot, number=number, trial_id=trial_id, row_id=row_id, job=job, machine=machine,
                         workdir=workdir, values=values)
 
     def _start(self, p: Prepared) -> Running | None:
         """Start a prepared trial's job; a launch failure is recorded at once (None)."""
-        row_id, number, trial_id, slot = p.row.id, p.number, p.trial_id, p.slot
+        row_id, number, trial_id, slot = p.row_id, p.number, p.trial_id, p.slot
         self._row_states[row_id] = ("pending", slot.machine)
         try:
             handle = self._launcher(p.machine).start(p.job, p.machine, slot, p.workdir, self.events)
@@ -513,12 +521,9 @@ class Controller:
                     run.stored_points.add(key)
                     inserts.append(dict(trial_id=run.row_id, kind=p.kind, step=p.step, recorded_at=_now(), **values))
             run.pending_points.clear()
-        if inserts or updates:
-            with self._unit() as s:
-                if inserts:
-                    s.execute(insert(_POINTS), inserts)
-                if updates:
-                    s.execute(_UPDATE_POINT, updates)
+        with self._unit():
+            self._writes.extend(_INSERT_POINTS, inserts)
+            self._writes.extend(_UPDATE_POINT, updates)
 
     def _on_exit(self, run: Running, event: ExitEvent) -> None:
         parsed = run.stream.finish()
@@ -575,6 +580,7 @@ class Controller:
                 s.add(EventRow(machine=machine.name, kind="machine.state", old=machine.state, new="down", message=error))
                 machine.state, machine.note = "down", error
             self.scheduler.unavailable.add(name)
+            self._machine_states = None  # read again at the next dispatch decision
             self._finish_row(row_id, number, trial_id, "lost", "machine_lost", None, None, {}, {}, error)
             queued = enqueue_retry(self.study.optuna, s.get(TrialRow, row_id), self.spec.retries, self.spec)
         self._say(f"trial {number}: machine {name} lost ({error}); it is marked down"
@@ -632,8 +638,12 @@ class Controller:
         self.scheduler.unavailable = self._unavailable_machines()
 
     def _unavailable_machines(self) -> set[str]:
-        """Machines that take no new trial: down, or drained (`orch fleet drain`, read from the database so a drain
-        from another process applies at the next dispatch decision)."""
+        """Machines that take no new trial: down, or drained (`orch fleet drain`), read from the database so that a
+        change made by another process applies within `MACHINE_STATE_READ_S`; a read younger than that is reused
+        (this controller's own changes clear it: `_record_machine`, `_lose_to_machine`)."""
+        now = time.monotonic()
+        if self._machine_states is not None and now - self._machine_states[0] < MACHINE_STATE_READ_S:
+            return set(self._machine_states[1])
         with self.db.session() as s:
             rows = s.execute(select(MachineRow.name, MachineRow.drain).where(
                 MachineRow.state.in_(("down", "draining")) | MachineRow.drain.is_(True))).all()
@@ -644,7 +654,8 @@ class Controller:
         for name in sorted(self._drained - drained):
             self._say(f"machine {name} was undrained: it takes new trials again")
         self._drained = drained
-        return {r.name for r in rows}
+        self._machine_states = (now, {r.name for r in rows})
+        return set(self._machine_states[1])
 
     def _refresh_progress(self) -> None:
         """Counts and best trial are read from the database once; after that `_tally` keeps them as this

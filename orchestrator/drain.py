@@ -1,9 +1,9 @@
 """Draining a machine (`orch fleet drain NAME` / `orch fleet undrain NAME`).
 
 A drained machine finishes the trials running on it and gets no new ones. The flag lives in the database
-(`orch_machines.drain`), not in a controller's memory: every controller (any process, any study) reads it at its
-next dispatch decision, so a drain applies without a restart. The machine's health state (`idle` / `down`) is
-kept apart from it, so a drained machine that goes down and comes back is still drained.
+(`orch_machines.drain`), not in a controller's memory: every controller (any process, any study) reads it again
+within `controller.MACHINE_STATE_READ_S` (0.25 s), so a drain applies without a restart. The machine's health
+state (`idle` / `down`) is kept apart from it, so a drained machine that goes down and comes back is still drained.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ class DrainResult:
     def message(self) -> str:
         name = self.machine
         if not self.drain:
-            return (f"{name}: undrained: it takes new trials again (a running controller sees this at its next "
-                    "dispatch)" if self.changed else f"{name}: not drained: nothing to do")
+            return (f"{name}: undrained: it takes new trials again (a running controller sees this within 0.25 s)"
+                    if self.changed else f"{name}: not drained: nothing to do")
         already = "" if self.changed else " (already)"
         if self.running:
             return (f"{name}: draining{already}: {len(self.running)} running trial(s) finish there "

@@ -5,9 +5,9 @@ memory: every read (the sampler's, `ask`, `tell`, the queue) is answered from he
 to Optuna's own tables at once, in Optuna's format (readers elsewhere, `orch export`, recovery and Optuna itself,
 see the same rows an `RDBStorage` would have written), through the transaction the controller has open
 (`bind`), so one commit carries a batch of trials' Optuna writes and our rows together: a finished trial's row
-and its `tell`, or a new trial and its `pending` row, land atomically. Inside it, every write but a new trial's
-row (whose id is needed at once) waits in the transaction's `WriteBatch` and goes out with the others of its
-kind as one executemany. Without a bound transaction each write commits on its own.
+and its `tell`, or a new trial and its `pending` row, land atomically. Inside it, every write waits in the
+transaction's `WriteBatch` and goes out with the others of its kind as one executemany; a new trial's id is
+handed out before its row is written (`db.new_rows`). Without a bound transaction each write commits on its own.
 
 Other studies and study-level writes go to the wrapped `RDBStorage`. A write that fails leaves memory ahead of
 the database; the controller stops then, and the next run loads the study again.
@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Connection, Engine
 
+from db.new_rows import NewRows
 from db.write_batch import WriteBatch
 
 _TRIALS = models.TrialModel.__table__
@@ -38,8 +39,9 @@ _PARAMS = models.TrialParamModel.__table__
 _VALUES = models.TrialValueModel.__table__
 _INTERMEDIATE = models.TrialIntermediateValueModel.__table__
 _ATTR_TABLES = {"user": models.TrialUserAttributeModel.__table__, "system": models.TrialSystemAttributeModel.__table__}
-# built once: SQLAlchemy compiles and caches a statement object, so each write only binds its parameters
-_INSERT = {name: insert(table) for name, table in (("trial", _TRIALS), ("param", _PARAMS), ("value", _VALUES),
+# built once: SQLAlchemy compiles and caches a statement object, so each write only binds its parameters;
+# inline: nothing reads a new row's id back (a batch returns no rows)
+_INSERT = {name: insert(table).inline() for name, table in (("param", _PARAMS), ("value", _VALUES),
                                                    ("intermediate", _INTERMEDIATE), ("user", _ATTR_TABLES["user"]),
                                                    ("system", _ATTR_TABLES["system"]))}
 _UPDATE_TRIAL = update(_TRIALS).where(_TRIALS.c.trial_id == bindparam("id_"))
@@ -72,6 +74,7 @@ class LeasedStorage(BaseStorage):
         self._lock = threading.RLock()
         self._conn: Connection | None = None
         self._batch: WriteBatch | None = None
+        self._new_trials = NewRows(_TRIALS, engine.dialect.name)
         self._directions = backend.get_study_directions(study_id)
         self.reload()
 
@@ -81,7 +84,10 @@ class LeasedStorage(BaseStorage):
             self._trials: list[FrozenTrial] = sorted(self._backend.get_all_trials(self._study_id, deepcopy=False),
                                                      key=lambda t: t.number)
             self._by_id = {t._trial_id: t for t in self._trials}
-            self._unfinished = {t._trial_id: t for t in self._trials if not t.state.is_finished()}
+            self._unfinished: dict[TrialState, dict[int, FrozenTrial]] = {}  # by state: the queue, the trials running
+            for t in self._trials:
+                if not t.state.is_finished():
+                    self._unfinished.setdefault(t.state, {})[t._trial_id] = t
 
     # ---- the controller's transaction -------------------------------------------------------------------
     @contextmanager
@@ -107,9 +113,9 @@ class LeasedStorage(BaseStorage):
 
     def _insert_trial(self, params: dict) -> int:
         if self._conn is not None:
-            return self._conn.execute(_INSERT["trial"], params).inserted_primary_key[0]
+            return self._new_trials.add(self._conn, self._batch, params)
         with self._engine.begin() as conn:
-            return conn.execute(_INSERT["trial"], params).inserted_primary_key[0]
+            return self._new_trials.add(conn, None, params)
 
     def _ours(self, study_id: int) -> bool:
         return study_id == self._study_id
@@ -192,7 +198,7 @@ class LeasedStorage(BaseStorage):
             self._trials.append(trial)
             self._by_id[trial._trial_id] = trial
             if not trial.state.is_finished():
-                self._unfinished[trial._trial_id] = trial
+                self._unfinished.setdefault(trial.state, {})[trial._trial_id] = trial
             return trial._trial_id
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
@@ -241,9 +247,10 @@ class LeasedStorage(BaseStorage):
                 change["datetime_complete"] = _stored_time(complete)
             statements.append((_UPDATE_TRIAL, change))
             self._execute(*statements)
+            self._unfinished.get(trial.state, {}).pop(trial_id, None)
+            if not state.is_finished():
+                self._unfinished.setdefault(state, {})[trial_id] = trial
             trial.state, trial.datetime_start, trial.datetime_complete = state, start, complete
-            if state.is_finished():
-                self._unfinished.pop(trial_id, None)
             if values is not None:
                 trial.values = list(values)
             return True
@@ -296,7 +303,8 @@ class LeasedStorage(BaseStorage):
             if states is None:
                 trials = self._trials
             elif all(not state.is_finished() for state in states):  # the queue, the trials running: an index
-                trials = sorted((t for t in self._unfinished.values() if t.state in states), key=lambda t: t.number)
+                trials = sorted((t for state in set(states) for t in self._unfinished.get(state, {}).values()),
+                                key=lambda t: t.number)
             else:
                 trials = [t for t in self._trials if t.state in states]
             return [_copy(t) for t in trials] if deepcopy else list(trials)

@@ -1,5 +1,6 @@
 """`orch fleet drain` / `undrain`: the flag in the database, a running controller (another process) obeying it
-without a restart, the status view's draining -> drained -> idle, clear errors, and an older database upgraded."""
+without a restart and within its bound (`MACHINE_STATE_READ_S`), the status view's draining -> drained -> idle, clear
+errors, and an older database upgraded."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import re
 import subprocess
 import sys
+import threading
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -16,16 +19,21 @@ from sqlalchemy import select, text
 from db import Database, EventRow, MachineRow, TrialRow
 from orchestrator.config.errors import ConfigError
 from orchestrator.config.fleet import load_fleet
+from orchestrator.controller import MACHINE_STATE_READ_S, Controller
 from orchestrator.drain import set_drain
 from orchestrator.studies import create_study
 from tests.conftest import REPO, orch, stand_in_study, wait_for
 
 
-def _fleet_file(tmp_path: Path) -> Path:
+#: a trial's row is written in the pass that decided to start it; the pass may take this long on a loaded machine
+PASS_SLACK_S = 0.5
+
+
+def _fleet_file(tmp_path: Path, cpu_slots: int = 1) -> Path:
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump({"machines": [
-        {"name": "l1", "launcher": "local", "gpus": "none", "cpu_slots": 1, "workdir": str(tmp_path / "w1")},
-        {"name": "l2", "launcher": "local", "gpus": "none", "cpu_slots": 1, "workdir": str(tmp_path / "w2")}]}))
+        {"name": "l1", "launcher": "local", "gpus": "none", "cpu_slots": cpu_slots, "workdir": str(tmp_path / "w1")},
+        {"name": "l2", "launcher": "local", "gpus": "none", "cpu_slots": cpu_slots, "workdir": str(tmp_path / "w2")}]}))
     return path
 
 
@@ -45,6 +53,47 @@ def test_drain_flag_in_the_database(db_url, tmp_path):
     assert set_drain(db, fleet, "l1", False).changed
     with db.session() as s:
         assert s.scalar(select(MachineRow.drain).where(MachineRow.name == "l1")) is False
+
+
+def test_a_drain_applies_within_its_bound(db_url, tmp_path, monkeypatch):
+    """A drain committed by another connection while trials keep ending on the machine: no trial is started there
+    later than MACHINE_STATE_READ_S (plus the pass that wrote the row) after the drain committed, although the
+    study goes on dispatching for seconds after it."""
+    monkeypatch.chdir(tmp_path)
+    fleet = load_fleet(_fleet_file(tmp_path, cpu_slots=2))
+    db = Database(db_url)
+    create_study(db, "s", stand_in_study(tmp_path, max_trials=60, parallel=4, dispatch="continuous",
+                                         extra_args=["--wall-s", "0.3"]))
+    outcome = {}
+
+    def run():
+        try:
+            outcome["progress"] = Controller(Database(db_url), "s", fleet).run()
+        except BaseException as exc:  # reported by the main thread
+            outcome["error"] = exc
+
+    controller = threading.Thread(target=run, daemon=True)
+    controller.start()
+
+    def trials_on(machine: str) -> list[datetime]:
+        with db.session() as s:
+            return [_aware(t) for t in s.scalars(select(TrialRow.created_at).where(TrialRow.machine == machine))]
+
+    _wait("three trials on l1", lambda: len(trials_on("l1")) >= 3)
+    set_drain(db, fleet, "l1", True)  # another connection, as `orch fleet drain` in another process
+    drained_at = datetime.now(timezone.utc)  # after its commit
+    controller.join(timeout=120)
+    assert not controller.is_alive() and "error" not in outcome, outcome.get("error")
+    assert outcome["progress"].done == 60
+    bound = drained_at + timedelta(seconds=MACHINE_STATE_READ_S + PASS_SLACK_S)
+    late_on_l1 = [t for t in trials_on("l1") if t > bound]
+    lags = [round((t - drained_at).total_seconds(), 3) for t in late_on_l1]
+    assert late_on_l1 == [], f"trials started on the drained machine {lags} s after the drain"
+    assert max(trials_on("l2")) > bound + timedelta(seconds=2)  # the study kept dispatching well past the bound
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def test_a_database_made_before_the_drain_column_still_opens(db_url, tmp_path):
@@ -119,9 +168,12 @@ def test_drain_and_undrain_a_machine_of_a_running_study(tmp_path):
         with db.session() as s:
             drained_at = s.scalar(select(EventRow.at).where(EventRow.kind == "machine.drain", EventRow.new == "drained"))
 
+        # its trials start within MACHINE_STATE_READ_S of the drain's commit (test_a_drain_applies_within_its_bound)
+        applied = drained_at + timedelta(seconds=MACHINE_STATE_READ_S + PASS_SLACK_S)
+
         def started_since_drain():
             with db.session() as s:
-                return s.execute(select(TrialRow.number, TrialRow.machine).where(TrialRow.created_at > drained_at)).all()
+                return s.execute(select(TrialRow.number, TrialRow.machine).where(TrialRow.created_at > applied)).all()
 
         _wait("two trials started after the drain", lambda: len(started_since_drain()) >= 2)
         assert {m for _, m in started_since_drain()} == {"l2"}  # the study went on, never on the drained machine

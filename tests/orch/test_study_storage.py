@@ -66,6 +66,42 @@ def test_it_writes_what_optuna_writes(db_url):
                                    TrialState.RUNNING, TrialState.WAITING]
 
 
+def _claim_then_create(study: optuna.Study) -> None:
+    """A queued trial is claimed (its params are written) before a new trial is created: in one batch, the new
+    trial's row must still go out before its params."""
+    study.tell(study.ask(DISTS), 3.0)
+    study.ask(DISTS)
+
+
+def test_in_the_controller_s_transactions_it_writes_what_optuna_writes(db_url):
+    db = Database(db_url)
+    plain = optuna.create_study(study_name="plain", storage=optuna_storage(db),
+                                sampler=optuna.samplers.RandomSampler(7))
+    optuna.create_study(study_name="leased", storage=optuna_storage(db))
+    leased = _leased(db, "leased")
+    for step in (_script, _claim_then_create):
+        step(plain)
+        statements = []
+        listener = lambda *args: statements.append(args[2])  # noqa: E731
+        with db.session() as s, leased._storage.bind(s.connection(), batch := WriteBatch()):
+            event.listen(db.engine, "before_cursor_execute", listener)
+            try:
+                step(leased)
+            finally:
+                event.remove(db.engine, "before_cursor_execute", listener)
+            batch.flush(s.connection())
+        # nothing was written before the batch but a read of the next free trial ids (no INSERT per new trial)
+        assert len(statements) <= 1 and all("nextval" in st or "max(" in st for st in statements), statements
+    fresh = optuna_storage(Database(db_url))
+    expected = [_view(t) for t in optuna.load_study(study_name="plain", storage=fresh).get_trials(deepcopy=False)]
+    got = [_view(t) for t in optuna.load_study(study_name="leased", storage=fresh).get_trials(deepcopy=False)]
+    assert got == expected and len(got) == 7
+    assert [_view(t) for t in leased.get_trials(deepcopy=False)] == expected
+    ids = [t._trial_id for t in leased.get_trials(deepcopy=False)]
+    assert len(set(ids)) == len(ids) and ids == [t._trial_id for t in optuna.load_study(
+        study_name="leased", storage=fresh).get_trials(deepcopy=False)]
+
+
 def test_reads_cost_no_sql_and_a_claimed_trial_cannot_be_claimed_again(sqlite_url):
     db = Database(sqlite_url)
     optuna.create_study(study_name="s", storage=optuna_storage(db))
@@ -98,7 +134,7 @@ def test_a_joined_transaction_commits_or_rolls_back_both_halves(db_url):
         with study._storage.bind(s.connection(), batch):
             trial = study.ask(DISTS)
             s.add(EventRow(kind="test", message="committed with the trial"))
-        assert len(batch) == 3  # the trial's row went out at once (its id is needed); its params wait
+        assert len(batch) == 4  # the trial's row (its id handed out first: db/new_rows.py) and its params wait
         batch.flush(s.connection())
     with pytest.raises(RuntimeError):
         with db.session() as s, study._storage.bind(s.connection(), batch):
