@@ -63,6 +63,11 @@ OURS.update({
     # where the time goes: the same at sequence 1024 (half the keys per query), and flex with documents masked apart
     "ours_sdpa_causal1024_b393k_mb64k": _BEST + ["--stage-seq-lens", "1024", "--stage-windows", "1024"],
     "ours_flex_docs1024_2048_b393k_mb64k": _BEST + ["--attn", "flex", "--stage-windows", "1024/2048"],
+    # session 4: the cross-entropy kernel is the default on CUDA (--ce-kernel auto); the control without it,
+    # and windows of 512/1024 (the reference's windows grow 128 -> 1792 and average about 960 over its run)
+    "ours_sdpa_causal2048_b393k_mb64k_cetorch": _BEST + ["--ce-kernel", "torch"],
+    "ours_flex_docs512_1024_b393k_mb64k_fp8": _BEST + ["--attn", "flex", "--stage-windows", "512/1024",
+                                                       "--fp8-head", "1"],
 })
 
 

@@ -94,6 +94,7 @@ class Config:
     compile: str = "auto"  # auto (on for cuda) | 1 | 0
     attn: str = "auto"  # auto (= sdpa) | flex (FlexAttention: block-sparse windows, documents apart; cuda) | sdpa
     kernels: str = "torch"  # torch | triton (kernels/ package, cuda only)
+    ce_kernel: str = "auto"  # auto (= triton on cuda) | triton | torch: the cross-entropy over the head's logits
     warmup_steps: int = 0  # compile warm-up steps (state restored afterwards, not timed)
     dtype: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | bf16 | fp32
     micro_batch_tokens: int = 0  # per rank and forward pass; 0: the whole local batch at once
@@ -233,6 +234,7 @@ OPTIONS: dict[str, tuple] = {
     "compile": ("compile", None, "torch.compile: auto (cuda only) | 1 | 0"),
     "attn": ("attn", None, "attention: auto (=sdpa) | sdpa | flex (cuda; documents masked apart)"),
     "kernels": ("kernels", None, "torch | triton (fused kernels from kernels/, cuda)"),
+    "ce-kernel": ("ce_kernel", None, "auto | triton | torch: cross-entropy over the head's logits (auto: triton on cuda)"),
     "warmup-steps": ("warmup_steps", _int, "untimed compile warm-up steps, state restored afterwards"),
     "dtype": ("dtype", None, "activations: auto | bf16 | fp32"),
     "micro-batch-tokens": ("micro_batch_tokens", _int, "tokens per rank per forward (gradient accumulation; 0: all)"),
@@ -360,6 +362,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         (cfg.compile in ("auto", "0", "1"), f"--compile {cfg.compile!r} unknown", "use auto, 1 or 0"),
         (cfg.attn in ("auto", "flex", "sdpa"), f"--attn {cfg.attn!r} unknown", "use auto, flex or sdpa"),
         (cfg.kernels in ("torch", "triton"), f"--kernels {cfg.kernels!r} unknown", "use torch or triton"),
+        (cfg.ce_kernel in ("auto", "triton", "torch"), f"--ce-kernel {cfg.ce_kernel!r} unknown",
+         "use auto, triton or torch"),
         (cfg.dtype in ("auto", "bf16", "fp32"), f"--dtype {cfg.dtype!r} unknown", "use auto, bf16 or fp32"),
         (cfg.dataset in ("stdlib-bytes", "shards"), f"--dataset {cfg.dataset!r} unknown", "use stdlib-bytes or shards"),
         (cfg.n_layer >= 1 and cfg.model_dim >= 1 and cfg.n_head >= 1, "model sizes must be >= 1", "give positive sizes"),

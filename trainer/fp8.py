@@ -1,12 +1,16 @@
 """The FP8 output head (`--fp8-head 1`): logits = x @ W.T with x and W in float8_e4m3fn and the gradient
 of the logits in float8_e5m2, all three products through `torch._scaled_mm` on CUDA.
 
-Scaling, per tensor and from the tensor itself (dynamic): t is stored as q = t / s with
-s = amax(|t|) / max(format), so the largest entry lands on the format's largest finite value (e4m3 448,
-e5m2 57344) and nothing overflows; s is the dequantisation scale that `_scaled_mm` multiplies back in.
-An all-zero tensor (the zero-initialised head at step 0) gets a tiny s and stays exactly zero. Fixed
-scales were not used: the logits' gradient scales with 1 / (tokens per step) and the micro-batch
-weights, which the head does not know, and the head weight's range drifts during training.
+Scaling is per tensor: t is stored as q = t / s, and s is the dequantisation scale that `_scaled_mm`
+multiplies back in. x and W (small: tokens x dim, vocab x dim) are scaled from themselves (dynamic):
+s = amax(|t|) / max(format), so the largest entry lands on the format's largest finite value (e4m3 448)
+and nothing overflows; an all-zero tensor (the zero-initialised head at step 0) stays exactly zero.
+The logits' gradient (tokens x vocab, the one large tensor) is scaled by a bound the caller knows instead
+(`grad_bound`): for a mean cross-entropy over M rows, softcapped or not, |dloss/dlogit| <= 1/M (softmax
+minus one-hot, over M, times the softcap's derivative <= 1; a loss weight <= 1 only shrinks it). With
+s = grad_bound / 57344 nothing overflows and the quantisation needs no pass over the gradient to find its
+amax: it fuses into the cross-entropy backward that produces the gradient, which is never stored in bf16.
+grad_bound = 0 falls back to the dynamic amax.
 
 Products and the layouts `_scaled_mm` needs (first operand row-major, second column-major; the inner
 dimension and both of the second operand's dimensions multiples of 16):
@@ -39,9 +43,13 @@ E5M2 = torch.float8_e5m2
 ALIGN = 16  # _scaled_mm's multiple for the inner and the second operand's dimensions
 
 
-def quantise(t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q, s): q = t / s in `dtype` with s = amax(|t|) / max(dtype), an fp32 0-dim tensor."""
+def quantise(t: torch.Tensor, dtype: torch.dtype, bound: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, s): q = t / s in `dtype`, s an fp32 0-dim tensor: bound / max(dtype) when a bound on |t| is
+    given (entries beyond it saturate), else amax(|t|) / max(dtype)."""
     fmax = torch.finfo(dtype).max
+    if bound > 0:
+        scale = torch.full((), bound / fmax, dtype=torch.float32, device=t.device)
+        return (t.float() * (fmax / bound)).clamp(-fmax, fmax).to(dtype), scale
     amax = t.detach().abs().amax().float()
     scale = torch.clamp(amax, min=1e-30) / fmax
     return (t.float() / scale).clamp(-fmax, fmax).to(dtype), scale
@@ -79,21 +87,23 @@ def _(a, b, scale_a, scale_b, out_dtype, fast_accum):
 
 
 @torch.library.custom_op("trainer::fp8_head", mutates_args=())
-def fp8_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x (M, K) @ w (N, K).T in FP8 (e4m3, per-tensor scales) -> logits (M, N), bf16 on CUDA, fp32 on CPU."""
+def fp8_head(x: torch.Tensor, w: torch.Tensor, grad_bound: float = 0.0) -> torch.Tensor:
+    """x (M, K) @ w (N, K).T in FP8 (e4m3, per-tensor scales) -> logits (M, N), bf16 on CUDA, fp32 on CPU.
+    grad_bound: a bound on |dloss/dlogits| (the e5m2 scale of the backward), 0 = measure it (amax)."""
     xq, sx = quantise(x, E4M3)
     wq, sw = quantise(w, E4M3)
     return _scaled_mm_impl(xq, wq.t(), sx, sw, logits_dtype(x), True)
 
 
 @fp8_head.register_fake
-def _(x, w):
+def _(x, w, grad_bound=0.0):
     return x.new_empty((x.size(0), w.size(0)), dtype=logits_dtype(x))
 
 
 def _setup_context(ctx, inputs, output):
-    x, w = inputs
+    x, w, grad_bound = inputs
     ctx.save_for_backward(x, w)
+    ctx.grad_bound = grad_bound
 
 
 def _backward(ctx, grad):
@@ -102,12 +112,12 @@ def _backward(ctx, grad):
     pad = -m % ALIGN  # grad_W's inner dimension is the token count
     if pad:
         grad, x = F.pad(grad, (0, 0, 0, pad)), F.pad(x, (0, 0, 0, pad))
-    gq, sg = quantise(grad, E5M2)
+    gq, sg = quantise(grad, E5M2, ctx.grad_bound)
     xq, sx = quantise(x, E4M3)
     wq, sw = quantise(w, E4M3)
     grad_x = torch.ops.trainer.scaled_mm(gq, wq.t().contiguous().t(), sg, sw, x.dtype, False)
     grad_w = torch.ops.trainer.scaled_mm(gq.t().contiguous(), xq.t().contiguous().t(), sg, sx, w.dtype, False)
-    return grad_x[:m], grad_w
+    return grad_x[:m], grad_w, None
 
 
 fp8_head.register_autograd(_backward, setup_context=_setup_context)
@@ -118,3 +128,60 @@ def fp8_supported(device: torch.device) -> bool:
     if device.type != "cuda":
         return True
     return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+# ---------------------------------------------------------------------------------------------
+# The FP8 head fused with the cross-entropy (the trainer's path on CUDA, `--ce-kernel`): the logits' gradient
+# is produced by kernels/logits_ce.py directly in e5m2, row-major and transposed, under a scale computed on
+# the device from the rows' gradients (no amax pass over tokens x vocab, no transposing copy).
+
+
+@torch.library.custom_op("trainer::fp8_head_ce", mutates_args=())
+def fp8_head_ce(x: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, softcap: float,
+                kernel: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss per row, logsumexp per row, logits) of the soft-capped cross-entropy of x (M, K) @ w (N, K).T in FP8;
+    kernel: the Triton cross-entropy (CUDA), else its PyTorch reference."""
+    from kernels.logits_ce import logits_ce_fwd
+
+    xq, sx = quantise(x, E4M3)
+    wq, sw = quantise(w, E4M3)
+    logits = _scaled_mm_impl(xq, wq.t(), sx, sw, logits_dtype(x), True)
+    loss, lse = logits_ce_fwd(logits, targets, softcap, kernel)
+    return loss, lse, logits
+
+
+@fp8_head_ce.register_fake
+def _(x, w, targets, softcap, kernel):
+    m = x.size(0)
+    return (x.new_empty((m,), dtype=torch.float32), x.new_empty((m,), dtype=torch.float32),
+            x.new_empty((m, w.size(0)), dtype=logits_dtype(x)))
+
+
+def _setup_head_ce(ctx, inputs, output):
+    x, w, targets, softcap, kernel = inputs
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.save_for_backward(x, w, targets, output[1], output[2])
+    ctx.args = (softcap, kernel)
+
+
+def _backward_head_ce(ctx, grad_loss, _grad_lse, _grad_logits):
+    from kernels.logits_ce import logits_ce_grad_fp8
+
+    x, w, targets, lse, logits = ctx.saved_tensors
+    softcap, kernel = ctx.args
+    m = x.size(0)
+    gq, gq_t, sg = logits_ce_grad_fp8(grad_loss, logits, targets, lse, softcap, kernel)
+    pad = gq_t.size(1) - m  # grad_W's inner dimension (tokens) padded to 16, zeros in gq_t
+    xq, sx = quantise(F.pad(x, (0, 0, 0, pad)) if pad else x, E4M3)
+    wq, sw = quantise(w, E4M3)
+    grad_x = torch.ops.trainer.scaled_mm(gq, wq.t().contiguous().t(), sg, sw, x.dtype, False)
+    grad_w = torch.ops.trainer.scaled_mm(gq_t, xq.t().contiguous().t(), sg, sx, w.dtype, False)
+    return grad_x, grad_w, None, None, None
+
+
+fp8_head_ce.register_autograd(_backward_head_ce, setup_context=_setup_head_ce)
+
+
+def fp8_head_cross_entropy(x, w, targets, softcap: float, kernel: bool) -> torch.Tensor:
+    """Per-row soft-capped cross-entropy of the FP8 head x @ w.T (fp32, (M,)), gradients to x and w."""
+    return fp8_head_ce(x, w, targets, float(softcap) if softcap and softcap > 0 else 0.0, kernel)[0]

@@ -18,7 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from trainer.fp8 import fp8_head
+from trainer.block_masks import BLOCK, block_mask, document_ids
+from trainer.fp8 import fp8_head, fp8_head_cross_entropy
 
 
 # debugging knob (not a trainer option): hand FlexAttention contiguous (B, H, T, D) tensors
@@ -146,12 +147,14 @@ def flex_block_masks(idx, windows, bos_id: int) -> dict:
     """FlexAttention block masks (causal, sliding window, documents apart), one per distinct window.
 
     Built outside the compiled model and passed in (BlockMask is a pytree), so the compiled graph holds
-    only the attention kernels; `create_block_mask` compiles its own small kernel.
-    """
+    only the attention kernels. Sequences of whole 128-token blocks get trainer/block_masks.py's builder
+    (block-level arithmetic on the document starts); others `create_block_mask`."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     B, T = idx.shape
-    docs = (idx == bos_id).cumsum(dim=1)
+    docs = document_ids(idx, bos_id)
+    if T % BLOCK == 0:
+        return {w: block_mask(docs, w) for w in sorted(set(windows))}
     masks = {}
     for w in sorted(set(windows)):
         def mask_mod(b, h, q, kv, w=w):
@@ -199,6 +202,8 @@ class GPT(nn.Module):
 
     def hidden(self, idx, windows, masks=None):
         x = x0 = norm(self.embed(idx))
+        if torch.is_autocast_enabled(x.device.type):  # the residual stream in bf16 (half the memory traffic)
+            x = x0 = x.to(torch.get_autocast_dtype(x.device.type))
         for b in self.blocks:
             x = b(x, x0, windows, masks)
         return norm(x)
@@ -208,7 +213,7 @@ class GPT(nn.Module):
         masks = `block_masks(idx, windows)` (needed with FlexAttention)."""
         x = self.hidden(idx, windows, masks)
         return softcap_cross_entropy(x, self.head_weight, targets, self.cfg.logit_softcap, self.kern,
-                                     fp8=self.cfg.fp8_head)
+                                     fp8=self.cfg.fp8_head, ce_kernel=self.cfg.ce_kernel)
 
     def param_groups(self):
         """(Muon matrices, embedding, head, scalars): who is optimised by what."""
@@ -219,17 +224,38 @@ class GPT(nn.Module):
         return muon, [self.embed.weight], head, scalars
 
 
-def softcap_cross_entropy(x, weight, targets, softcap: float, kern=None, fp8: bool = False):
+def softcap_cross_entropy(x, weight, targets, softcap: float, kern=None, fp8: bool = False, ce_kernel: str = "torch"):
     """Cross entropy of softcap * tanh((x @ weight.T) / softcap); fused kernel on CUDA when given;
-    fp8: the head matmul in FP8 (trainer/fp8.py)."""
+    fp8: the head matmul in FP8 (trainer/fp8.py); ce_kernel: the cross-entropy over the head's logits
+    (kernels/logits_ce.py: auto = Triton on CUDA, triton, torch)."""
     x = x.reshape(-1, x.size(-1))
     targets = targets.reshape(-1)
     if kern is not None and x.is_cuda:
         return kern.softcap_cross_entropy(*kern.autocast(x, weight.to(x.dtype)), targets, softcap)
-    logits = fp8_head(x, weight).float() if fp8 else F.linear(x, weight.to(x.dtype)).float()
+    if ce_kernel == "triton" or (ce_kernel == "auto" and x.is_cuda and _triton_importable()):
+        from kernels.logits_ce import logits_cross_entropy
+
+        kernel = x.is_cuda  # on CPU the same operators run their PyTorch reference
+        if fp8:
+            return fp8_head_cross_entropy(x, weight, targets, softcap, kernel).mean()
+        logits = F.linear(x, weight.to(x.dtype))
+        return logits_cross_entropy(logits, targets, softcap, backend="triton" if kernel else "torch").mean()
+    # 1 / rows bounds |dloss/dlogits| of the mean below (trainer/fp8.py): the FP8 gradient's static scale
+    logits = fp8_head(x, weight, 1.0 / x.size(0)).float() if fp8 else F.linear(x, weight.to(x.dtype)).float()
     if softcap > 0:
-        logits = softcap * torch.tanh(logits / softcap)
+        # softcap * tanh(z / softcap) = 2 softcap * sigmoid(2 z / softcap) - softcap, and cross-entropy ignores
+        # a constant shift of all logits: the same loss through sigmoid (one fast exp) instead of tanh
+        # (libdevice's precise tanh made this pass over tokens x vocab compute-bound on the GPU)
+        logits = (2.0 * softcap) * torch.sigmoid(logits * (2.0 / softcap))
     return F.cross_entropy(logits, targets)
+
+
+def _triton_importable() -> bool:
+    try:
+        from kernels import triton_available
+    except Exception:
+        return False
+    return triton_available()
 
 
 def count_params(model) -> int:

@@ -114,6 +114,7 @@ class Run:
         self.tokens = 0
         self.val_loss = None
         self.total_steps = cfg.total_steps
+        self._prefetched: dict = {}  # step -> its batch, already on the device
 
     # -- setup -------------------------------------------------------------------------------
     def setup(self):
@@ -193,14 +194,32 @@ class Run:
             self.torch.cuda.synchronize()
 
     # -- one optimizer step ---------------------------------------------------------------
-    def train_step(self, step: int):
-        torch, cfg = self.torch, self.cfg
+    def fetch(self, step: int):
+        """The rows of `step`'s batch on the device (pinned, copied without blocking the host)."""
+        torch = self.torch
         st = self.schedule.stages[self.schedule.stage_index(step)]
-        windows = (min(st.window_short, st.seq_len), min(st.window_long, st.seq_len))
-        rows = self.loader.next_batch(st.seq_len, st.batch_tokens)
-        batch = torch.from_numpy(rows)
+        batch = torch.from_numpy(self.loader.next_batch(st.seq_len, st.batch_tokens))
         if self.is_cuda:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return batch
+
+    def train_step(self, step: int):
+        """Forward and backward over the micro-batches, the gradient all-reduce, the optimizers. The next
+        step's batch is built on the host while the GPU works (`_prefetched`): no idle gap between steps."""
+        batch = self._prefetched.pop(step, None)
+        if batch is None:
+            batch = self.fetch(step)
+        loss_sum = self.forward_backward(step, batch)
+        if self.is_cuda and step + 1 < self.total_steps:
+            self._prefetched = {step + 1: self.fetch(step + 1)}
+        self.optimizer_step(step)
+        st = self.schedule.stages[self.schedule.stage_index(step)]
+        return loss_sum, st.batch_tokens, st.seq_len
+
+    def forward_backward(self, step: int, batch):
+        cfg = self.cfg
+        st = self.schedule.stages[self.schedule.stage_index(step)]
+        windows = (min(st.window_short, st.seq_len), min(st.window_long, st.seq_len))
         n = batch.size(0)
         micro = n
         if cfg.micro_batch_tokens:  # largest divisor of n within the budget: equal shapes, one compile
@@ -215,6 +234,9 @@ class Run:
                 loss = self.fwd(x, y, windows, masks)
             (loss * (x.size(0) / n)).backward()
             loss_sum = loss_sum + loss.detach() * (x.size(0) / n)
+        return loss_sum
+
+    def optimizer_step(self, step: int):
         if self.world > 1:
             handles = [self.dist.all_reduce(p.grad, op=self.dist.ReduceOp.AVG, async_op=True)
                        for p in self.model.parameters() if p.grad is not None]
@@ -226,7 +248,6 @@ class Run:
                 g["lr"] = g["base_lr"] * mult
             opt.step()
         self.model.zero_grad(set_to_none=True)
-        return loss_sum, st.batch_tokens, st.seq_len
 
     # -- validation -----------------------------------------------------------------------
     def validate(self) -> float:
@@ -277,6 +298,7 @@ class Run:
         for o, s in zip(self.opts, saved_opts):
             o.load_state_dict(s)
         self.loader.restore(saved_loader)
+        self._prefetched = {}
         self.model.zero_grad(set_to_none=True)
         self.sync()
         self.warmup_s = time.perf_counter() - t0
@@ -349,18 +371,23 @@ class Run:
         self.val_loss = self.validate()
         self.log_val()
         check_every = cfg.log_every if self.is_cuda else 1  # a finite-loss check costs a sync on GPU
+        # The clock is read only where the host waits for the GPU anyway (a loss check, a log line, a
+        # validation): steps between readings are queued back to back, with no idle gap between them.
+        self.sync()
+        t0 = time.perf_counter()
         while self.step < self.total_steps:
-            self.sync()
-            t0 = time.perf_counter()
             loss, batch_tokens, _ = self.train_step(self.step)
             self.step += 1
             self.tokens += batch_tokens
             log = self.step % cfg.log_every == 0 or self.step == self.total_steps
-            if log or self.step % check_every == 0:
+            last = self.step == self.total_steps
+            val_due = last or bool(cfg.val_every and self.step % cfg.val_every == 0)
+            if log or val_due or self.step % check_every == 0:
                 loss_v = float(loss)  # syncs
-            self.sync()
-            self.train_time_ms += (time.perf_counter() - t0) * 1000
-            if log or self.step % check_every == 0:
+                self.sync()
+                now = time.perf_counter()
+                self.train_time_ms += (now - t0) * 1000
+                t0 = now
                 if not math.isfinite(loss_v):
                     self.val_loss = float("nan")
                     if _RANK0:
@@ -372,8 +399,7 @@ class Run:
                 emit({"event": "train", "step": self.step, "total_steps": self.total_steps,
                       "train_loss": round(loss_v, 4), "train_time_ms": t, "step_avg_ms": avg},
                      f"step:{self.step}/{self.total_steps} train_loss:{loss_v:.4f} train_time:{t}ms step_avg:{avg}ms")
-            last = self.step == self.total_steps
-            if last or (cfg.val_every and self.step % cfg.val_every == 0):
+            if val_due:
                 self.val_loss = self.validate()
                 self.log_val()
                 if not math.isfinite(self.val_loss):
@@ -382,5 +408,7 @@ class Run:
                 if cfg.early_exit_at and self.val_loss <= cfg.early_exit_at and not last:
                     self.final("early_exit")
                     return 0
+                self.sync()
+                t0 = time.perf_counter()  # validation is not training time
         self.final("completed")
         return 0
