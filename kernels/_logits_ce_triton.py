@@ -22,8 +22,6 @@ import triton.language as tl
 
 from ._common import interpreting, launch
 
-LOG2E = 1.4426950408889634
-
 
 @triton.jit
 def _tanh_approx(x):

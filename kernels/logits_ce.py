@@ -42,6 +42,11 @@ def _grad_reference(z, targets, lse, g, softcap: float) -> torch.Tensor:
     return d * deriv if softcap > 0 else d
 
 
+def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """The kernels index a row's logits as base + column: the last dimension must be unit-stride."""
+    return t if t.stride(1) == 1 else t.contiguous()
+
+
 def _fwd(logits: torch.Tensor, targets: torch.Tensor, softcap: float, kernel: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss per row, logsumexp per row), both fp32."""
     if not kernel_runs(kernel, logits, targets):
@@ -50,7 +55,7 @@ def _fwd(logits: torch.Tensor, targets: torch.Tensor, softcap: float, kernel: bo
         return lse - c.gather(1, targets[:, None])[:, 0], lse
     from . import _logits_ce_triton as K
 
-    logits = logits if logits.stride(1) == 1 else logits.contiguous()
+    logits = _rows_contiguous(logits)
     M = logits.shape[0]
     loss = torch.empty(M, device=logits.device, dtype=torch.float32)
     lse = torch.empty(M, device=logits.device, dtype=torch.float32)
@@ -66,7 +71,7 @@ def _bwd(grad_rows: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, l
     from . import _logits_ce_triton as K
 
     out = torch.empty_like(logits, memory_format=torch.contiguous_format)
-    K.backward(logits, targets.contiguous(), lse, grad_rows.float(), lse, out, None, softcap, False)
+    K.backward(_rows_contiguous(logits), targets.contiguous(), lse, grad_rows.float(), lse, out, None, softcap, False)
     return out
 
 
@@ -86,7 +91,7 @@ def _grad_fp8(grad_rows: torch.Tensor, logits: torch.Tensor, targets: torch.Tens
 
     q = torch.empty((M, V), device=logits.device, dtype=E5M2)
     q_t = torch.empty((V, Mp), device=logits.device, dtype=E5M2)
-    K.backward(logits if logits.stride(1) == 1 else logits.contiguous(), targets.contiguous(), lse,
+    K.backward(_rows_contiguous(logits), targets.contiguous(), lse,
                grad_rows.float(), scale, q, q_t, softcap, True)
     return q, q_t, scale
 

@@ -90,9 +90,7 @@ def _(a, b, scale_a, scale_b, out_dtype, fast_accum):
 def fp8_head(x: torch.Tensor, w: torch.Tensor, grad_bound: float = 0.0) -> torch.Tensor:
     """x (M, K) @ w (N, K).T in FP8 (e4m3, per-tensor scales) -> logits (M, N), bf16 on CUDA, fp32 on CPU.
     grad_bound: a bound on |dloss/dlogits| (the e5m2 scale of the backward), 0 = measure it (amax)."""
-    xq, sx = quantise(x, E4M3)
-    wq, sw = quantise(w, E4M3)
-    return _scaled_mm_impl(xq, wq.t(), sx, sw, logits_dtype(x), True)
+    return _fp8_logits(x, w)
 
 
 @fp8_head.register_fake
@@ -106,17 +104,32 @@ def _setup_context(ctx, inputs, output):
     ctx.grad_bound = grad_bound
 
 
+def _fp8_logits(x, w):
+    """The forward product: x and W quantised to e4m3, logits in bf16 on CUDA (fp32 on CPU)."""
+    xq, sx = quantise(x, E4M3)
+    wq, sw = quantise(w, E4M3)
+    return _scaled_mm_impl(xq, wq.t(), sx, sw, logits_dtype(x), True)
+
+
+def _head_grads(gq, gq_t, sg, x, w):
+    """(grad_x, grad_W) from the logits' gradient gq * sg (e5m2) and its transpose gq_t, whose token columns
+    are padded to a multiple of 16 with zeros (x is padded alike here); grad_x has gq's rows."""
+    pad = gq_t.size(1) - x.size(0)
+    xq, sx = quantise(F.pad(x, (0, 0, 0, pad)) if pad else x, E4M3)
+    wq, sw = quantise(w, E4M3)
+    grad_x = torch.ops.trainer.scaled_mm(gq, wq.t().contiguous().t(), sg, sw, x.dtype, False)
+    grad_w = torch.ops.trainer.scaled_mm(gq_t, xq.t().contiguous().t(), sg, sx, w.dtype, False)
+    return grad_x, grad_w
+
+
 def _backward(ctx, grad):
     x, w = ctx.saved_tensors
     m = x.size(0)
     pad = -m % ALIGN  # grad_W's inner dimension is the token count
     if pad:
-        grad, x = F.pad(grad, (0, 0, 0, pad)), F.pad(x, (0, 0, 0, pad))
+        grad = F.pad(grad, (0, 0, 0, pad))
     gq, sg = quantise(grad, E5M2, ctx.grad_bound)
-    xq, sx = quantise(x, E4M3)
-    wq, sw = quantise(w, E4M3)
-    grad_x = torch.ops.trainer.scaled_mm(gq, wq.t().contiguous().t(), sg, sw, x.dtype, False)
-    grad_w = torch.ops.trainer.scaled_mm(gq.t().contiguous(), xq.t().contiguous().t(), sg, sx, w.dtype, False)
+    grad_x, grad_w = _head_grads(gq, gq.t().contiguous(), sg, x, w)
     return grad_x[:m], grad_w, None
 
 
@@ -143,9 +156,7 @@ def fp8_head_ce(x: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, softcap
     kernel: the Triton cross-entropy (CUDA), else its PyTorch reference."""
     from kernels.logits_ce import logits_ce_fwd
 
-    xq, sx = quantise(x, E4M3)
-    wq, sw = quantise(w, E4M3)
-    logits = _scaled_mm_impl(xq, wq.t(), sx, sw, logits_dtype(x), True)
+    logits = _fp8_logits(x, w)
     loss, lse = logits_ce_fwd(logits, targets, softcap, kernel)
     return loss, lse, logits
 
@@ -169,13 +180,8 @@ def _backward_head_ce(ctx, grad_loss, _grad_lse, _grad_logits):
 
     x, w, targets, lse, logits = ctx.saved_tensors
     softcap, kernel = ctx.args
-    m = x.size(0)
     gq, gq_t, sg = logits_ce_grad_fp8(grad_loss, logits, targets, lse, softcap, kernel)
-    pad = gq_t.size(1) - m  # grad_W's inner dimension (tokens) padded to 16, zeros in gq_t
-    xq, sx = quantise(F.pad(x, (0, 0, 0, pad)) if pad else x, E4M3)
-    wq, sw = quantise(w, E4M3)
-    grad_x = torch.ops.trainer.scaled_mm(gq, wq.t().contiguous().t(), sg, sw, x.dtype, False)
-    grad_w = torch.ops.trainer.scaled_mm(gq_t, xq.t().contiguous().t(), sg, sx, w.dtype, False)
+    grad_x, grad_w = _head_grads(gq, gq_t, sg, x, w)
     return grad_x, grad_w, None, None, None
 
 

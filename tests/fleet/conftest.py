@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.ray_lab import comm
+from tests.helpers.ray_lab import comm, kill_quietly
 
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
 SSH_KEYGEN = shutil.which("ssh-keygen")
@@ -100,12 +99,8 @@ class SshMachine:
         """The machine's sshd dies: the listener and every session process (SIGKILL)."""
         if self.proc is None:
             return
-        pids = [self.proc.pid] + [p for p in self.sessions() if comm(p) == "sshd"]
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for pid in [self.proc.pid] + [p for p in self.sessions() if comm(p) == "sshd"]:
+            kill_quietly(pid)
         self.proc.wait(timeout=10)
         self.proc = None
 

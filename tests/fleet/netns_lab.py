@@ -25,12 +25,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.fleet.conftest import _descendants, sshd_config, wait_listening
+from tests.helpers.ray_lab import kill_quietly
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -84,10 +84,7 @@ class NetnsMachine:
             return
         pids = [self.proc.pid, *_descendants(self.proc.pid)]
         for pid in reversed(pids):  # sessions and their jobs first, then the listener
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_quietly(pid)
         self.proc.wait(timeout=10)
         self.proc = None
 

@@ -89,13 +89,14 @@ class RayLab:
             pid = self.node_pid(name)
             if pid and comm(pid):
                 for child in children(pid):
-                    _kill(child)
-                _kill(pid)
+                    kill_quietly(child)
+                kill_quietly(pid)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
         return result
 
 
-def _kill(pid: int) -> None:
+def kill_quietly(pid: int) -> None:
+    """SIGKILL, where a process already gone is no error."""
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
