@@ -1,0 +1,303 @@
+"""A family of simulated stage-schedule worlds for bench/search_efficiency.py.
+
+Every world is the record #78 problem (shared/reference: equal thirds at about 58 s; stage step costs
+21/38/55 ms; 1450 scheduled + 40 extension steps; target val_loss <= 3.28) with one shape of loss, noise,
+failures or hint changed.  A world is a small declarative `WorldSpec`; `draw(spec, seed)` turns it into one
+seed's truth (`WorldDraw`), with a per-seed random perturbation (offset, knee, ridge) so that no method can
+memorise the boundary, and per-machine time multipliers N(1, MACHINE_SD) (hosts of one type differ by 1-2%).
+
+Coordinates.  Two parameters on a 0.01 lattice: ``(stage1, stage3)`` (stage2 = 1 - stage1 - stage3) or
+``(stage1, stage2)`` (stage3 = 1 - stage1 - stage2).  With shares in percentage points (pp):
+
+* ``A = 100 * (stage1 - stage3)`` + const is the time level: true mean time is linear in it, one pp is
+  1450 * 17 ms = 0.2465 s, and ``A = 0`` at the baseline (0.33, 0.34, 0.33);
+* ``x3 = 100 * (0.33 - stage3)`` is stage 3 given away.
+
+Loss (all worlds but `reference`): ``3.28 + offset + f(A) + off_line * (x3 - x3_best(A))**2``, where
+``f`` is the loss along the best line of each time level (the `curve`), and ``x3_best(A) = ridge0 + ridge1 * A``
+is where on that level the best variant lies (0: the stage3 = 0.33 line).  `reference` keeps bench/_sim.py's
+quadratic fitted to the 24 reference runs.
+
+Runs use common random numbers: the r-th run of a variant in a seed gets the same draws (time noise, loss
+noise, crash uniform) whichever method asked; only the machine's time multiplier depends on where it ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import functools
+import math
+from pathlib import Path
+import sys
+import zlib
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _sim  # noqa: E402
+
+
+TARGET = _sim.TARGET
+MACHINES = 4
+MACHINE_SD = 0.007  # per-machine time multiplier N(1, 0.007): hosts of one type differ by 1-2%
+TIME_NOISE = 0.05  # s, a run's own time scatter
+HINT = 0.002  # the run-to-run std the sampler and the pick rule are told (unless a world misstates it)
+LEVEL = 0.8  # P(feasible) the pick rule needs
+STEP = 0.01
+PP_TIME = _sim.SCHEDULED * (_sim.STEP_COST_MS[1] - _sim.STEP_COST_MS[0]) / 1000 / 100  # s per pp of time level
+Z_LEVEL = 0.8416212335729143  # one-sided normal quantile of LEVEL
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str
+    low: float
+    high: float
+    base: float  # the baseline's value (equal thirds on the lattice)
+
+    def values(self) -> list[float]:
+        return _sim.lattice(self.low, self.high)
+
+
+S1 = Axis("stage1", 0.28, 0.42, 0.33)
+S3 = Axis("stage3", 0.30, 0.36, 0.33)
+S2 = Axis("stage2", 0.28, 0.38, 0.34)
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """One world, declared.  Loss numbers are in val_loss units, positions in pp (see the module doc)."""
+
+    name: str
+    summary: str
+    axes: tuple[Axis, Axis] = (S1, S3)
+    curve: str = "linear"  # f(A): linear | knee | saturating | reference (bench/_sim.py's quadratic fit)
+    curve_args: dict[str, float] = field(default_factory=dict)
+    off_line: float = 0.0003  # loss per pp^2 away from the best stage-3 share of a time level
+    ridge: tuple[float, float] = (0.0, 0.0)  # x3_best(A) = ridge[0] + ridge[1] * A
+    offset_sd: float = 0.0005  # per-seed shift of the whole loss surface
+    jitter: dict[str, float] = field(default_factory=dict)  # per-seed N(0, sd) added to curve_args / ridge0
+    noise: float = 0.0019  # run-to-run std of val_loss at the baseline
+    noise_growth: float = 1.0  # noise at the most aggressive variant / at the most conservative one
+    df: float | None = None  # Student-t tails (scaled to the same std); None: normal
+    crash_max: float = 0.0  # crash probability at the aggressive end: crash_max * sigmoid((A - c) / w)
+    crash_center: float = 5.0
+    crash_width: float = 1.5
+    hint: float = HINT  # the noise the sampler and the pick rule are given
+    calibrated_hit: bool = True  # baseline true hit rate in 0.3-0.7 by construction (not the reference fit)
+
+    @property
+    def names(self) -> tuple[str, str]:
+        return self.axes[0].name, self.axes[1].name
+
+    @property
+    def baseline(self) -> dict[str, float]:
+        return {a.name: a.base for a in self.axes}
+
+
+# f(A) along the best line; b0 sets the baseline (A = 0) 0.0005 under the target: hit rate about 0.6
+_LINEAR = {"b0": -0.0005, "slope": 0.00036, "curv": 0.000015}
+
+WORLDS: dict[str, WorldSpec] = {w.name: w for w in (
+    WorldSpec("reference", "bench/_sim.py's quadratic fit of the 24 reference runs, offset N(0, 0.0007), "
+              "noise 0.0017", curve="reference", offset_sd=0.0007, noise=0.0017, calibrated_hit=False),
+    WorldSpec("linear", "0.00036 per pp near the baseline, slowly steepening; best on stage3 = 0.33",
+              curve_args=dict(_LINEAR)),
+    WorldSpec("plateau-knee", "flat 0.0005 under the target (0.00005/pp), then +0.0015/pp past a knee at "
+              "A = 3 +- 1 pp", curve="knee",
+              curve_args={"b0": -0.0005, "flat": 0.00005, "knee": 3.0, "steep": 0.0015},
+              offset_sd=0.0002, jitter={"knee": 1.0}),
+    WorldSpec("saturating", "0.0022 tanh(A / 5): 0.00044/pp at the baseline, flat at +0.0016 over the target "
+              "at the aggressive end (hit rate ~20% there)", curve="saturating",
+              curve_args={"b0": -0.0005, "height": 0.0022, "scale": 5.0}, jitter={"scale": 0.5}),
+    WorldSpec("interacting", "best stage 3 share grows with the time level (x3_best = -1 - 0.35 A +- 0.7 pp): "
+              "a strong stage1 x stage3 term, the best variant off the stage3 = 0.33 line",
+              curve_args={**_LINEAR, "b0": -0.0008}, ridge=(-1.0, -0.35), jitter={"ridge0": 0.7}),
+    WorldSpec("hetero-heavy", "linear loss; noise 0.0014 -> 0.0033 from the conservative to the aggressive "
+              "end (2.5x), Student-t df 3", curve_args=dict(_LINEAR), noise_growth=2.5, df=3.0),
+    WorldSpec("crashes", "linear loss; crash rate 0.05 sigmoid((A - 5) / 1.5): ~0.6% at A = 2, 5% at the "
+              "aggressive end", curve_args=dict(_LINEAR), crash_max=0.05),
+    WorldSpec("s1-s2", "linear loss; stage1 and stage2 searched (stage3 = 1 - s1 - s2): the best line is the "
+              "diagonal s1 + s2 = 0.67", axes=(S1, S2), curve_args=dict(_LINEAR)),
+    WorldSpec("noise-low", "linear loss, noise 0.0019; the hint 1.6x too low (0.0012)",
+              curve_args=dict(_LINEAR), hint=0.0012),
+    WorldSpec("noise-high", "linear loss, noise 0.0019; the hint 1.6x too high (0.0030)",
+              curve_args=dict(_LINEAR), hint=0.0030),
+)}
+
+
+def shares(spec: WorldSpec, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(stage1, stage2, stage3) of lattice values ``a, b`` of the world's two axes."""
+    if spec.names == ("stage1", "stage3"):
+        return a, 1.0 - a - b, b
+    if spec.names == ("stage1", "stage2"):
+        return a, b, 1.0 - a - b
+    raise ValueError(f"world {spec.name}: unknown axes {spec.names}")
+
+
+def _curve(kind: str, args: dict[str, float], A: np.ndarray) -> np.ndarray:
+    if kind == "linear":
+        return args["b0"] + args["slope"] * A + args["curv"] * A * A
+    if kind == "knee":
+        return args["b0"] + args["flat"] * A + args["steep"] * np.maximum(A - args["knee"], 0.0)
+    if kind == "saturating":
+        return args["b0"] + args["height"] * np.tanh(A / args["scale"])
+    raise ValueError(f"unknown curve {kind!r}")
+
+
+@dataclass
+class WorldDraw:
+    """One seed of one world: the truth on the lattice and its runs."""
+
+    spec: WorldSpec
+    seed: int
+    variants: list[tuple[float, float]]  # lattice, in a fixed order
+    time: np.ndarray  # true mean time (s) of each variant on a machine of multiplier 1
+    mean: np.ndarray  # true mean val_loss
+    sigma: np.ndarray  # run-to-run std of val_loss
+    crash: np.ndarray  # crash probability of a run
+    machine_mult: np.ndarray  # (MACHINES,) time multipliers of this seed's machines
+    index: dict[tuple[int, int], int]  # lattice ints (round(100 v)) -> variant index
+    best: int | None  # the fastest feasible variant (true mean <= target; ties: lower mean)
+    neighbour: int | None  # the infeasible variant faster than best with the lowest mean (None: none faster)
+    base: int  # the baseline variant (equal thirds on the lattice)
+
+    @property
+    def feasible(self) -> np.ndarray:
+        return self.mean <= TARGET
+
+    def hit_rate(self, i: int) -> float:
+        """True P(one run <= target) (normal approximation for t noise)."""
+        return _sim._phi((TARGET - self.mean[i]) / self.sigma[i])
+
+    def key(self, params: dict[str, float]) -> int | None:
+        a, b = self.spec.names
+        return self.index.get((int(round(params[a] * 100)), int(round(params[b] * 100))))
+
+    def run(self, i: int, repeat: int, machine: int) -> tuple[float, float | None, bool]:
+        """(time_s, val_loss, crashed) of the ``repeat``-th run (0-based) of variant ``i`` on ``machine``.
+
+        The draws depend on (seed, world, variant, repeat) only: the same for every method (common random
+        numbers); the machine multiplies the time."""
+        a, b = self.variants[i]
+        rng = np.random.default_rng([self.seed, _world_id(self.spec.name), int(round(a * 100)),
+                                     int(round(b * 100)), repeat])
+        z_time = rng.standard_normal()
+        if self.spec.df is None:
+            z_loss = rng.standard_normal()
+        else:
+            df = self.spec.df
+            z_loss = rng.standard_t(df) / math.sqrt(df / (df - 2.0))
+        u = rng.random()
+        t = float(self.time[i] * self.machine_mult[machine % MACHINES] + TIME_NOISE * z_time)
+        if u < self.crash[i]:
+            return t, None, True
+        return t, float(self.mean[i] + self.sigma[i] * z_loss), False
+
+    def regret(self, i: int | None) -> float:
+        """True expected time of the pick minus the best feasible variant's; None scores the baseline."""
+        assert self.best is not None
+        return float(self.time[self.base if i is None else i] - self.time[self.best])
+
+    def noise_floor(self, level: float = LEVEL) -> tuple[float, float]:
+        """Runs the truth says are needed: at the best variant for P(mean <= target) >= level, and at its
+        faster neighbour to call it infeasible at the same level (one-sided normal, that variant's noise)."""
+        z = Z_LEVEL if level == LEVEL else _norm_ppf(level)
+
+        def runs(i: int | None) -> float:
+            if i is None:
+                return 0.0
+            margin = abs(TARGET - self.mean[i])
+            return math.inf if margin == 0 else float(math.ceil((z * self.sigma[i] / margin) ** 2))
+
+        return runs(self.best), runs(self.neighbour)
+
+
+def _world_id(name: str) -> int:
+    return zlib.crc32(name.encode())
+
+
+def _norm_ppf(p: float) -> float:
+    lo, hi = -10.0, 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _sim._phi(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+@functools.lru_cache(maxsize=1)
+def _calibration() -> _sim.Calibration:
+    return _sim.calibrate()
+
+
+@functools.lru_cache(maxsize=256)
+def draw(name: str, seed: int | None) -> WorldDraw:
+    """Seed ``seed``'s truth of world ``name`` (cached per process); ``seed=None``: the nominal world
+    (no perturbation, machine multipliers 1)."""
+    spec = WORLDS[name]
+    cal = _calibration()
+    av, bv = spec.axes[0].values(), spec.axes[1].values()
+    g1, g2 = (g.ravel() for g in np.meshgrid(av, bv, indexing="ij"))
+    variants = list(zip(np.round(g1, 2).tolist(), np.round(g2, 2).tolist()))
+    s1, s2, s3 = shares(spec, g1, g2)
+    rng = np.random.default_rng([0 if seed is None else seed, _world_id(spec.name), 12345])
+    if seed is None:
+        offset, jit, mult = 0.0, {}, np.ones(MACHINES)
+    else:
+        offset = float(rng.normal(0.0, spec.offset_sd)) if spec.offset_sd > 0 else 0.0
+        jit = {k: float(rng.normal(0.0, sd)) for k, sd in sorted(spec.jitter.items())}
+        mult = rng.normal(1.0, MACHINE_SD, MACHINES)
+    time = _sim._base_time(s1, s3) + cal.overhead_s
+    A = 100.0 * ((s1 - S1.base) + (S3.base - s3))
+    if spec.curve == "reference":
+        mean = _sim._features(s1, s3) @ cal.loss_coef + offset
+    else:
+        args = {k: v + jit.get(k, 0.0) for k, v in spec.curve_args.items()}
+        x3 = 100.0 * (S3.base - s3)
+        ridge = spec.ridge[0] + jit.get("ridge0", 0.0) + spec.ridge[1] * A
+        mean = TARGET + offset + _curve(spec.curve, args, A) + spec.off_line * (x3 - ridge) ** 2
+    if spec.noise_growth != 1.0:
+        lo, hi = float(A.min()), float(A.max())
+        # std grows geometrically with A: noise at A = 0, x noise_growth from the lowest to the highest A
+        sigma = spec.noise * spec.noise_growth ** (A / (hi - lo))
+    else:
+        sigma = np.full(len(variants), spec.noise)
+    crash = spec.crash_max / (1.0 + np.exp(-(A - spec.crash_center) / spec.crash_width)) if spec.crash_max else (
+        np.zeros(len(variants)))
+    index = {(int(round(a * 100)), int(round(b * 100))): i for i, (a, b) in enumerate(variants)}
+    feas = mean <= TARGET
+    best = neighbour = None
+    if feas.any():
+        order = np.lexsort((mean, np.round(time, 9)))
+        best = int(next(i for i in order if feas[i]))
+        faster = np.flatnonzero((time < time[best] - 1e-9) & ~feas)
+        if len(faster):
+            neighbour = int(faster[np.argmin(mean[faster])])
+    base = index[(int(round(spec.axes[0].base * 100)), int(round(spec.axes[1].base * 100)))]
+    return WorldDraw(spec, -1 if seed is None else seed, variants, np.asarray(time, float), np.asarray(mean, float),
+                     np.asarray(sigma, float), np.asarray(crash, float), np.asarray(mult, float), index, best,
+                     neighbour, base)
+
+
+def describe(name: str, seeds: range = range(200)) -> dict[str, float]:
+    """Calibration numbers of a world (nominal and over seeds) for the docs and the test."""
+    nom = draw(name, None)
+    ds = [draw(name, s) for s in seeds]
+    with_best = [d for d in ds if d.best is not None]
+    floors = np.array([d.noise_floor() for d in with_best])
+    return {
+        "baseline_time": float(nom.time[nom.base]),
+        "baseline_hit": nom.hit_rate(nom.base),
+        "baseline_hit_median": float(np.median([d.hit_rate(d.base) for d in ds])),
+        "best_saves_median": float(np.median([d.time[d.base] - d.time[d.best] for d in with_best])),
+        "best_faster_share": float(np.mean([d.time[d.best] <= d.time[d.base] + 1e-9 for d in with_best])),
+        "feasible_share": len(with_best) / len(ds),
+        "best_off_line_share": float(np.mean([d.variants[d.best][1] != d.spec.axes[1].base
+                                              if d.spec.names[1] == "stage3" else
+                                              abs(1 - sum(d.variants[d.best]) - 0.33) > 1e-9 for d in with_best])),
+        "floor_best_median": float(np.median(floors[:, 0])),
+        "floor_neighbour_median": float(np.median(floors[:, 1])),
+        "noise_range": (float(nom.sigma.min()), float(nom.sigma.max())),
+        "hint": WORLDS[name].hint,
+    }
