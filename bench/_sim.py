@@ -1,5 +1,10 @@
 """Simulator of the stage-duration problem (modded-nanogpt record #78), calibrated on the write-up.
 
+bench/search_efficiency.py now runs the family of worlds in bench/worlds.py; this module keeps the
+calibration of its `reference` world (`calibrate`, the loss quadratic), `model_variant` (the pick rule's
+fallback while orchestrator.samplers.frontier does not import) and the earlier single-world benchmark of
+BisectionSampler (`simulate`, tested in tests/samplers/test_search_bench.py).
+
 World (one per seed):
 
 * A variant is ``(stage1, stage3)`` on a 0.01 lattice, ``stage2 = 1 - stage1 - stage3``; the search

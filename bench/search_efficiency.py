@@ -315,15 +315,17 @@ def cost_line(results: list[SeedResult]) -> str:
 def benchmark_rows(rows: list[dict[str, str]], cmd: str, seeds: int, seeds_gp: int) -> list[str]:
     out = []
     for wname in dict.fromkeys(r["world"] for r in rows):
-        cells = []
+        cells, at = [], ""
         for r in (r for r in rows if r["world"] == wname):
-            last = [k for k in r if k.endswith("within 0.15 s")][-1]
+            right = [k for k in r if k.endswith(f"within {TOLERANCE} s")][-1]
             fw = [k for k in r if k.endswith("feasible / wrong / none")][-1]
-            wrong = r[fw].split(" / ")[1]
-            cells.append(f"{r['method']} {r[last]} right, {wrong} wrong, until right {r['trials until right, median / p90']}")
-        out.append(f"{BENCH_ROW}, world `{wname}` (bench/worlds.py) | `bench/search_efficiency.py` | "
-                   f"[search.md](search.md) | `{cmd}`; {seeds} seeds (gp {seeds_gp}), rounds of 4, at "
-                   f"{last.split(':')[0]}: " + "; ".join(cells) + " |")
+            at = right.split(":")[0].lstrip("@")
+            until = r["trials until right, median / p90"].split(" / ")[0]
+            cells.append(f"{r['method']} {r[right]} / {r[fw].split(' / ')[1]} ({until})")
+        out.append(f"{BENCH_ROW}, world `{wname}` (bench/worlds.py; {W.WORLDS[wname].summary}) | "
+                   f"`bench/search_efficiency.py` | [search.md](search.md) | `{cmd}`; {seeds} seeds (gp "
+                   f"{seeds_gp}), rounds of 4, one pick rule for all. At {at} trials, pick within "
+                   f"{TOLERANCE} s of the best / wrong (median trials until right): " + ", ".join(cells) + " |")
     return out
 
 
@@ -387,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{cmd}`  \n"
         f"{args.seeds} seeds ({seeds_gp} for gp) x {len(names)} worlds x {len(methods)} methods "
         f"({', '.join(methods)}), budget {args.budget} trials in rounds of {W.MACHINES}, {args.workers} "
-        f"workers, {elapsed:.0f} s. Pick rule for every method: {rule}. Regret: true time of the pick minus "
+        f"worker(s), {elapsed:.0f} s. Pick rule for every method: {rule}. Regret: true time of the pick minus "
         f"the best feasible variant's (a None pick scores the baseline's); right = feasible and within "
         f"{TOLERANCE} s. Machines: time x N(1, {W.MACHINE_SD}) per machine per seed.  \n"
         f"{cost_line(results)}\n"

@@ -114,7 +114,7 @@ WORLDS: dict[str, WorldSpec] = {w.name: w for w in (
     WorldSpec("interacting", "best stage 3 share grows with the time level (x3_best = -1 - 0.35 A +- 0.7 pp): "
               "a strong stage1 x stage3 term, the best variant off the stage3 = 0.33 line",
               curve_args={**_LINEAR, "b0": -0.0008}, ridge=(-1.0, -0.35), jitter={"ridge0": 0.7}),
-    WorldSpec("hetero-heavy", "linear loss; noise 0.0014 -> 0.0033 from the conservative to the aggressive "
+    WorldSpec("hetero-heavy", "linear loss; noise 0.0013 -> 0.0033 from the conservative to the aggressive "
               "end (2.5x), Student-t df 3", curve_args=dict(_LINEAR), noise_growth=2.5, df=3.0),
     WorldSpec("crashes", "linear loss; crash rate 0.05 sigmoid((A - 5) / 1.5): ~0.6% at A = 2, 5% at the "
               "aggressive end", curve_args=dict(_LINEAR), crash_max=0.05),
