@@ -2,7 +2,10 @@
 
 The grid runs over the lower-triangle tile pairs (i >= j) of the (M, M) output only (program p maps
 to row i = floor((sqrt(8p + 1) - 1) / 2), corrected in integers, and j = p - i(i + 1)/2) and over the batch; each program computes tile (i, j) once and stores it at (i, j)
-and, transposed, at (j, i): about half the FLOPs of a full matmul.
+and, transposed, at (j, i): about half the FLOPs of a full matmul. A diagonal tile (i == j) keeps its
+lower triangle and writes that triangle's transpose over its upper one: the dot's accumulation order
+for element (r, c) and (c, r) of one tile is the backend's choice (the interpreter's BLAS differs
+between CPUs), so only mirroring makes the output exactly symmetric.
 Launches go through ``_common.launch`` so torch.compile can trace them (see xxt.py's op).
 """
 from __future__ import annotations
@@ -34,6 +37,9 @@ def _xxt_kernel(
     acc = dot_rows(Xb, Xb, ri.to(tl.int64), rj.to(tl.int64), imask, jmask, K, stride_xm, stride_xm,
                    EVEN_K, UPCAST, IEEE, BM, BM, BK)
     out = acc.to(C.dtype.element_ty)
+    if ti == tj:  # a diagonal tile: keep its lower triangle and mirror it, so C == C^T by construction
+        r = tl.arange(0, BM)
+        out = tl.where(r[:, None] >= r[None, :], out, tl.trans(out))
     Cb = C + b * stride_cb
     tl.store(Cb + ri[:, None] * stride_cm + rj[None, :], out, mask=imask[:, None] & jmask[None, :])
     if ti != tj:

@@ -15,7 +15,8 @@ def check(backend, shape, dtype, seed, device="cpu"):
     ref = Xd @ Xd.mT
     assert C.shape == ref.shape and C.dtype == dtype
     assert rel(C, ref) < BOUND[dtype], rel(C, ref)
-    # mirrored exactly: the upper triangle is the stored transpose of the lower one
+    # exactly symmetric by construction (the kernel's contract, docs/kernels.md): off-diagonal tiles are
+    # stored twice, diagonal tiles mirror their lower triangle
     assert torch.equal(C, C.mT)
 
 
@@ -38,6 +39,32 @@ def test_bad_arguments():
 @pytest.mark.parametrize("shape", [(50, 70), (2, 48, 64), (1, 5), (3, 33, 20), (64, 16), (200, 16)])
 def test_triton_interpreter(shape, dtype):
     check("triton", shape, dtype, seed=sum(shape))
+
+
+@needs_interp
+def test_triton_interpreter_symmetric_whatever_the_dot_order(monkeypatch):
+    # The interpreter's tl.dot is numpy's matmul, whose BLAS may sum C[r, c] and C[c, r] of one tile in
+    # different orders (float32 on an AMD EPYC machine: up to 2.9e-6 apart). Emulate such a BLAS: every
+    # square dot result gets its strict upper triangle nudged by one ulp. The output must stay exactly
+    # symmetric, because diagonal tiles are mirrored rather than computed in full.
+    import numpy as np
+    from triton.runtime import interpreter
+
+    plain = interpreter.InterpreterBuilder.create_dot
+    seen = []
+
+    def skewed(self, a, b, d, *args):
+        out = plain(self, a, b, d, *args)
+        x = out.data
+        if x.ndim == 2 and x.shape[0] == x.shape[1]:
+            up = np.triu(np.ones(x.shape, dtype=bool), 1)
+            x[up] = np.nextafter(x[up], np.inf)
+            seen.append(x.shape)
+        return out
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", skewed)
+    check("triton", (40, 24), torch.float32, seed=3)
+    assert seen, "the interpreter no longer goes through InterpreterBuilder.create_dot"
 
 
 @needs_interp
