@@ -84,9 +84,15 @@ def duration_ms(text: str, default_unit: str = "ms") -> float | None:
 # the script source at the top of a log
 
 SEPARATOR = re.compile(r"^={40,}\s*$")  # modded-nanogpt and parameter-golf print "=" * 100
+#: a separator with a title, e.g. `===== source: train_gpt.py =====` (one per file when a launcher logs several)
+TITLED_SEPARATOR = re.compile(r"^={3,}\s*(?:source\b[^=]*|[^=\s]+\.py)\s*={3,}\s*$")
 _CODE_START = re.compile(
     r"^(?:import \w|from [\w.]+ import |\"\"\"|'''|#!|# |#-|def \w|class \w|@\w|if __name__|os\.environ)"
 )
+_COMMENT = re.compile(r"^#(?!!)")
+#: what only Python would start a line with (after a comment header: is the next line code or log?)
+_CODE_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*(?:\[[^\]]*\])?\s*(?::\s*[\w\[\]., ]+)?\s*=[^=]|[A-Za-z_][\w.]*\(|try:|with |for |while |return\b|@)")
+_TRIPLE = re.compile(r"\"\"\"|'''")
 
 
 class SourceSkipper:
@@ -94,41 +100,79 @@ class SourceSkipper:
     `code` then `"=" * 100`). `is_log(line)` says whether a cleaned line belongs to the log proper.
 
     The source block is recognised at the top only: the first non-blank line (or the first one after a leading
-    separator) looks like Python (`import`, `from x import`, a docstring, `#`, `def`, `class`...). Everything
-    up to the next separator line is then source, never parsed, so code such as
-    `print0(f"step:{step}/{n} val_loss:...")` or a docstring cannot be mistaken for a log line.
+    separator or a titled one such as `===== source: train_gpt.py =====`) looks like Python (`import`,
+    `from x import`, a docstring, `def`, `class`...). Everything up to the next separator line is then source,
+    never parsed, so code such as `print0(f"step:{step}/{n} val_loss:...")` or a docstring cannot be mistaken for a
+    log line.
+
+    Logs without that separator are read too:
+
+    - a header of `#` comments (`# cmd: torchrun ...`) followed by log lines is a header, not source;
+    - a source block that no separator closes ends at the first line that only a log can hold (`log_evidence`,
+      given by the adapter: e.g. `step:0/20000 val_loss:6.93 ...` with real numbers) outside a docstring.
     """
 
-    def __init__(self) -> None:
-        self.state = "start"  # start -> (after_sep) -> source -> log
+    def __init__(self, log_evidence: "re.Pattern[str] | None" = None) -> None:
+        self.state = "start"  # start -> (after_sep) -> (comments) -> source -> log
         self.source_lines = 0
+        self.log_evidence = log_evidence
+        self._in_string = False
 
     def is_log(self, line: str) -> bool:
         state = self.state
         if state == "log":
             return True
         if state == "source":
+            return self._source_line(line)
+        if state == "comments":  # `# ...` lines so far: a header, or the top of a script?
+            if not line.strip() or _COMMENT.match(line):
+                self.source_lines += 1
+                return False
             if SEPARATOR.match(line):
                 self.state = "log"
-            else:
-                self.source_lines += 1
-            return False
+                return False
+            if _CODE_START.match(line) or _CODE_LINE.match(line):
+                self.state = "source"
+                return self._source_line(line)
+            self.state = "log"
+            return True
         # start / after_sep: skip blank lines until we know
         if not line.strip():
             return False
         if SEPARATOR.match(line):
             self.state = "after_sep" if state == "start" else "log"
             return False
-        if _CODE_START.match(line):
-            self.state = "source"
+        if TITLED_SEPARATOR.match(line):
+            self.state = "source"  # `===== source: x.py =====`: the file's text follows
+            return False
+        if _COMMENT.match(line):
+            self.state = "comments"
             self.source_lines += 1
             return False
+        if _CODE_START.match(line):
+            self.state = "source"
+            return self._source_line(line)
         self.state = "log"
         return True
 
+    def _source_line(self, line: str) -> bool:
+        if not self._in_string:
+            if SEPARATOR.match(line):
+                self.state = "log"
+                return False
+            if self.log_evidence is not None and self.log_evidence.match(line):
+                self.state = "log"  # the source ended without a separator; this is the first log line
+                return True
+            if TITLED_SEPARATOR.match(line):
+                return False  # the next file's source
+        if len(_TRIPLE.findall(line)) % 2:
+            self._in_string = not self._in_string
+        self.source_lines += 1
+        return False
+
     @property
     def unterminated_source(self) -> bool:
-        return self.state == "source"
+        return self.state in ("source", "comments") and self.source_lines > 0
 
 
 # ----------------------------------------------------------------------------------------------------------

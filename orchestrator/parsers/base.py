@@ -8,7 +8,7 @@ An adapter knows one trainer's log format. The controller feeds it every line of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Mapping
 
 
 @dataclass
@@ -58,6 +58,23 @@ class LogAdapter:
     name: ClassVar[str]
     #: metric names this format can report in ParsedRun.metrics (study objectives are checked against it)
     metrics: ClassVar[frozenset[str]]
+
+    #: the options a study may set for this format (`trainer.log_options`); see `configure`
+    options: ClassVar[frozenset[str]] = frozenset()
+
+    def configure(self, options: Mapping[str, Any] | None) -> "LogAdapter":
+        """This adapter with `options` applied (a new instance; the registry's stays as it is). Raises ValueError
+        naming an option this format does not take, or a bad value."""
+        if not options:
+            return self
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            known = ", ".join(sorted(self.options)) or "none"
+            raise ValueError(f"log format {self.name!r} takes no option {', '.join(map(repr, unknown))} (its options: {known})")
+        return self._configured(dict(options))
+
+    def _configured(self, options: dict[str, Any]) -> "LogAdapter":  # pragma: no cover - only with options
+        raise NotImplementedError
 
     def sniff(self, head: str) -> float:
         """Confidence in [0, 1] that `head` (the first ~64 KiB of a log) is in this format."""

@@ -11,13 +11,23 @@ Two eras of line shapes, both handled (optionally after an epoch-seconds prefix 
   compressed artifact), and any number of *scored lines* after training: `LABEL val_loss:X val_bpb:Y [...]`
   (`final_int8_zlib_roundtrip_exact`, `quantized_ttt_phased`, `legal_ttt_exact`, ...; `=` works too).
 
-The official score is the last scored line, whatever its label (its label is kept in `official_label`).
-A log with no scored line is incomplete.
+The official score (`choose_score`) is the track's: the evaluation of the round-tripped (quantized,
+compressed) artifact that the submission reports. Every scored line is kept; those that are not a score of the
+artifact are set aside: `diagnostic ...` / `DIAGNOSTIC ...` lines, pre-quantization evaluations
+(`pre-quantization post-ema`), differences (`roundtrip_delta`, `..._gap`), and a rounded copy of a line that is
+also printed with more digits (`final_int8_zlib_roundtrip` beside `..._exact`, `ttt_sliding:done` beside
+`legal_ttt_exact`). Of the rest, the lowest val_bpb is the score: a submission may evaluate its artifact several
+ways (roundtrip, sliding window, score-first TTT) and reports the best legal one, so a worse evaluation printed
+after it (a TTT diagnostic at 1.336 after a sliding-window 1.0894) is not the score. A script that prints its own
+score line names it with the `score_label` option (study file: `trainer.log_options: {score_label: LABEL}`; `LABEL`
+or `LABEL_exact`, the last one printed). The chosen label is `official_label`; `notes["scored_lines"]` lists the
+others. A log with no scored line is incomplete.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from ._common import (
     EnvSniffer,
@@ -31,6 +41,8 @@ from ._common import (
     to_float,
 )
 from .base import LogAdapter, LogStream, MetricPoint
+
+MAX_SCORED_LINES = 10_000  # kept per log (a log prints a handful)
 
 NAME = "parameter-golf"
 
@@ -47,12 +59,61 @@ _CODE_SIZE = re.compile(r"^Code size: (?P<bytes>\d+) bytes")
 _KNOWN = {"val_loss", "val_bpb", "train_loss", "train_time", "step_avg"}
 
 
+_NOT_A_SCORE = re.compile(r"(?i)diagnostic|pre[-_ ]?quant|prequant|delta|_gap\b|\bgap\b|\bdiff")
+_STRICT_EVIDENCE = re.compile(
+    r"^(?:step:\d+/\d+ (?:val_loss|train_loss|train_time):\s*\d|\d+/\d+ (?:val|train)_loss: \d"
+    r"|stopping_early: wallclock_cap train_time:\s*\d"
+    rf"|[A-Za-z][\w-]*(?: [\w-]+)? val_loss[:=]\s*\d[\d.]*[\s,]+val_bpb[:=]\s*\d)"
+)
+
+
+@dataclass(frozen=True)
+class ScoredLine:
+    label: str
+    val_loss: float | None
+    val_bpb: float | None
+    decimals: int  # digits printed after the point of val_bpb
+    order: int  # position among the scored lines
+
+
+def _decimals(text: str) -> int:
+    return len(text.split(".", 1)[1]) if "." in text and "e" not in text.lower() else 0
+
+
+def choose_score(lines: list[ScoredLine], score_label: str | None = None) -> tuple[ScoredLine | None, str]:
+    """The official score of a parameter-golf log among its scored lines, and how it was chosen (see the module
+    docstring). With `score_label`, the last line labelled `score_label` or `score_label + "_exact"` (the exact one
+    preferred); None when there is none."""
+    if score_label:
+        named = [s for s in lines if s.label in (score_label, score_label + "_exact")]
+        if not named:
+            return None, f"no scored line labelled {score_label!r} (score_label)"
+        exact = [s for s in named if s.label.endswith("_exact")] if not score_label.endswith("_exact") else []
+        return (exact or named)[-1], f"the last {score_label!r} line (score_label)"
+    kept = [s for s in lines if s.val_bpb is not None and not _NOT_A_SCORE.search(s.label)]
+    labels = {s.label for s in kept}
+    kept = [s for s in kept if not (s.label + "_exact") in labels]  # the `_exact` twin has more digits
+    precise = []
+    for s in kept:  # a rounded copy of another line (`ttt_sliding:done val_bpb=1.336032` beside `..._ttt 1.33603200`)
+        if any(o is not s and o.decimals > s.decimals and o.val_bpb is not None
+               and abs(round(o.val_bpb, s.decimals) - s.val_bpb) < 0.5 * 10 ** -s.decimals for o in kept):
+            continue
+        precise.append(s)
+    if not precise:
+        return None, "no scored line of the quantized artifact (only diagnostics, pre-quantization or deltas)"
+    best = min(precise, key=lambda s: (s.val_bpb, -s.order))
+    how = "the only evaluation of the artifact" if len(precise) == 1 else (
+        f"the lowest val_bpb of {len(precise)} evaluations of the artifact")
+    return best, how
+
+
 class ParameterGolfStream(LogStream):
-    def __init__(self) -> None:
-        self.skipper = SourceSkipper()
+    def __init__(self, score_label: str | None = None) -> None:
+        self.score_label = score_label
+        self.skipper = SourceSkipper(_STRICT_EVIDENCE)
         self.env = EnvSniffer()
         self.series = SeriesBuffer()
-        self.scored: tuple[str, float | None, float | None] | None = None
+        self.scored: list[ScoredLine] = []
         self.scored_count = 0
         self.stop: tuple[str, int | None, int | None, float | None] | None = None
         self.peak: tuple[float, float | None] | None = None
@@ -79,7 +140,9 @@ class ParameterGolfStream(LogStream):
             match = _SCORED.match(line)
             if match:
                 label = match["label"].strip()
-                self.scored = (label, to_float(match["loss"]), to_float(match["bpb"]))
+                if len(self.scored) < MAX_SCORED_LINES:
+                    self.scored.append(ScoredLine(label, to_float(match["loss"]), to_float(match["bpb"]),
+                                                  _decimals(match["bpb"]), self.scored_count))
                 self.scored_count += 1
                 return []
         if line.startswith("stopping_early"):
@@ -182,8 +245,13 @@ class ParameterGolfStream(LogStream):
             if "val_bpb" in last_val.extra:
                 m["prequant_val_bpb"] = last_val.extra["val_bpb"]
 
-        if self.scored is not None:
-            label, loss, bpb = self.scored
+        chosen, how = choose_score(self.scored, self.score_label) if self.scored else (None, "")
+        if self.scored:
+            run.notes["score"] = how
+            run.notes["scored_lines"] = "; ".join(
+                f"{s.label}={s.val_bpb}" for s in self.scored[-20:])
+        if chosen is not None:
+            label, loss, bpb = chosen.label, chosen.val_loss, chosen.val_bpb
             run.complete = True
             run.exit_reason = run.exit_reason or "completed"
             run.official_label = label
@@ -201,7 +269,9 @@ class ParameterGolfStream(LogStream):
             if "val_bpb" in last_val.extra:
                 m["val_bpb"] = last_val.extra["val_bpb"]
         run.exit_reason = run.exit_reason or "incomplete"
-        if self.skipper.unterminated_source:
+        if self.scored:
+            run.reason = f"the log's scored lines hold no official score: {how}"
+        elif self.skipper.unterminated_source:
             run.reason = "the log holds only the script source (no '=====' separator after it), no log lines were read"
         elif last is None:
             run.reason = "no step lines (step:S/T ... or S/T val_loss: ...) found in the log"
@@ -232,6 +302,16 @@ class ParameterGolfAdapter(LogAdapter):
          "step_avg_ms", "peak_memory_mib", "peak_memory_reserved_mib", "artifact_bytes", "code_bytes", "steps"}
     )
     official_metric = "val_bpb"
+    options = frozenset({"score_label"})
+
+    def __init__(self, score_label: str | None = None) -> None:
+        self.score_label = score_label
+
+    def _configured(self, options: dict) -> "ParameterGolfAdapter":
+        label = options.get("score_label")
+        if label is not None and (not isinstance(label, str) or not label.strip() or "\n" in label):
+            raise ValueError(f"score_label must be the label of a scored line (text), got {label!r}")
+        return ParameterGolfAdapter(score_label=label.strip() if label else None)
 
     def sniff(self, head: str) -> float:
         if "\n@@metrics " in "\n" + head:
@@ -243,4 +323,4 @@ class ParameterGolfAdapter(LogAdapter):
         return 0.0
 
     def stream(self) -> ParameterGolfStream:
-        return ParameterGolfStream()
+        return ParameterGolfStream(self.score_label)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from .base import LogAdapter
 from .modded_nanogpt import ModdedNanoGPTAdapter
 from .nanochat import NanochatAdapter
@@ -18,13 +20,16 @@ class UnknownFormat(ValueError):
     pass
 
 
-def get_adapter(name: str) -> LogAdapter:
+def get_adapter(name: str, options: Mapping[str, Any] | None = None) -> LogAdapter:
+    """The adapter of format `name`, configured with a study's `trainer.log_options` when given (ValueError for an
+    option the format does not take)."""
     try:
-        return ADAPTERS[name]
+        adapter = ADAPTERS[name]
     except KeyError:
         raise UnknownFormat(
             f"unknown log format {name!r}; known formats: {', '.join(sorted(ADAPTERS))}"
         ) from None
+    return adapter.configure(options)
 
 
 def sniff_scores(head: str) -> list[tuple[float, str]]:
