@@ -7,6 +7,7 @@ processes then neither fail with `database is locked` nor lose read-modify-write
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +31,14 @@ class DatabaseError(Exception):
     exit_code = 3
 
 
+class DatabaseUrlError(DatabaseError):
+    """The URL itself is wrong (not a URL, a SQLite path that is a directory, is not a database, or lies in a
+    directory that does not exist): bad input, exit 2 like every other, where exit 3 means a database that
+    cannot be reached."""
+
+    exit_code = 2
+
+
 def default_url() -> str:
     return os.environ.get("ORCH_DB") or f"sqlite:///{Path(DEFAULT_DB_FILE).resolve()}"
 
@@ -37,8 +46,13 @@ def default_url() -> str:
 def safe_url(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable URL>"
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        return _masked(url)
+
+
+def _masked(url: str) -> str:
+    """An unparseable URL as it may be shown: whatever stands where a password would (`//user:PASSWORD@`) hidden."""
+    return re.sub(r"(//[^/@:]*:)[^@]*@", r"\1***@", url)
 
 
 def is_sqlite(url: str) -> bool:
@@ -61,17 +75,43 @@ def _sqlite_pragmas(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def check_sqlite_file(url: str, database: str) -> None:
+    """A SQLite URL must name a file that is a SQLite database, or a new file in a directory that exists: a typo
+    in the URL must not create directories (anywhere, even at the root). Checked before anything is opened."""
+    if database.startswith("file:"):
+        return  # a URI filename (`sqlite:///file:x?mode=ro&uri=true`): SQLite parses it
+    path = Path(database).expanduser()
+    shown = safe_url(url)
+    if path.is_dir():
+        raise DatabaseUrlError(f"database {shown}: {path} is a directory (fix: name a database file in it, e.g. "
+                            f"sqlite:///{path / DEFAULT_DB_FILE})")
+    if not path.exists():
+        parent = path.parent
+        if not parent.is_dir():
+            raise DatabaseUrlError(f"database {shown}: directory {parent} does not exist, and it is not created for you "
+                                f"(fix: check the path for a typo, or create the directory first: mkdir -p {parent})")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise DatabaseUrlError(f"database {shown}: cannot create a file in {parent} (permission denied) (fix: pass a "
+                                "path in a directory you can write, with --db / ORCH_DB)")
+        return
+    if not path.is_file():
+        raise DatabaseUrlError(f"database {shown}: {path} is not a regular file (fix: pass the path of a SQLite database file)")
+    # A file that is not a database is refused by SQLite when it first reads the header (Database() turns that into
+    # one message). It is not read here: closing any descriptor of a database file drops every POSIX lock this
+    # process holds on it through SQLite, which corrupts the database under another of its connections.
+
+
 def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise DatabaseError(f"database URL {url!r} is not a SQLAlchemy URL (fix: use sqlite:///PATH or "
+    except (ArgumentError, ValueError):
+        raise DatabaseUrlError(f"database URL {_masked(url)!r} is not a SQLAlchemy URL (fix: use sqlite:///PATH or "
                             "postgresql+psycopg://USER@HOST:PORT/DB)") from None
     kwargs: dict = {"future": True}
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            check_sqlite_file(url, parsed.database)
     else:
         kwargs["pool_pre_ping"] = True
         if parsed.get_backend_name() == "postgresql":
@@ -105,6 +145,11 @@ class Database:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             raise DatabaseError(f"cannot reach database {safe_url(self.url)}: {reason} (fix: start the server, "
                                 "or pass a reachable URL with --db / ORCH_DB)") from None
+        except SQLAlchemyError as exc:  # not a database, a corrupt file, a schema that is not ours
+            orig = getattr(exc, "orig", None)
+            reason = (str(orig) if orig is not None else str(exc)).strip().splitlines()[0][:300]
+            raise DatabaseUrlError(f"cannot use database {safe_url(self.url)}: {reason} (fix: pass the URL of an orch "
+                                "database, or of a new, empty one)") from None
 
     def create_schema(self) -> None:
         Base.metadata.create_all(self.engine)
@@ -141,4 +186,4 @@ class Database:
         self.engine.dispose()
 
 
-__all__ = ["Database", "DatabaseError", "default_url", "safe_url", "is_sqlite", "select"]
+__all__ = ["Database", "DatabaseError", "DatabaseUrlError", "default_url", "safe_url", "is_sqlite", "select"]

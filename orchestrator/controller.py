@@ -25,13 +25,14 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from db import Database, EventRow, MachineRow, MetricPointRow, StudyRow, TrialRow
 from db.new_rows import NewRows
 from db.write_batch import WriteBatch
 
 from . import lease
-from .config.errors import OrchError
+from .config.errors import ConfigError, OrchError
 from .config.fleet import Fleet, Machine
 from .health import HealthChecker
 from .jobs import InvalidParams, apply_injection, build_job, resolve_values, variant_key
@@ -228,6 +229,10 @@ class Controller:
             self.code = code_info((spec_dir / self.spec.trainer.code_dir).resolve(), self.spec.trainer.files)
             self._set_status("running")
             self._loop()
+        except Exception as exc:
+            if not isinstance(exc, StopRequested):
+                self._stopped_by(exc)
+            raise
         finally:
             self._shutdown()
             lease.release(self.db, sid, self.owner)
@@ -432,7 +437,17 @@ class Controller:
         self._row_states[row_id] = ("pending", slot.machine)
         try:
             handle = self._launcher(p.machine).start(p.job, p.machine, slot, p.workdir, self.events)
-        except (OSError, OrchError) as exc:
+        except Exception as exc:  # noqa: BLE001
+            if not isinstance(exc, (OSError, OrchError)):  # not the trial's fault: re-queued, the run stops
+                with self._unit() as s:
+                    self._finish_row(row_id, number, trial_id, "lost", "launch_error", None, None, {}, {},
+                                     f"could not start: {type(exc).__name__}: {exc}")
+                    enqueue_retry(self.study.optuna, s.get(TrialRow, row_id), self.spec.retries, self.spec)
+                if self._fatal is None:  # raised by the loop once this dispatch's other trials are recorded
+                    self._fatal = OrchError(f"trial {number} could not start on machine {slot.machine}: "
+                                            f"{type(exc).__name__}: {exc} (fix: correct the machine's settings in the "
+                                            "fleet file; the trial was re-queued and `orch study run` resumes)")
+                return None
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 self._disk_full(row_id, number, trial_id, slot.machine, f"{DISK_FULL}: could not start: {exc}")
             elif not self._launcher(p.machine).probe(p.machine).reachable:  # the machine's fault, not the trial's
@@ -448,8 +463,19 @@ class Controller:
                        stream=self.adapter.stream(), deadline=now + self.spec.timeout_s, started=now)
 
     def _ask(self, slot: Slot) -> optuna.Trial | None:
-        """The trial `slot` runs next: a queued search trial, else the sampler's next point."""
-        return next_trial(self.study.optuna, self.dists)
+        """The trial `slot` runs next: a queued search trial, else the sampler's next point. A sampler that fails
+        (an option `orch study create` could not test, e.g. one used only after the startup trials) stops the run
+        with one message; the transaction of this dispatch is rolled back, so nothing of it is written."""
+        try:
+            return next_trial(self.study.optuna, self.dists)
+        except (OrchError, SQLAlchemyError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the sampler raises
+            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            raise ConfigError(f"the {self.spec.sampler.name} sampler failed while choosing trial values: "
+                              f"{type(exc).__name__}{': ' + text if text else ''}", file=self.study.row.spec_path,
+                              field="sampler.options", fix="correct the sampler's options in the study file and create "
+                              "it again under a new name; this study's finished trials are kept") from None
 
     def _skip_invalid(self, number: int, trial_id: int, params: dict, retry_of, attempt: int, repeat_index: int,
                       reason: str) -> None:
@@ -702,6 +728,14 @@ class Controller:
                 s.add(EventRow(study_id=row.id, kind="study.state", old=row.status, new=status))
                 row.status = status
                 row.finished_at = _now() if status == "finished" else None
+
+    def _stopped_by(self, exc: Exception) -> None:
+        """The run ends with an error: the study is `stopped` (resumable), not left `running`."""
+        try:
+            self._set_status("stopped")
+            self._event(None, "study.error", None, None, str(exc)[:2000])
+        except Exception:  # noqa: BLE001 - the database may be why it stopped; the error itself is raised
+            pass
 
     def _finish_study(self) -> None:
         counted, _ = self._budget_counts()

@@ -17,10 +17,10 @@ from db import Database, StudyRow, TrialRow, safe_url
 from db.models import EventRow
 from db.reconnect import wait_for_server
 
-from .config.errors import ConfigError, OrchError
+from .config.errors import OrchError
+from .config.sampler_check import check_sampler
 from .config.study import StudySpec, check_metrics, load_study_file
 from .parsers import UnknownFormat, get_adapter
-from .samplers import build_sampler
 from .study_storage import LeasedStorage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -87,10 +87,7 @@ def validate_study_file(path: str | Path) -> tuple[StudySpec, str]:
     except UnknownFormat as exc:
         raise doc.error(("trainer", "log_format"), str(exc), fix="pick a known format") from None
     check_metrics(spec, adapter.metrics, adapter.name, doc)
-    try:
-        build_sampler(spec)
-    except ConfigError as exc:
-        raise doc.error(("sampler",), exc.detail, fix=exc.fix) from None
+    check_sampler(spec, doc)  # built and asked for two points on an in-memory study: bad options fail here
     return spec, Path(path).read_text(encoding="utf-8")
 
 

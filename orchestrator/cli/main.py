@@ -7,6 +7,7 @@ holds the top-level commands and the error handling of `main`.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -46,13 +47,23 @@ def export(name: str, db: Optional[str] = DbOption,
 
     if format not in RENDERERS:
         raise OrchError(f"unknown export format {format!r} (fix: use one of {', '.join(RENDERERS)})")
+    if out is not None:
+        check_output_path(out)  # before anything is rendered or written (md --plots writes files beside it)
     db = open_db(db)
-    text = export_text(format, db, load_study_row(db, name), out=out, plots=plots)
+    try:
+        text = export_text(format, db, load_study_row(db, name), out=out, plots=plots)
+    except OSError as exc:  # md --plots writes its PNG files beside --out
+        raise OrchError(f"--out {out}: cannot write: {exc.strerror or exc} (fix: pass a file path in a directory "
+                        "you can write)") from None
     if out is None:
         typer.echo(text)
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise OrchError(f"--out {out}: cannot write: {exc.strerror or exc} (fix: pass a file path in a directory "
+                            "you can write)") from None
         typer.echo(f"wrote {out}")
 
 
@@ -106,6 +117,24 @@ def parse_log(path: Path, format: str = typer.Option("auto", "--format",
         raise typer.Exit(1)
 
 
+def check_output_path(out: Path) -> None:
+    """`--out FILE`: a file (new or to overwrite) whose nearest existing ancestor is a directory we can write."""
+    if out.is_dir():
+        raise OrchError(f"--out {out}: is a directory (fix: pass a file path, e.g. {out / 'study.md'})")
+    if out.exists() and not out.is_file():
+        raise OrchError(f"--out {out}: is not a regular file (fix: pass a file path)")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise OrchError(f"--out {out}: the file is not writable (fix: pass another path, or change its permissions)")
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OrchError(f"--out {out}: {ancestor} is a file, not a directory (fix: pass a path in a directory)")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OrchError(f"--out {out}: cannot write in {ancestor} (permission denied) (fix: pass a path in a "
+                        "directory you can write)")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         code = app(args=argv, prog_name="orch", standalone_mode=False)
@@ -125,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OrchError, DatabaseError) as exc:
         print(f"orch: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except (RecursionError, MemoryError) as exc:  # every input is bounded at the edge; this is the last resort
+        print(f"orch: error: the input is too large or too deeply nested ({type(exc).__name__}) (fix: make the "
+              "file or value smaller and simpler)", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -14,12 +14,27 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .images import IMAGE_FIX, image_reference_problem
 from .validation import FIX_MARK, validate_doc
 from .yaml_source import YamlDoc, load_yaml_file, load_yaml_text
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 LAUNCHERS = ("local", "ssh", "ray")
 RUNTIMES = ("docker", "podman", "none")
+#: a host name (RFC 1123 labels), an IPv4 address, or an IPv6 address (optionally in brackets); nothing a shell,
+#: ssh or a known_hosts line would read as more than one word or as an option
+HOST_PATTERN = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}"
+                          r"[A-Za-z0-9_])?)*\.?$|^\[?[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?\]?$")
+USER_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_names(env: dict[str, str] | None) -> dict[str, str] | None:
+    for key in env or {}:
+        if not ENV_NAME.match(key):
+            raise ValueError(f"{key!r} is not an environment variable name{FIX_MARK}use letters, digits and _, "
+                             "not starting with a digit (no `=`, spaces or dashes)")
+    return env
 
 
 class _Strict(BaseModel):
@@ -33,10 +48,16 @@ class ContainerSpec(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     extra_args: list[str] = Field(default_factory=list)
 
+    _check_env = field_validator("env")(classmethod(lambda cls, env: _env_names(env)))
+
     @model_validator(mode="after")
     def _image_needed(self) -> "ContainerSpec":
         if self.runtime != "none" and not self.image:
             raise ValueError(f"runtime {self.runtime!r} needs an image{FIX_MARK}add `image: NAME:TAG` under container, or use runtime none")
+        if self.image is not None:
+            problem = image_reference_problem(self.image)
+            if problem:
+                raise ValueError(f"{problem}{FIX_MARK}{IMAGE_FIX}")
         return self
 
     @field_validator("mounts")
@@ -63,7 +84,9 @@ class RaySpec(_Strict):
     temp_dir: str | None = None  # `ray start --temp-dir` (keep it short: Ray's socket paths must fit 107 bytes)
     start_args: list[str] = Field(default_factory=list)  # more `ray start` flags, e.g. --object-store-memory=...
     env: dict[str, str] = Field(default_factory=dict)  # environment of `ray start` on the node
-    dead_after_s: float = Field(default=15.0, gt=0)  # a trial whose node does not answer this long is lost
+    dead_after_s: float = Field(default=15.0, gt=0, le=86400)  # a trial whose node does not answer this long is lost
+
+    _check_env = field_validator("env")(classmethod(lambda cls, env: _env_names(env)))
 
     @field_validator("address")
     @classmethod
@@ -108,6 +131,23 @@ class MachineFields(_Strict):
     @classmethod
     def _check_gpus(cls, value: object) -> object:
         return None if value is None else _gpus(value)
+
+    _check_env = field_validator("env")(classmethod(lambda cls, env: _env_names(env)))
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, host: str | None) -> str | None:
+        if host is not None and (len(host) > 253 or not HOST_PATTERN.match(host)):
+            raise ValueError(f"{host!r} is not a host name or IP address{FIX_MARK}write a name like gpu-01.lab.example "
+                             "or an address like 10.0.0.11 (put the user in `user:` and the port in `port:`)")
+        return host
+
+    @field_validator("user")
+    @classmethod
+    def _check_user(cls, user: str | None) -> str | None:
+        if user is not None and not USER_PATTERN.match(user):
+            raise ValueError(f"{user!r} is not a user name{FIX_MARK}use letters, digits, '.', '_' and '-', not starting with '-'")
+        return user
 
     @field_validator("cpu_slots", mode="before")
     @classmethod
@@ -211,9 +251,23 @@ def parse_fleet(doc: YamlDoc) -> Fleet:
             raise doc.error(("machines", index, "name"), f"duplicate machine name {machine.name!r} (also machines[{seen[machine.name]}])",
                             fix="give every machine a unique name")
         seen[machine.name] = index
+        _check_files(doc, machine, index, raw)
         machines.append(machine)
     _check_one_ray_cluster(doc, machines, machines_raw)
     return Fleet(machines=machines, source=doc.file)
+
+
+def _check_files(doc: YamlDoc, machine: Machine, index: int, raw: dict) -> None:
+    """Files the controller itself reads for a machine: a missing one is the machine's configuration error,
+    named here before anything is written, not a `no reachable machine` after probing it."""
+    if machine.identity_file and machine.launcher in ("ssh", "ray"):
+        path = Path(os.path.expanduser(machine.identity_file))
+        if not path.is_file():
+            where = ("machines", index, "identity_file") if "identity_file" in raw else ("defaults", "identity_file")
+            raise doc.error(where, f"machine {machine.name!r}: identity file {machine.identity_file} "
+                            + ("is not a file" if path.exists() else "does not exist"),
+                            fix="point identity_file at the private key whose public key is in the machine's "
+                            "authorized_keys (a path on this machine; ~ is expanded)")
 
 
 def _check_one_ray_cluster(doc: YamlDoc, machines: list[Machine], machines_raw: list) -> None:

@@ -7,6 +7,7 @@ search (sampler), and how much (budget, repeats, timeout, retries). See studies/
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import ConfigError
-from .expressions import ExpressionError, names_in, parse_expression
+from .expressions import ExpressionError, ExpressionTooCostly, evaluate, names_in, parse_expression
+from .images import IMAGE_FIX, image_reference_problem
 from .validation import FIX_MARK, validate_doc
 from .yaml_source import YamlDoc, load_yaml_file, load_yaml_text
 
@@ -25,10 +27,33 @@ FLAG_PATTERN = re.compile(r"^--?[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: names every template may use besides the parameters
 BUILTIN_TEMPLATE_NAMES = frozenset({"trial", "repeat", "seed", "study"})
 SAMPLERS = ("random", "grid", "tpe", "gp", "bisection")
+#: the largest magnitude of a bound, step, min or max (far beyond any training setting; keeps spans finite)
+MAX_BOUND = 1e15
+#: the most points a grid study may span (the grid sampler lists every point when it is built)
+MAX_GRID_POINTS = 1_000_000
+MAX_CHOICES = 10_000
+#: width and precision of a format spec (`{x:1000000000f}` would build a gigabyte string per trial)
+MAX_FORMAT_WIDTH = 64
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # .nan, .inf and numbers beyond a float (1e400) are refused by every float field
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _real_number(value: Any) -> Any:
+    """A bound or step: a number, not `true` (which pydantic would read as 1.0)."""
+    if isinstance(value, bool):
+        raise bad(f"expected a number, got {value!r}", "write a number, e.g. 0.25")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise bad(f"expected a finite number, got {value!r}", "write a finite number (not .nan or .inf)")
+    return value
+
+
+def _within_bound(name: str, value: float | None) -> None:
+    if value is not None and abs(value) > MAX_BOUND:
+        raise bad(f"{name} {value:g} is beyond ±{MAX_BOUND:g}", f"use a {name} within ±{MAX_BOUND:g} (rescale the "
+                  "parameter, e.g. search its log10)")
 
 
 class Parameter(_Strict):
@@ -42,6 +67,33 @@ class Parameter(_Strict):
     env: str | None = None
     format: str | None = None  # Python format spec for the value, e.g. ".4f"
 
+    @field_validator("low", "high", "step", mode="before")
+    @classmethod
+    def _numbers(cls, value: Any) -> Any:
+        return _real_number(value)
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _choices(cls, choices: Any) -> Any:
+        if not isinstance(choices, list):
+            return choices
+        if len(choices) > MAX_CHOICES:
+            raise bad(f"{len(choices)} choices, more than the {MAX_CHOICES} allowed", "list fewer choices")
+        for choice in choices:
+            if isinstance(choice, float) and not math.isfinite(choice):
+                raise bad(f"choice {choice!r} is not a finite number", "remove it, or quote it to pass it as text")
+            if isinstance(choice, str) and "\x00" in choice:
+                raise bad(f"choice {choice!r} contains a NUL byte, which no argv or environment can carry", "remove it")
+            if not isinstance(choice, (str, int, float, bool)):
+                raise bad(f"choice {choice!r} is a {type(choice).__name__}", "use text, numbers or true/false")
+        seen: set = set()
+        for choice in choices:
+            key = (type(choice), choice)
+            if key in seen:
+                raise bad(f"choice {choice!r} is listed twice", "list each choice once")
+            seen.add(key)
+        return choices
+
     @model_validator(mode="after")
     def _check(self) -> "Parameter":
         if self.type == "categorical":
@@ -49,15 +101,27 @@ class Parameter(_Strict):
                 raise bad("a categorical parameter needs choices", "add `choices: [a, b]`")
             if self.low is not None or self.high is not None:
                 raise bad("a categorical parameter takes no low/high", "remove low/high, list `choices:`")
+            if self.step is not None or self.log:
+                raise bad("a categorical parameter takes no step or log", "remove step/log, list `choices:`")
         else:
+            if self.choices is not None:
+                raise bad(f"a {self.type} parameter takes no choices", "remove `choices:`, or use type: categorical")
             if self.low is None or self.high is None:
                 raise bad(f"a {self.type} parameter needs a range", "add `low:` and `high:`")
+            for name in ("low", "high", "step"):
+                _within_bound(name, getattr(self, name))
             if self.low >= self.high:
                 raise bad(f"range is empty: low ({self.low:g}) >= high ({self.high:g})", "make low smaller than high")
             if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
                 raise bad("an int parameter needs integer bounds", "write whole numbers for low and high, or use type: float")
             if self.step is not None and self.step <= 0:
                 raise bad(f"step must be positive, got {self.step:g}", "use a step like 0.01")
+            if self.type == "int" and self.step is not None and self.step != int(self.step):
+                raise bad(f"an int parameter needs a whole step, got {self.step:g}",
+                          f"use step: {max(1, round(self.step))}, or type: float")
+            if self.step is not None and self.step > self.high - self.low:
+                raise bad(f"step {self.step:g} is larger than the range {self.low:g}..{self.high:g}",
+                          "use a smaller step, or widen the range")
             if self.step is not None:
                 spans = (self.high - self.low) / self.step
                 if abs(spans - round(spans)) > 1e-6:
@@ -94,14 +158,36 @@ class Derived(_Strict):
     env: str | None = None
     format: str | None = None
 
+    @field_validator("min", "max", mode="before")
+    @classmethod
+    def _numbers(cls, value: Any) -> Any:
+        return _real_number(value)
+
     @field_validator("expr")
     @classmethod
     def _parse(cls, expr: str) -> str:
         try:
             parse_expression(expr)
+        except ExpressionTooCostly as exc:
+            raise bad(str(exc), "write a short arithmetic expression over parameter names, e.g. 1 - stage1 - stage2") from None
         except ExpressionError as exc:
             raise bad(str(exc), "write arithmetic over parameter names, e.g. 1 - stage1 - stage2") from None
         return expr
+
+    @model_validator(mode="after")
+    def _check(self) -> "Derived":
+        _within_bound("min", self.min)
+        _within_bound("max", self.max)
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise bad(f"min ({self.min:g}) is above max ({self.max:g}): no value can pass",
+                      "swap them, or make min smaller than max")
+        if self.flag is not None and not FLAG_PATTERN.match(self.flag):
+            raise bad(f"{self.flag!r} is not a command-line flag", "write it like --name")
+        if self.env is not None and not ENV_PATTERN.match(self.env):
+            raise bad(f"{self.env!r} is not an environment variable name", "use letters, digits and _")
+        if self.format is not None:
+            _check_format_spec(self.format)
+        return self
 
 
 class Inject(_Strict):
@@ -164,6 +250,15 @@ class Trainer(_Strict):
     image: str | None = None  # overrides the machine's container image
     early_exit: EarlyExit | None = None  # how `orch study early-exit` tells the trainer; default for log_format orch
 
+    @field_validator("image")
+    @classmethod
+    def _image_reference(cls, image: str | None) -> str | None:
+        if image is not None:
+            problem = image_reference_problem(image)
+            if problem:
+                raise bad(problem, IMAGE_FIX)
+        return image
+
     @field_validator("secret_env")
     @classmethod
     def _env_names(cls, names: list[str]) -> list[str]:
@@ -203,8 +298,17 @@ class Objective(_Strict):
         if (self.minimize is None) == (self.maximize is None):
             raise bad("the objective needs exactly one direction", "give one of `minimize: METRIC` or `maximize: METRIC`")
         for text in self.subject_to:
-            if not _CONSTRAINT.match(text):
+            match = _CONSTRAINT.match(text)
+            if not match:
                 raise bad(f"constraint {text!r} is malformed", "write `METRIC <= NUMBER` or `METRIC >= NUMBER`")
+            try:
+                threshold = float(match.group(3))
+            except ValueError:
+                raise bad(f"constraint {text!r}: {match.group(3)!r} is not a number",
+                          "write the threshold as one number, e.g. `val_loss <= 3.28`") from None
+            if not math.isfinite(threshold) or abs(threshold) > MAX_BOUND:
+                raise bad(f"constraint {text!r}: the threshold {match.group(3)} is not a finite number within "
+                          f"±{MAX_BOUND:g}", "write a number like 3.28")
         return self
 
     @property
@@ -226,13 +330,13 @@ class Objective(_Strict):
 
 class Sampler(_Strict):
     name: Literal["random", "grid", "tpe", "gp", "bisection"] = "tpe"
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)  # numpy's seed range
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 class Budget(_Strict):
-    max_trials: int = Field(ge=1)
-    parallel: int | None = Field(default=None, ge=1)  # cap on trials at once; default: every free slot
+    max_trials: int = Field(ge=1, le=1_000_000)
+    parallel: int | None = Field(default=None, ge=1, le=100_000)  # cap on trials at once; default: every free slot
     # rounds: wait until a round's trials have all ended, then dispatch the next round on every free slot
     # (how record teams search, and what k-section samplers expect); continuous: fill each slot as it frees
     dispatch: Literal["rounds", "continuous"] = "rounds"
@@ -249,7 +353,7 @@ class OnFailure(_Strict):
 
 
 class Resources(_Strict):
-    gpus: int = Field(default=0, ge=0)  # per trial; 0 = a CPU slot
+    gpus: int = Field(default=0, ge=0, le=4096)  # per trial; 0 = a CPU slot
     labels: dict[str, str] = Field(default_factory=dict)
 
 
@@ -262,9 +366,9 @@ class StudySpec(_Strict):
     objective: Objective
     sampler: Sampler = Field(default_factory=Sampler)
     budget: Budget
-    repeats: int = Field(default=1, ge=1)
-    timeout_s: float = Field(default=3600, gt=0)
-    retries: int = Field(default=2, ge=0)  # re-runs of a trial lost to a machine or controller failure
+    repeats: int = Field(default=1, ge=1, le=1000)
+    timeout_s: float = Field(default=3600, gt=0, le=366 * 86400)  # a longer timeout overflows the waits' timeouts
+    retries: int = Field(default=2, ge=0, le=100)  # re-runs of a trial lost to a machine or controller failure
     on_failure: OnFailure = Field(default_factory=OnFailure)
     resources: Resources = Field(default_factory=Resources)
 
@@ -277,6 +381,9 @@ def bad(problem: str, fix: str) -> ValueError:
 
 
 def _check_format_spec(spec: str) -> None:
+    numbers = [int(n) for n in re.findall(r"[0-9]+", spec)]
+    if len(spec) > 32 or any(n > MAX_FORMAT_WIDTH for n in numbers):
+        raise bad(f"format {spec!r} asks for a width or precision above {MAX_FORMAT_WIDTH}", "use a spec like .4f or 8.3g")
     try:
         format(1.5, spec)
     except ValueError as exc:
@@ -295,20 +402,33 @@ def template_fields(template: str) -> list[tuple[str, str]]:
     return out
 
 
+#: names a parameter may not take: the templates' built-in values would shadow it
+RESERVED_NAMES = BUILTIN_TEMPLATE_NAMES | frozenset({"target", "max_steps"})
+
+
 def _cross_checks(spec: StudySpec, doc: YamlDoc) -> None:
     names = set(spec.parameters)
     for pname in spec.parameters:
         if not re.match(NAME_PATTERN, pname):
             raise doc.error(("parameters", pname), f"parameter name {pname!r} is not an identifier", fix="use letters, digits and _")
+        if pname in RESERVED_NAMES:
+            raise doc.error(("parameters", pname), f"parameter name {pname!r} is a built-in template value (one of "
+                            f"{', '.join(sorted(RESERVED_NAMES))}), which would shadow it in every template",
+                            fix=f"rename the parameter, e.g. {pname}_value")
     # derived parameters may use parameters and earlier derived ones
     for dname, derived in spec.derived.items():
-        if dname in names or dname in BUILTIN_TEMPLATE_NAMES:
-            raise doc.error(("derived", dname), f"name {dname!r} is already used", fix="rename the derived parameter")
+        if not re.match(NAME_PATTERN, dname):
+            raise doc.error(("derived", dname), f"derived name {dname!r} is not an identifier", fix="use letters, digits and _")
+        if dname in names or dname in RESERVED_NAMES:
+            raise doc.error(("derived", dname), f"name {dname!r} is already used"
+                            + (" by a built-in template value" if dname in RESERVED_NAMES else ""),
+                            fix="rename the derived parameter")
         unknown = sorted(names_in(parse_expression(derived.expr)) - names)
         if unknown:
             raise doc.error(("derived", dname, "expr"), f"references unknown name {unknown[0]!r}",
                             fix=f"use one of the parameters defined above it: {', '.join(sorted(names))}")
         names.add(dname)
+    _check_derived_values(spec, doc)
     _check_templates(spec.arguments, ("arguments",), names, doc)
     if spec.trainer.early_exit is not None:
         _check_templates(spec.trainer.early_exit, ("trainer", "early_exit"), names | EARLY_EXIT_TEMPLATE_NAMES, doc)
@@ -328,10 +448,16 @@ def _cross_checks(spec: StudySpec, doc: YamlDoc) -> None:
                 raise doc.error(("trainer", "inject", "map", source), f"maps unknown name {source!r}",
                                 fix=f"map a parameter or derived name: {', '.join(sorted(names))}")
     if spec.sampler.name == "grid":
+        points = 1
         for pname, param in spec.parameters.items():
             if param.type == "float" and param.step is None:
                 raise doc.error(("parameters", pname), "the grid sampler needs a `step:` for float parameters",
                                 fix="add `step: 0.01` (or use another sampler)")
+            points *= len(param.choices or []) if param.type == "categorical" else \
+                int(round((param.high - param.low) / (param.step or 1))) + 1
+            if points > MAX_GRID_POINTS:
+                raise doc.error(("parameters", pname), f"the grid spans more than {MAX_GRID_POINTS} points",
+                                fix="use larger steps or fewer parameters (or another sampler)")
     for kind in ("diverged", "crashed"):
         if getattr(spec.on_failure, kind) == "infeasible" and not spec.objective.constraints:
             raise doc.error(("on_failure", kind), "`infeasible` needs a constraint for the failed trial to violate",
@@ -339,6 +465,50 @@ def _cross_checks(spec: StudySpec, doc: YamlDoc) -> None:
     if spec.budget.parallel is not None and spec.budget.parallel > spec.budget.max_trials:
         raise doc.error(("budget", "parallel"), f"parallel ({spec.budget.parallel}) exceeds max_trials ({spec.budget.max_trials})",
                         fix="lower parallel or raise max_trials")
+
+
+def _probe_points(spec: StudySpec) -> list[dict[str, Any]]:
+    """Low, middle and high of every parameter (the first, middle and last choice)."""
+    points = []
+    for where in (0.0, 0.5, 1.0):
+        point: dict[str, Any] = {}
+        for name, p in spec.parameters.items():
+            if p.type == "categorical":
+                choices = p.choices or [0]
+                point[name] = choices[int(where * (len(choices) - 1))]
+            else:
+                value = p.low + where * (p.high - p.low)
+                point[name] = round(value) if p.type == "int" else value
+        points.append(point)
+    return points
+
+
+def _check_derived_values(spec: StudySpec, doc: YamlDoc) -> None:
+    """Evaluate each derived expression at a few points of the space: one that is too costly anywhere (a huge
+    power, an overflow) or fails at every point is refused here instead of invalidating every trial."""
+    if not spec.derived:
+        return
+    points = _probe_points(spec)
+    for dname, derived in spec.derived.items():
+        tree = parse_expression(derived.expr)
+        failures = []
+        for point in points:
+            try:
+                point[dname] = evaluate(tree, point)
+            except ExpressionTooCostly as exc:
+                raise doc.error(("derived", dname, "expr"), f"{exc} (at {_show(point, spec)})",
+                                fix="keep powers and products of parameters small") from None
+            except ExpressionError as exc:
+                failures.append(f"{exc} (at {_show(point, spec)})")
+                point[dname] = 0.0
+        if len(failures) == len(points):
+            raise doc.error(("derived", dname, "expr"), f"cannot be computed anywhere in the search space: {failures[0]}",
+                            fix="check the arithmetic (division by zero, log or sqrt of a negative number)")
+
+
+def _show(point: dict[str, Any], spec: StudySpec) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in point.items()
+                     if k in spec.parameters)
 
 
 def _check_templates(templates: Arguments | EarlyExit, path: tuple, names: set[str], doc: YamlDoc) -> None:

@@ -28,6 +28,7 @@ _FIXES = {
     "int_from_float": "use a whole number",
     "float_type": "use a number",
     "float_parsing": "use a number",
+    "finite_number": "use a finite number (.nan, .inf and numbers beyond ±1.8e308 such as 1e400 are not allowed)",
     "string_pattern_mismatch": "use letters, digits, '.', '_' and '-' only",
 }
 

@@ -24,6 +24,7 @@ from pathlib import PurePosixPath
 
 from ..config.errors import OrchError
 from ..config.fleet import ContainerSpec, Machine
+from ..config.images import IMAGE_FIX, image_reference_problem
 from ..jobs import JobSpec
 from .base import Slot
 
@@ -132,6 +133,9 @@ def container_command(container: ContainerSpec, job: JobSpec, slot: Slot, workdi
     if not image:
         raise ContainerError(f"runtime {runtime!r} needs an image (fix: set container.image in the fleet or "
                              "trainer.image in the study)")
+    problem = image_reference_problem(image)
+    if problem:  # the fleet and study files are checked when read; this guards studies stored before that
+        raise ContainerError(f"{'trainer.image' if job.image else 'container.image'}: {problem} (fix: {IMAGE_FIX})")
     if not PurePosixPath(workdir).is_absolute():
         raise ContainerError(f"container working directory {workdir!r} must be an absolute path")
     podman = podman or PodmanOptions.from_env()

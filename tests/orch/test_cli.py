@@ -77,8 +77,8 @@ def test_unreachable_database_url(tmp_path):
     assert result.returncode == 3
     assert "cannot reach database postgresql+psycopg://orch:***@127.0.0.1:1/nope" in result.stderr
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
-    result = orch("study", "list", "--db", "not a url", cwd=tmp_path)
-    assert result.returncode == 3 and "is not a SQLAlchemy URL" in result.stderr
+    result = orch("study", "list", "--db", "not a url", cwd=tmp_path)  # bad input (exit 2), not an unreachable server
+    assert result.returncode == 2 and "is not a SQLAlchemy URL" in result.stderr
 
 
 def test_orch_db_env_is_the_default_database(tmp_path):
