@@ -10,7 +10,8 @@ import typer
 
 from ..controller import Controller, install_signal_handlers
 from ..export import markdown
-from ..studies import create_study, load_study_row, validate_study_file
+from ..injection.study_check import validate_study_file  # + what a first trial would hit (code_dir, script, injection)
+from ..studies import create_study, load_study_row
 from . import status as status_views
 from .common import DbOption, FleetOption, JsonOption, check_name, load_inventory, open_db, where
 from .display import make_reporter

@@ -36,6 +36,27 @@ class Injector:
     def prepare(self, params: dict[str, Any], workdir: Path, options: dict[str, Any] | None = None) -> Injection:
         raise NotImplementedError
 
+    def check(self, samples: list[dict[str, Any]], options: dict[str, Any] | None = None) -> list[str]:
+        """What a study would hit at its first trial, found before it starts: `samples` are parameter sets the
+        study can produce (e.g. every parameter at its low and at its high end). The default prepares each in a
+        scratch directory (a patch that cannot apply, a name the script never reads, a value of the wrong type)
+        and returns the problems, one line each; an injector with a script option also needs the script to exist."""
+        import tempfile
+
+        options = dict(options or {})
+        problems: list[str] = []
+        script = options.get("script")
+        if script is not None and not Path(str(script)).is_file():
+            return [f"the training script {script} does not exist (inject.options.script)"]
+        for params in samples:
+            with tempfile.TemporaryDirectory(prefix="orch-check-") as scratch:
+                try:
+                    self.prepare(params, Path(scratch), options)
+                except InjectionError as err:
+                    if str(err) not in problems:
+                        problems.append(str(err))
+        return problems
+
 
 # ----------------------------------------------------------------------------------------------------------
 # value checks shared by the injectors

@@ -5,7 +5,11 @@ kept. Values: bools become `1`/`0`, numbers their shortest round-tripping text, 
 control characters. With `options.script` (the train_gpt.py of the run), every name is checked against the
 variables the script actually reads, so a typo is an error instead of a silently ignored setting.
 
-Options: `script` (optional path, enables the name check), `extra_allowed` (names to accept anyway).
+Values are also formatted for the type the script converts them to: a variable read as `int(os.environ.get(...))`
+gets `1200` for 1200.0 (what `int()` accepts), and a non-whole number for it is an error, not a crash of every
+trial. A packed script (`exec(lzma.decompress(base64.b85decode("...")))`) is unpacked (decoded, never run) first.
+
+Options: `script` (optional path, enables the name and type checks), `extra_allowed` (names to accept anyway).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ._script_scan import env_var_names
+from ._script_scan import env_var_names, env_var_types
 from .base import Injection, InjectionError, Injector, check_scalar, env_diff, format_number
 
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
@@ -28,8 +32,10 @@ class ParameterGolfInjector(Injector):
     def prepare(self, params: dict[str, Any], workdir: Path, options: dict[str, Any] | None = None) -> Injection:
         options = dict(options or {})
         known: set[str] | None = None
+        types: dict[str, str] = {}
         if options.get("script"):
             known = env_var_names(Path(options["script"])) | set(options.get("extra_allowed") or ())
+            types = env_var_types(Path(options["script"]))
         env: dict[str, str] = {}
         for param, value in params.items():
             if not isinstance(param, str) or not _PARAM_NAME.match(param):
@@ -47,6 +53,14 @@ class ParameterGolfInjector(Injector):
                     "(add it to options.extra_allowed if it is read indirectly)"
                 )
             value = check_scalar(param, value)
+            if types.get(var) == "int" and isinstance(value, float):
+                if not value.is_integer():
+                    raise InjectionError(
+                        f"parameter {param!r}: the script reads ${var} with int(), so {value!r} would crash it; "
+                        "make the parameter type: int (or give it whole-number values)")
+                value = int(value)
+            if types.get(var) in ("int", "float") and isinstance(value, str):
+                raise InjectionError(f"parameter {param!r}: the script reads ${var} as a number, got {value!r}")
             text = value if isinstance(value, str) else format_number(value)
             if var in env and env[var] != text:
                 raise InjectionError(f"parameters set ${var} twice with different values")

@@ -19,7 +19,7 @@ also printed with more digits (`final_int8_zlib_roundtrip` beside `..._exact`, `
 `legal_ttt_exact`). Of the rest, the lowest val_bpb is the score: a submission may evaluate its artifact several
 ways (roundtrip, sliding window, score-first TTT) and reports the best legal one, so a worse evaluation printed
 after it (a TTT diagnostic at 1.336 after a sliding-window 1.0894) is not the score. A script that prints its own
-score line names it with the `score_label` option (study file: `trainer.log_options: {score_label: LABEL}`; `LABEL`
+score line names it with the `score_label` option (adapter option, `get_adapter("parameter-golf", {"score_label": LABEL})`; `LABEL`
 or `LABEL_exact`, the last one printed). The chosen label is `official_label`; `notes["scored_lines"]` lists the
 others. A log with no scored line is incomplete.
 """
