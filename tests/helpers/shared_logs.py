@@ -1,13 +1,10 @@
-"""Paths of the real logs in ../shared/fixtures/logs (read at test time; tests skip when they are absent)."""
+"""Paths of the real trainer logs in tests/fixtures/logs (copies of public records; tests/fixtures/README.md)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-LOGS = SHARED / "fixtures" / "logs"
+LOGS = Path(__file__).resolve().parents[1] / "fixtures" / "logs"
 
 
 def log(kind: str, prefix: str) -> Path:
@@ -15,5 +12,5 @@ def log(kind: str, prefix: str) -> Path:
     folder = LOGS / kind
     matches = sorted(folder.glob(f"{prefix}*")) if folder.is_dir() else []
     if not matches:
-        pytest.skip(f"fixture log {kind}/{prefix}* not found under {LOGS.resolve()} (shared fixtures not checked out)")
+        raise FileNotFoundError(f"no fixture log {kind}/{prefix}* in {LOGS} (see tests/fixtures/README.md)")
     return matches[0]

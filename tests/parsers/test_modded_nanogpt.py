@@ -1,4 +1,4 @@
-"""modded-nanogpt adapter against real logs of every era (../shared/fixtures/logs/modded-nanogpt)."""
+"""modded-nanogpt adapter against real logs of every era (tests/fixtures/logs/modded-nanogpt)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""parameter-golf adapter against real logs of both eras (../shared/fixtures/logs/parameter-golf)."""
+"""parameter-golf adapter against real logs of both eras (tests/fixtures/logs/parameter-golf)."""
 
 from __future__ import annotations
 
