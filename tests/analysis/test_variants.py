@@ -72,7 +72,7 @@ def test_ttest_pvalue_by_hand() -> None:
 
 
 def test_ttest_matches_scipy_when_available() -> None:
-    stats = pytest.importorskip("scipy.stats")
+    stats = pytest.importorskip("scipy.stats", reason="scipy not installed: pip install -e '.[dev]'")
     losses = [3.2798, 3.2794, 3.2799, 3.2787, 3.2779, 3.2801, 3.2776]
     expected = stats.ttest_1samp(losses, 3.28, alternative="less").pvalue
     assert ttest_1samp_pvalue(losses, 3.28) == pytest.approx(expected, rel=1e-9)

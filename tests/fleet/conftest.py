@@ -153,7 +153,7 @@ class SshLab:
 @pytest.fixture(scope="session")
 def ssh_lab():
     if SSHD is None or SSH_KEYGEN is None:
-        pytest.skip("openssh-server is not installed (add `openssh-server` to the apt packages of .ci/run)")
+        pytest.skip("openssh-server is not installed: apt-get install -y openssh-server (scripts/system-packages.txt)")
     os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
     base = Path(tempfile.mkdtemp(prefix="orch-ssh-"))
     lab = SshLab(base)
@@ -184,7 +184,8 @@ def podman_image():
     """A Debian bookworm minbase image with python3, built offline once per session (debootstrap + import)."""
     missing = [tool for tool in PODMAN_TOOLS if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}")]
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (add `podman runc debootstrap` to the apt packages of .ci/run)")
+        pytest.skip(f"{', '.join(missing)} not installed: apt-get install -y podman runc debootstrap "
+                    "(scripts/system-packages.txt)")
     from orchestrator.launchers.containers import PodmanOptions, image_id_argv, parse_image_id
 
     base = Path(tempfile.mkdtemp(prefix="orch-podman-"))

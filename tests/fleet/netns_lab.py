@@ -122,9 +122,9 @@ class NetnsLab:
 
     def _check_permitted(self) -> None:
         if not os.path.exists(IP):
-            raise LabUnavailable("iproute2 is not installed (add `iproute2` to the apt packages of .ci/run)")
+            raise LabUnavailable("iproute2 is not installed: apt-get install -y iproute2 (scripts/system-packages.txt)")
         if not os.path.exists(SSHD):
-            raise LabUnavailable("openssh-server is not installed (add `openssh-server` to .ci/run)")
+            raise LabUnavailable("openssh-server is not installed: apt-get install -y openssh-server (scripts/system-packages.txt)")
         probe = f"orch-{self.tag}-probe"
         added = _ip("netns", "add", probe, check=False)
         if added.returncode != 0:

@@ -131,7 +131,7 @@ def test_compile_sees_the_ops():
 
 
 # ---------------------------------------------------------------- the Triton path as torch.compile traces it
-@pytest.mark.skipif(not triton_available(), reason="needs triton")
+@pytest.mark.skipif(not triton_available(), reason="needs triton: pip install -e '.[dev]' (x86-64 Linux)")
 def test_triton_path_traces_into_kernel_launches():
     """AOTAutograd's forward+backward trace of the Triton path (stand-ins: see _trace_triton_path.py) records
     every kernel launch as a graph node, each writing only the buffers it allocates (no input mutation)."""
