@@ -2,10 +2,15 @@
 
 The grid runs over the lower-triangle tile pairs (i >= j) of the (M, M) output only (program p maps
 to row i = floor((sqrt(8p + 1) - 1) / 2), corrected in integers, and j = p - i(i + 1)/2) and over the batch; each program computes tile (i, j) once and stores it at (i, j)
-and, transposed, at (j, i): about half the FLOPs of a full matmul. A diagonal tile (i == j) keeps its
-lower triangle and writes that triangle's transpose over its upper one: the dot's accumulation order
-for element (r, c) and (c, r) of one tile is the backend's choice (the interpreter's BLAS differs
-between CPUs), so only mirroring makes the output exactly symmetric.
+and, transposed, at (j, i): about half the FLOPs of a full matmul.
+
+Exact symmetry (C == C^T, which Newton-Schulz assumes) needs the two entries (r, c) and (c, r) of a diagonal tile (i == j) to be summed in the same
+order. The compiled dot does that: every entry of a tile is reduced over k in the same order and
+x_r * x_c == x_c * x_r exactly (H200, triton 3.6: bf16 and fp32 outputs bit-identical to C^T). The
+interpreter's dot is numpy's matmul, whose BLAS may not (float32 on an AMD EPYC, AVX-512: up to 2.9e-6
+apart), so there (constexpr MIRROR) a diagonal tile keeps its lower triangle and takes that triangle's
+transpose as its upper one. Mirroring on the GPU too cost 5-25% (H200, docs/kernels.md) for no change in
+the output, so it is compiled out there.
 Launches go through ``_common.launch`` so torch.compile can trace them (see xxt.py's op).
 """
 from __future__ import annotations
@@ -20,7 +25,7 @@ from ._tiles import dot_rows
 @triton.jit
 def _xxt_kernel(
     X, C, M, K, stride_xb, stride_xm, stride_cb, stride_cm, B,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, MIRROR: tl.constexpr,
     BM: tl.constexpr, BK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -37,9 +42,10 @@ def _xxt_kernel(
     acc = dot_rows(Xb, Xb, ri.to(tl.int64), rj.to(tl.int64), imask, jmask, K, stride_xm, stride_xm,
                    EVEN_K, UPCAST, IEEE, BM, BM, BK)
     out = acc.to(C.dtype.element_ty)
-    if ti == tj:  # a diagonal tile: keep its lower triangle and mirror it, so C == C^T by construction
-        r = tl.arange(0, BM)
-        out = tl.where(r[:, None] >= r[None, :], out, tl.trans(out))
+    if MIRROR:  # the interpreter (see above); compiled out on the GPU
+        if ti == tj:  # a diagonal tile: its lower triangle, and that triangle's transpose as the upper one
+            r = tl.arange(0, BM)
+            out = tl.where(r[:, None] >= r[None, :], out, tl.trans(out))
     Cb = C + b * stride_cb
     tl.store(Cb + ri[:, None] * stride_cm + rj[None, :], out, mask=imask[:, None] & jmask[None, :])
     if ti != tj:
@@ -76,5 +82,5 @@ def xxt_forward(x3, prec):
 
     launch(_KERNEL)[grid](x3, c, M, K, x3.stride(0), x3.stride(1), c.stride(0), c.stride(1), B,
                           EVEN_K=(K % 128 == 0) if not _META else (K % _META["BK"] == 0),
-                          UPCAST=interpreting(), IEEE=(prec == "ieee"), **_META)
+                          UPCAST=interpreting(), IEEE=(prec == "ieee"), MIRROR=interpreting(), **_META)
     return c

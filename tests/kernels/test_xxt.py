@@ -15,8 +15,8 @@ def check(backend, shape, dtype, seed, device="cpu"):
     ref = Xd @ Xd.mT
     assert C.shape == ref.shape and C.dtype == dtype
     assert rel(C, ref) < BOUND[dtype], rel(C, ref)
-    # exactly symmetric by construction (the kernel's contract, docs/kernels.md): off-diagonal tiles are
-    # stored twice, diagonal tiles mirror their lower triangle
+    # exactly symmetric (the kernel's contract, docs/kernels.md): off-diagonal tiles are stored twice; diagonal
+    # tiles are mirrored under the interpreter, and the GPU's dot sums entries (r, c) and (c, r) in one order
     assert torch.equal(C, C.mT)
 
 
