@@ -44,7 +44,7 @@ from .preflight import check_fleet_fits
 from .parsers import LogStream, MetricPoint, get_adapter
 from .provenance import code_info
 from .recovery import enqueue_retry, recover
-from .samplers import build_sampler, distributions
+from .samplers import DecidingSampler, build_sampler, distributions
 from .scheduler import NoCapacity, Scheduler
 from .studies import OpenStudy, open_study
 from .study_storage import LeasedStorage
@@ -298,9 +298,8 @@ class Controller:
     def _slots_to_fill(self) -> int:
         if self.max_new_trials is not None and self.dispatched >= self.max_new_trials:
             return 0
-        converged = getattr(self.study.optuna.sampler, "is_converged", None)
-        if converged is not None and converged(self.study.optuna):
-            self.progress.message = "the sampler has converged"
+        if self._settled():
+            self.progress.message = "the sampler has settled its decision"
             return 0
         counted, waiting = self._budget_counts()
         remaining = self.spec.budget.max_trials - counted
@@ -590,7 +589,8 @@ class Controller:
                 if self._counted is not None:
                     self._counted -= 1
             self._trial_event(number, machine, old, state, note)
-            tell(self.study.optuna, trial_id, number, state, value, constraints)
+            tell(self.study.optuna, trial_id, number, state, value, constraints, machine=machine,
+                 exit_reason=exit_reason)
         self._tally(state, value, feasible, number)
 
     def _machine_lost(self, run: Running, error: str) -> None:
@@ -739,9 +739,13 @@ class Controller:
 
     def _finish_study(self) -> None:
         counted, _ = self._budget_counts()
-        converged = getattr(self.study.optuna.sampler, "is_converged", None)
-        if counted >= self.spec.budget.max_trials or (converged is not None and converged(self.study.optuna)):
+        if counted >= self.spec.budget.max_trials or self._settled():
             self._set_status("finished")
+
+    def _settled(self) -> bool:
+        """The sampler says its decision is settled (only a `DecidingSampler` can)."""
+        sampler = self.study.optuna.sampler
+        return isinstance(sampler, DecidingSampler) and sampler.settled(self.study.optuna)
 
     def _shutdown(self) -> None:
         """Stop every job still running: each becomes `lost` and is re-queued as a retry for the next run."""

@@ -89,13 +89,23 @@ def decide(spec: StudySpec, run: ParsedRun, returncode: int | None, *, timed_out
     return outcome
 
 
+#: system attrs a model-based sampler reads: where the run ran (machine effects) and why it ended
+ATTR_MACHINE = "orch:machine"
+ATTR_EXIT_REASON = "orch:exit_reason"
+
+
 def tell(study: optuna.Study, trial_id: int, number: int, state: str, value: float | None,
-         constraints: dict[str, float]) -> None:
+         constraints: dict[str, float], *, machine: str | None = None, exit_reason: str | None = None) -> None:
     """Tell Optuna a trial's result; a no-op when Optuna already has it (so recovery can call it again).
-    A failed trial with constraints (on_failure: infeasible) is told as a complete trial violating them."""
+    A failed trial with constraints (on_failure: infeasible) is told as a complete trial violating them.
+    The machine and the exit reason go with it (system attrs), so a sampler can model machines and read a
+    crash or a divergence as evidence rather than as a missing run."""
     frozen = study._storage.get_trial(trial_id)
     if frozen.state.is_finished():
         return
+    for key, attr in ((ATTR_MACHINE, machine), (ATTR_EXIT_REASON, exit_reason)):
+        if attr is not None and frozen.system_attrs.get(key) != attr:
+            study._storage.set_trial_system_attr(trial_id, key, attr)
     if state == "failed" and constraints:
         state, value = "complete", value if value is not None else _worst_value(study)
     if state == "complete":

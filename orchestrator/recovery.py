@@ -108,7 +108,8 @@ def recover(db: Database, opened: OpenStudy, spec: StudySpec, adapter: LogAdapte
             touched += 1
             tell(study, row.optuna_trial_id, number, row.state, row.value,
                  _constraints_of(spec, row) if row.state == "complete"
-                 else failure_constraints(spec) if row.feasible is False else {})
+                 else failure_constraints(spec) if row.feasible is False else {},
+                 machine=row.machine, exit_reason=row.exit_reason)
             report(f"recovery: told Optuna the recorded outcome of trial {number}")
         if row.state == "lost" or (row.state == "failed" and failure_policy(spec, row.exit_reason) == "retry"):
             if enqueue_retry(study, row, spec.retries, spec):
@@ -145,8 +146,10 @@ def _recover_unfinished(db: Database, study: optuna.Study, spec: StudySpec, adap
         s.add(EventRow(study_id=live.study_id, trial_number=live.number, machine=live.machine, kind="trial.state",
                        old=old, new=live.state, message=live.note))
         state, value, trial_id, number = live.state, live.value, live.optuna_trial_id, live.number
+        machine = live.machine
     if outcome is not None:
-        tell(study, trial_id, number, state, value, outcome.constraints)
+        tell(study, trial_id, number, state, value, outcome.constraints, machine=machine,
+             exit_reason=outcome.exit_reason)
         report(f"recovery: trial {number} had finished; outcome taken from its log")
         if outcome.retry:
             with db.session() as s:

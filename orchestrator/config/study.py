@@ -26,7 +26,7 @@ ENV_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 FLAG_PATTERN = re.compile(r"^--?[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: names every template may use besides the parameters
 BUILTIN_TEMPLATE_NAMES = frozenset({"trial", "repeat", "seed", "study"})
-SAMPLERS = ("random", "grid", "tpe", "gp", "bisection")
+SAMPLERS = ("random", "grid", "tpe", "gp", "frontier", "bisection")
 #: the largest magnitude of a bound, step, min or max (far beyond any training setting; keeps spans finite)
 MAX_BOUND = 1e15
 #: the most points a grid study may span (the grid sampler lists every point when it is built)
@@ -329,7 +329,7 @@ class Objective(_Strict):
 
 
 class Sampler(_Strict):
-    name: Literal["random", "grid", "tpe", "gp", "bisection"] = "tpe"
+    name: Literal["random", "grid", "tpe", "gp", "frontier", "bisection"] = "tpe"
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)  # numpy's seed range
     options: dict[str, Any] = Field(default_factory=dict)
 

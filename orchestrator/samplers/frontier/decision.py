@@ -1,0 +1,283 @@
+"""The one pick rule and the decision the frontier sampler settles.
+
+The decision: which variant is best (fastest, for a speedrun) among those whose mean metric meets the
+target with probability >= ``level`` under the joint model of all runs (model.py). The same rule picks
+the write-up's headline variant, `orch study status`'s best, the sampler's recommendation and the
+benchmark's pick, for every sampler: it reads only the runs (and the user's noise hint), never anything
+a user would not know.
+
+- The pick is a variant that has run (a reviewer needs its runs): the best one with P(feasible) >= level.
+- Settled: the pick has >= 2 runs, P(feasible) >= ``stop_level``, and the expected regret (its objective
+  minus the best feasible variant's, over joint posterior draws of every variant) is <= ``regret_tolerance``.
+- The next points (`next_points`): top-two Thompson sampling for the constrained best variant, plus
+  runs of the would-be pick until it has two, conditioned on the runs in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+import math
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from .model import Posterior, StudyModel, fit_model
+from .space import Observation, SearchSpace
+
+DRAWS = 512
+RECORD_ALPHA = 0.01  # modded-nanogpt's rule: one-sided t-test of the mean at p < 0.01
+RECORD_POWER = 0.8
+
+
+@dataclass
+class Recommendation:
+    """What the rule concludes from a study's runs."""
+
+    params: dict[str, float] | None  # the picked variant, None while no run variant is likely feasible
+    p_feasible: float  # P(its mean metric meets the target) under the model
+    metric_mean: float | None  # model estimate of the variant's mean metric, and a 90% credible interval
+    metric_interval: tuple[float, float] | None
+    objective_mean: float | None  # model estimate of its mean objective (machine effects removed)
+    objective_interval: tuple[float, float] | None
+    runs: int  # completed runs of the picked variant
+    settled: bool
+    expected_regret: float | None  # E[objective(pick) - objective(best feasible variant)], objective units
+    p_within_tolerance: float | None  # P(the pick is feasible and within the tolerance of the best)
+    noise_std: float | None  # the metric's run-to-run std the model learned
+    level: float
+    baseline: dict[str, float] | None = None
+    saved_mean: float | None = None  # objective saved against the baseline (positive = better), and 90% interval
+    saved_interval: tuple[float, float] | None = None
+    confirmation_runs: int | None = None  # runs the record's t-test (p < 0.01) needs at 80% power, from the model
+    reason: str = ""
+    best_unrun: dict[str, float] | None = None  # the model's pick among all variants, run or not
+    counts: dict[str, int] = field(default_factory=dict)  # runs read: ok / crashed / diverged
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The pick rule's settings (a study's sampler options may change them)."""
+
+    target: float
+    sense: str = "<="
+    minimize: bool = True
+    level: float = 0.9
+    stop_level: float = 0.95
+    regret_tolerance: float | None = None  # objective units; default 0.25% of the objective's typical size
+    noise_hint: float | None = None
+    max_crash_rate: float = 0.25
+    min_runs: int = 8  # completed runs before the decision may be called settled
+
+
+def recommend(
+    observations: Sequence[Observation],
+    space: SearchSpace,
+    target: float,
+    *,
+    level: float = 0.9,
+    noise_hint: float | None = None,
+    sense: str = "<=",
+    minimize: bool = True,
+    baseline: Mapping[str, float] | None = None,
+    rule: Rule | None = None,
+    seed: int = 0,
+) -> Recommendation:
+    """The pick from a study's finished runs (see the module docstring)."""
+    rule = rule or Rule(target=target, sense=sense, minimize=minimize, level=level, noise_hint=noise_hint)
+    model = fit_model(observations, space, target=rule.target, sense=rule.sense, minimize=rule.minimize,
+                      noise_hint=rule.noise_hint, max_crash_rate=rule.max_crash_rate)
+    return decide(model, observations, rule, baseline=baseline, rng=np.random.default_rng(seed))
+
+
+def decide(model: StudyModel, observations: Sequence[Observation], rule: Rule, *,
+           baseline: Mapping[str, float] | None = None, rng: np.random.Generator) -> Recommendation:
+    space = model.space
+    counts = {s: sum(o.status == s for o in observations) for s in ("ok", "crashed", "diverged")}
+    run_rows, run_count = _run_variants(observations, space)
+    if not run_rows:
+        return Recommendation(None, 0.0, None, None, None, None, 0, False, None, None, None, rule.level,
+                              reason="no completed run yet", counts=counts)
+    lattice = space.lattice()
+    rows, index = _union(lattice, run_rows, space)
+    post = model.posterior(rows)
+    p = post.p_within()
+    rank = post.objective_rank()
+    run_idx = np.array([index[space.key(r)] for r in run_rows])
+    ok_runs = np.array([run_count[space.key(r)] for r in run_rows])
+    eligible = run_idx[(p[run_idx] >= rule.level) & (ok_runs > 0)]
+    any_ok = np.flatnonzero(p >= rule.level)
+    best_unrun = space.as_dict(rows[any_ok[np.argmin(rank[any_ok])]]) if len(any_ok) else None
+    vmean, vlo, vhi = post.violation_summary()
+    sign = 1.0 if rule.sense == "<=" else -1.0
+    to_metric = lambda v: rule.target + sign * v  # noqa: E731
+    if not len(eligible):
+        lead = run_idx[int(np.argmax(p[run_idx]))]
+        return Recommendation(None, float(p[lead]), None, None, None, None, 0, False, None, None,
+                              _finite(post.noise_std), rule.level, best_unrun=best_unrun, counts=counts,
+                              reason=f"no run variant reaches P(feasible) >= {rule.level:g} yet "
+                                     f"(most likely: {_fmt(space.as_dict(rows[lead]))} at {p[lead]:.2f})")
+    pick = int(eligible[np.argmin(rank[eligible])])
+    regret, within = _regret(post, pick, rule, rng)
+    tol = _tolerance(rule, post)
+    n_pick = int(run_count[space.key(rows[pick])])
+    settled = bool(n_pick >= 2 and p[pick] >= rule.stop_level and regret <= tol and model.n_ok >= rule.min_runs)
+    m_lo, m_hi = sorted((to_metric(vlo[pick]), to_metric(vhi[pick])))
+    half = stats.norm.ppf(0.95) * post.objective_sd[pick]
+    rec = Recommendation(
+        params=space.as_dict(rows[pick]), p_feasible=float(p[pick]), metric_mean=float(to_metric(vmean[pick])),
+        metric_interval=(float(m_lo), float(m_hi)), objective_mean=float(post.objective_mean[pick]),
+        objective_interval=(float(post.objective_mean[pick] - half), float(post.objective_mean[pick] + half)),
+        runs=n_pick, settled=settled, expected_regret=float(regret), p_within_tolerance=float(within),
+        noise_std=_finite(post.noise_std), level=rule.level, best_unrun=best_unrun, counts=counts,
+        reason=("settled" if settled else _why_not(n_pick, p[pick], regret, tol, model.n_ok, rule)),
+    )
+    rec.confirmation_runs = confirmation_runs(-vmean[pick], post.noise_std)
+    if baseline is not None and all(k in baseline for k in space.names):
+        base_post = model.posterior(np.array([space.row(baseline)]))
+        diff = base_post.objective_mean[0] - post.objective_mean[pick]
+        diff = diff if rule.minimize else -diff
+        sd = math.hypot(base_post.objective_sd[0], post.objective_sd[pick])
+        rec.baseline = {k: float(baseline[k]) for k in space.names}
+        rec.saved_mean = float(diff)
+        rec.saved_interval = (float(diff - 1.645 * sd), float(diff + 1.645 * sd))
+    return rec
+
+
+def confirmation_runs(margin: float, noise_std: float, max_runs: int = 200) -> int | None:
+    """Runs a one-sided t-test at p < 0.01 needs to pass with 80% power when the true mean is ``margin``
+    inside the target and runs scatter by ``noise_std`` (the noncentral t; None when out of reach)."""
+    if not (margin > 0 and noise_std and math.isfinite(noise_std) and noise_std > 0):
+        return None
+    effect = margin / noise_std
+    for n in range(2, max_runs + 1):
+        crit = stats.t.ppf(1 - RECORD_ALPHA, n - 1)
+        if stats.nct.sf(crit, n - 1, effect * math.sqrt(n)) >= RECORD_POWER:
+            return n
+    return None
+
+
+def next_points(model: StudyModel, observations: Sequence[Observation], pending: Sequence[Mapping[str, float]],
+                rule: Rule, rng: np.random.Generator, count: int = 1) -> list[dict[str, float]]:
+    """The next ``count`` variants to run, given the runs in flight (``pending``)."""
+    space = model.space
+    lattice = space.lattice()
+    rows, index = _union(lattice, [space.row(p) for p in pending], space)
+    post = model.posterior(rows)
+    _, run_count = _run_variants(observations, space)
+    in_flight = [index[space.key(space.row(p))] for p in pending]
+    out: list[dict[str, float]] = []
+    for _ in range(count):
+        cond = post.condition_on_pending(in_flight)
+        choice = _leader_needing_runs(cond, rows, space, run_count, in_flight, rule)
+        if choice is None:
+            choice = _top_two_thompson(cond, rng)
+        in_flight.append(choice)
+        out.append(space.as_dict(rows[choice]))
+    return out
+
+
+def _leader_needing_runs(post: Posterior, rows: np.ndarray, space: SearchSpace, run_count: Mapping[tuple, int],
+                         in_flight: Sequence[int], rule: Rule) -> int | None:
+    """The would-be pick over all variants, while it has fewer than two runs done or in flight."""
+    p = post.p_within()
+    ok = np.flatnonzero(p >= rule.level)
+    if not len(ok):
+        return None
+    lead = int(ok[np.argmin(post.objective_rank()[ok])])
+    if run_count.get(space.key(rows[lead]), 0) + sum(1 for i in in_flight if i == lead) < 2:
+        return lead
+    return None
+
+
+def _top_two_thompson(post: Posterior, rng: np.random.Generator, beta: float = 0.5) -> int:
+    """A posterior draw's best feasible variant; with probability 1 - beta, a challenger: the best of a
+    further draw whose best differs (Russo's top-two sampling for best-arm identification)."""
+    rank = post.objective_rank()
+    draws = post.sample(32, rng)
+    crash_ok = post.crash_ok >= 0.5
+    bests = [_best_feasible(d, rank, crash_ok) for d in draws]
+    first = bests[0]
+    if rng.random() < beta:
+        return first
+    for b in bests[1:]:
+        if b != first:
+            return b
+    return first
+
+
+def _best_feasible(draw: np.ndarray, rank: np.ndarray, crash_ok: np.ndarray) -> int:
+    feasible = np.flatnonzero((draw <= 0) & crash_ok)
+    if not len(feasible):
+        return int(np.argmin(draw))  # nothing feasible in this draw: its most likely feasible variant
+    return int(feasible[np.argmin(rank[feasible])])
+
+
+def _regret(post: Posterior, pick: int, rule: Rule, rng: np.random.Generator) -> tuple[float, float]:
+    rank = post.objective_rank()
+    draws = post.sample(DRAWS, rng)
+    crash_ok = post.crash_ok >= 0.5
+    best = np.array([rank[_best_feasible(d, rank, crash_ok)] for d in draws])
+    gap = np.maximum(rank[pick] - best, 0.0)
+    feasible = draws[:, pick] <= 0
+    tol = _tolerance(rule, post)
+    return float(gap.mean()), float(np.mean(feasible & (gap <= tol)))
+
+
+def _tolerance(rule: Rule, post: Posterior) -> float:
+    if rule.regret_tolerance is not None:
+        return rule.regret_tolerance
+    typical = float(np.median(np.abs(post.objective_mean))) if np.all(np.isfinite(post.objective_mean)) else 0.0
+    return 0.0025 * typical
+
+
+def _run_variants(observations: Sequence[Observation], space: SearchSpace) -> tuple[list[np.ndarray], dict]:
+    rows: dict[tuple, np.ndarray] = {}
+    count: dict[tuple, int] = {}
+    for o in observations:
+        if not all(n in o.params for n in space.names):
+            continue
+        row = space.row(o.params)
+        key = space.key(row)
+        rows.setdefault(key, row)
+        count[key] = count.get(key, 0) + (1 if o.status == "ok" and o.metric is not None else 0)
+    return list(rows.values()), count
+
+
+def _union(lattice: np.ndarray, extra: Sequence[np.ndarray], space: SearchSpace) -> tuple[np.ndarray, dict]:
+    index = {space.key(r): i for i, r in enumerate(lattice)}
+    rows = [lattice]
+    added = []
+    for r in extra:
+        k = space.key(r)
+        if k not in index:
+            index[k] = len(lattice) + len(added)
+            added.append(np.asarray(r, float))
+    if added:
+        rows.append(np.array(added))
+    return np.concatenate(rows, axis=0), index
+
+
+def _why_not(n_pick: int, p: float, regret: float, tol: float, n_ok: int, rule: Rule) -> str:
+    why = []
+    if n_ok < rule.min_runs:
+        why.append(f"{n_ok} of {rule.min_runs} runs")
+    if n_pick < 2:
+        why.append("the pick has 1 run")
+    if p < rule.stop_level:
+        why.append(f"P(feasible) {p:.2f} < {rule.stop_level:g}")
+    if regret > tol:
+        why.append(f"expected regret {regret:.3g} > {tol:.3g}")
+    return "not settled: " + ", ".join(why)
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _fmt(params: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in params.items())
