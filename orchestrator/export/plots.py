@@ -3,7 +3,7 @@
 - ``results``: the constraint metric (val_loss) against the objective (time) of every trial, coloured by
   round, the target as a dashed line; marker shape by kind (search, baseline, confirmation, early exit).
 - ``parameters``: each searched parameter against the objective and against the constraint metric.
-- ``boundary`` (bisection studies): the sampler's boundary estimate and credible interval after each round.
+- ``pick``: the pick rule's variant after each round, its estimated metric with a 90% interval and P(feasible).
 """
 
 from __future__ import annotations
@@ -150,39 +150,31 @@ def parameter_plot(report: Report) -> Plot | None:
     return Plot("parameters", caption, _png(fig))
 
 
-def boundary_plot(report: Report) -> Plot | None:
-    history = [(r.number, r.estimate) for r in report.rounds if r.estimate]
-    if not history:
+def pick_plot(report: Report) -> Plot | None:
+    """The pick rule's answer after each round: the picked variant's estimated metric (90% interval)
+    against the target, and its P(feasible)."""
+    history = [(r.number, r.estimate) for r in report.rounds if r.estimate is not None and r.estimate.params]
+    if not history or report.constraint is None:
         return None
-    names = [c["name"] for c in history[-1][1]["coordinates"]]
-    fig = _figure(8, 2.8 * len(names))
-    axes = fig.subplots(len(names), 1, squeeze=False)
-    level = f"{round(100 * report.credible)}% " if report.credible else ""
-    for ax, name in zip((a[0] for a in axes), names):
-        xs, med, lo, hi, rec = [], [], [], [], []
-        for number, est in history:
-            c = next((c for c in est["coordinates"] if c["name"] == name), None)
-            if c is None or c.get("status") == "pending":
-                continue
-            xs.append(number)
-            med.append(c["boundary"])
-            a, b = sorted(c["interval"])
-            lo.append(a)
-            hi.append(b)
-            rec.append(c["recommended"])
-        if xs:
-            ax.fill_between(xs, lo, hi, color="#3498db", alpha=0.2, label=f"{level}credible interval")
-            ax.plot(xs, med, "o-", color="#2471a3", label="boundary (posterior median)")
-            ax.plot(xs, rec, "D--", color="#27ae60", label="recommended value")
-        ax.set_ylabel(name)
-        ax.set_xlabel("after round")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-    return Plot("boundary", "the bisection sampler's boundary estimate after each round", _png(fig))
+    fig = _figure(8, 3.2)
+    ax = fig.subplots(1, 1)
+    xs = [n for n, _ in history]
+    mean = [e.metric_mean for _, e in history]
+    lo = [e.metric_interval[0] for _, e in history]
+    hi = [e.metric_interval[1] for _, e in history]
+    ax.fill_between(xs, lo, hi, color="#3498db", alpha=0.2, label="90% credible interval")
+    ax.plot(xs, mean, "o-", color="#2471a3", label=f"picked variant's {report.cmetric} (model)")
+    for n, e in history:
+        ax.annotate(f"P={e.p_feasible:.2f}", (n, e.metric_mean), fontsize=7, textcoords="offset points", xytext=(3, 4))
+    _target_line(ax, report, "y")
+    ax.set_xlabel("after round")
+    ax.set_ylabel(report.cmetric or "")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return Plot("pick", "the pick rule's variant after each round: its estimated mean and P(feasible)", _png(fig))
 
 
 def render_plots(report: Report) -> list[Plot]:
     out = [results_plot(report), parameter_plot(report)]
-    if report.is_bisection:
-        out.append(boundary_plot(report))
+    out.append(pick_plot(report))
     return [p for p in out if p is not None]

@@ -19,6 +19,7 @@ from typing import Any
 
 from db import Database, StudyRow
 
+from ..analysis.pick import pick_text, study_pick
 from ..analysis.results import STATS_KINDS, Variant, full_records, optuna_trials, top_variants, variants_of
 from ..config.study import Constraint, StudySpec
 from .tables import HIT, MISS, _fmt, _note, best_trial
@@ -31,7 +32,7 @@ class Round:
     number: int
     records: list[dict[str, Any]]
     conclusion: list[str]
-    estimate: dict[str, Any] | None = None
+    estimate: Any = None  # the pick rule's Recommendation after this round
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Report:
     early_exit: list[dict[str, Any]]
     has_experiment: bool
     generated_at: str
-    credible: float | None = None
+    pick: Any = None  # the pick rule's Recommendation over every counted run
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -68,10 +69,6 @@ class Report:
     @property
     def constraint_metrics(self) -> list[str]:
         return [c.metric for c in self.spec.objective.constraints]
-
-    @property
-    def is_bisection(self) -> bool:
-        return self.spec.sampler.name == "bisection"
 
     def variant_label(self, params: dict[str, Any]) -> str:
         return " / ".join(_fmt(params.get(n)) for n in self.names)
@@ -119,27 +116,14 @@ def _best_feasible_text(report_spec: StudySpec, records: list[dict[str, Any]], n
     return lines
 
 
-def _bisection_text(est: dict[str, Any], credible: float | None) -> list[str]:
-    lines = []
-    level = f"{round(100 * credible)}% " if credible else ""
-    for c in est.get("coordinates", []):
-        if c.get("status") == "pending":
-            lines.append(f"{c['name']}: not searched yet.")
-            continue
-        lo, hi = c["interval"]
-        text = (f"{c['name']}: boundary ≈ {_fmt(c['boundary'])} ({level}interval {_fmt(lo)} to {_fmt(hi)}), "
-                f"recommended {_fmt(c['recommended'])} (P(feasible) = {c['p_feasible']:.2f}), "
-                f"{c['n_trials']} runs on this line; {c['status']}")
-        if c.get("reason"):
-            text += f" ({c['reason']})"
-        if c.get("metric_at_recommended") is not None:
-            text += f"; observed mean at the recommendation {_fmt(c['metric_at_recommended'])}"
-        lines.append(text + ".")
-    point = est.get("point") or {}
-    if point:
-        lines.append(("Converged; " if est.get("converged") else "Recommended point now: ")
-                     + ", ".join(f"{k} = {_fmt(float(v))}" for k, v in point.items()) + ".")
-    return lines
+def _variant_of(variants: list[Variant], params: dict[str, float] | None, names: list[str]) -> Variant | None:
+    if params is None:
+        return None
+    for v in variants:
+        if all(isinstance(v.params.get(k), (int, float)) and abs(float(v.params[k]) - x) < 1e-9
+               for k, x in params.items()):
+            return v
+    return None
 
 
 def build_report(db: Database, study: StudyRow) -> Report:
@@ -166,22 +150,13 @@ def build_report(db: Database, study: StudyRow) -> Report:
         best_run = best_trial(spec, runs)
     best_run = best_run or fastest_hit
 
-    sampler, ostudy, credible = None, None, None
     notes: list[str] = []
-    if spec.sampler.name == "bisection":
-        try:
-            import optuna
-
-            from ..samplers import build_sampler
-            from ..studies import optuna_storage
-
-            sampler = build_sampler(spec)
-            credible = getattr(sampler, "_credible", None)
-            ostudy = optuna.load_study(study_name=study.optuna_study_name, storage=optuna_storage(db), sampler=sampler)
-        except Exception as exc:  # the write-up still renders without the sampler's view
-            notes.append(f"The bisection sampler could not be rebuilt from the study spec ({exc}); "
-                         "its conclusions are left out.")
-            sampler = None
+    pick = study_pick(spec, stat_records)
+    if pick is not None:
+        picked = _variant_of(variants, pick.params, names)
+        best = picked  # the one pick rule (analysis/pick.py): None while no run variant is likely feasible
+        if pick.params is not None and picked is None:
+            notes.append("The pick rule's variant has no row among the variants; its figures are the model's.")
     rounds = []
     round_records = [r for r in records if r["kind"] in ROUND_KINDS]
     for number in sorted({r["round"] for r in round_records}):
@@ -189,12 +164,9 @@ def build_report(db: Database, study: StudyRow) -> Report:
         done = [r for r in group if r["state"] == "complete"]
         head = f"{len(group)} runs, {len(done)} complete, {sum(1 for r in done if r['feasible'])} met the target."
         estimate = None
-        if sampler is not None and ostudy is not None:
-            try:
-                estimate = sampler.boundary_estimate(ostudy, until_trial=max(r["number"] for r in group) + 1)
-                conclusion = [head, *_bisection_text(estimate, credible)]
-            except Exception as exc:
-                conclusion = [head, f"The sampler's boundary estimate failed: {exc}."]
+        if pick is not None:
+            estimate = study_pick(spec, stat_records, until_round=number)
+            conclusion = [head, *pick_text(estimate, constraint.metric, spec.objective.metric)]
         else:
             so_far = [r for r in stat_records if r["round"] <= number]
             conclusion = [head, *_best_feasible_text(spec, so_far, names, constraint, has_experiment)]
@@ -206,8 +178,7 @@ def build_report(db: Database, study: StudyRow) -> Report:
                   constraint=constraint, rounds=rounds, variants=variants, best=best, baseline=baseline,
                   baseline_how=baseline_how, fastest_hit=fastest_hit, best_run=best_run, confirmation=confirmation,
                   confirmation_variants=conf_variants, early_exit=early, has_experiment=has_experiment,
-                  generated_at=_data_as_of(study, records), credible=credible,
-                  notes=notes)
+                  generated_at=_data_as_of(study, records), pick=pick, notes=notes)
 
 
 # ------------------------------------------------------------------------------------------------ shared views
@@ -245,9 +216,13 @@ def headline(report: Report) -> dict[str, Any]:
             rows.append([f"p, one-sided t-test {c.metric} {sense} {c.threshold:g}", _p(b.stats.p_value),
                          _p(base.stats.p_value) if base else "", ""])
         out["columns"], out["rows"] = cols, rows
-        how = ("fastest" if report.spec.objective.direction == "minimize" else "best") + \
-              f" mean {report.metric} among variants" + (f" with a hit rate of at least 50% and a mean {c.metric} "
-                                                         f"that meets {c}" if c else "")
+        best_word = "fastest" if report.spec.objective.direction == "minimize" else "best"
+        if report.pick is not None and report.pick.params is not None:
+            how = (f"{best_word} run variant whose mean {c.metric} meets {c} with P >= {report.pick.level:g} under one "
+                   f"model of all runs (the pick rule, docs/search.md; P = {report.pick.p_feasible:.2f} here)")
+        else:
+            how = f"{best_word} mean {report.metric} among variants" + (
+                f" with a hit rate of at least 50% and a mean {c.metric} that meets {c}" if c else "")
         out["sentences"].append(f"Best variant = the {how}; baseline = {report.baseline_how}; "
                                 f"runs backing it: trials {', '.join(str(n) for n in b.numbers)}.")
         if c is not None and not math.isnan(b.stats.p_value):

@@ -99,7 +99,7 @@ def test_html_round_tables_reproduce_the_record_page(campaign):
         _check_round_table(tables[f"round-{n}"], expected[n], db_rows)
     # one self-contained file: no network fetches, no scripts, plots inline
     assert not re.search(r'(src|href)="(https?:)?//', page) and "<script" not in page and "@import" not in page
-    assert page.count('src="data:image/png;base64,') == 2  # results + parameters (no bisection here)
+    assert page.count('src="data:image/png;base64,') == 3  # results, parameters and the pick after each round
 
 
 def _variant_numbers(rows, stage1, stage2, stage3):
@@ -108,7 +108,10 @@ def _variant_numbers(rows, stage1, stage2, stage3):
 
 def test_headline_numbers_agree_with_the_database(campaign):
     rows = campaign["rows"]
-    best = _variant_numbers(rows, 0.35, 0.32, 0.33)  # fastest mean among variants whose mean loss meets 3.28
+    pick = build_report(campaign["db"], campaign["row"]).pick  # the one pick rule (analysis/pick.py)
+    assert pick is not None and pick.params is not None and pick.p_feasible >= pick.level
+    best = [r for r in rows if all(abs(r.params[k] - v) < 1e-9 for k, v in pick.params.items())]
+    assert best
     base = _variant_numbers(rows, 0.3333, 0.3333, 0.3333)
     mean_t = sum(r.value for r in best) / len(best)
     mean_l = sum(r.metrics["val_loss"] for r in best) / len(best)
@@ -118,7 +121,8 @@ def test_headline_numbers_agree_with_the_database(campaign):
     record = _variant_numbers(rows, 0.36, 0.31, 0.33)
     assert sum(r.metrics["val_loss"] for r in record) / len(record) > TARGET
     md = campaign["md"]
-    assert "**Best variant: stage1 = 0.35, stage2 = 0.32, stage3 = 0.33**" in md
+    label = ", ".join(f"{k} = {pick.params[k]:g}" for k in ("stage1", "stage2", "stage3"))
+    assert f"**Best variant: {label}**" in md
     (_, head_rows), = [(h, r) for h, r in md_tables(md) if h == "Headline"]
     html_head = html_tables(campaign["html"])["headline"]
     for table in (head_rows[2:], html_head[1:]):
@@ -160,7 +164,7 @@ def test_markdown_with_plots_writes_pngs_beside_it(campaign):
     out = campaign["tmp"] / "pr" / "write-up.md"
     md = export_text("md", campaign["db"], campaign["row"], out=out, plots=True)
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert links == ["write-up.results.png", "write-up.parameters.png"]
+    assert links == ["write-up.results.png", "write-up.parameters.png", "write-up.pick.png"]
     for link in links:
         assert (out.parent / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     def body(text: str) -> str:  # without the generation time
@@ -200,7 +204,7 @@ def test_confirmation_and_early_exit_sections(tmp_path):
     assert {"confirmation", "confirmation-variants", "early-exit"} <= set(html_tables(page))
 
 
-def test_bisection_study_reports_the_samplers_boundary_after_each_round(tmp_path):
+def test_frontier_study_reports_the_pick_after_each_round(tmp_path):
     spec_file = tmp_path / "bisect.yaml"
     spec_file.write_text(yaml.safe_dump({
         "trainer": {"command": ["python", "train.py"], "log_format": "orch"},
@@ -229,15 +233,19 @@ def test_bisection_study_reports_the_samplers_boundary_after_each_round(tmp_path
                                state="complete", machine=f"m{t.number % 4}", value=60 - 20 * x, feasible=loss <= 3.28,
                                metrics={"train_time_s": 60 - 20 * x, "val_loss": loss}))
     report = build_report(db, load_study_row(db, "b"))
-    assert [r.number for r in report.rounds] == [1, 2, 3] and all(r.estimate for r in report.rounds)
+    assert [r.number for r in report.rounds] == [1, 2, 3] and all(r.estimate is not None for r in report.rounds)
     sampler = build_sampler(spec)
-    for r in report.rounds:
-        expected = sampler.boundary_estimate(study, until_trial=max(x["number"] for x in r.records) + 1)
-        assert r.estimate["coordinates"][0]["boundary"] == expected["coordinates"][0]["boundary"]
-        assert any(line.startswith("stage1: boundary ≈ ") for line in r.conclusion)
-    assert [p.name for p in render_plots(report)] == ["results", "parameters", "boundary"]
+    for r in report.rounds:  # the write-up's conclusion after each round is the sampler's own recommendation
+        expected = sampler.recommendation(study, until_trial=max(x["number"] for x in r.records) + 1)
+        assert r.estimate.params == expected.params
+        assert r.estimate.p_feasible == pytest.approx(expected.p_feasible, abs=1e-9)
+        assert any(line.startswith("Pick: ") for line in r.conclusion)
+    final = report.rounds[-1].estimate
+    assert final.params is not None and final.p_feasible >= final.level
+    assert report.best is not None and report.best.params["stage1"] == pytest.approx(final.params["stage1"])
+    assert [p.name for p in render_plots(report)] == ["results", "parameters", "pick"]
     md = RENDERERS["md"](db, load_study_row(db, "b"))
-    assert "*After round 3:* 4 runs, 4 complete," in md and "stage1: boundary ≈ " in md
+    assert "*After round 3:* 4 runs, 4 complete," in md and "Pick: stage1 = " in md
 
 
 def test_cli_formats_and_errors(campaign):
