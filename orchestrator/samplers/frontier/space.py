@@ -66,7 +66,7 @@ class SearchSpace:
     params: Sequence[Param]
     allowed: Callable[[dict[str, float]], bool] | None = None
     n_grid: int = 33
-    max_variants: int = 3000
+    max_variants: int = 1000
     _lattice: np.ndarray | None = field(default=None, repr=False)
 
     @property
