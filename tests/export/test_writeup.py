@@ -135,11 +135,12 @@ def test_headline_numbers_agree_with_the_database(campaign):
         assert math.isclose(_num(change.split()[0]), diff, abs_tol=5e-5)
         assert f"({100 * diff / base[0].value:+.2f} %)" in change
         assert math.isclose(_num(cells["val_loss (mean ± std)"][0].split(" ± ")[0]), mean_l, abs_tol=5e-5)
-        assert cells["p, one-sided t-test val_loss < 3.28"][0] == f"{p:.2g}"
+        assert cells["p, one-sided t-test val_loss < 3.28"][0] == ("n/a" if math.isnan(p) else f"{p:.2g}")
     runs_backing = ", ".join(str(r.number) for r in best)
     assert f"runs backing it: trials {runs_backing}." in md and f"runs backing it: trials {runs_backing}." in campaign["html"]
     assert "Fastest single run that met the target: trial 20 (experiment 21), round 6, b200-3: train_time_s 57.382" in md
-    assert "does not meet the record rule" in md
+    # the record rule's verdict needs two runs of the picked variant; with one, the write-up says so
+    assert (("meet the record rule" in md) if len(best) > 1 else ("One run is not enough for the t-test" in md))
 
 
 def test_csv_and_json_carry_every_field_and_agree_with_the_database(campaign):
