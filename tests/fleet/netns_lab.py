@@ -3,7 +3,7 @@
 Topology (one lab): a bridge `ob<tag>` in the root namespace with 10.200.<net>.254/24; per machine a namespace
 `orch-<tag>-<name>` whose `eth0` (10.200.<net>.<i>) is the far end of a veth pair `ov<tag>h<i>` plugged into the
 bridge. The root namespace reaches the machines through the bridge only: `ip route add blackhole 10.200.0.0/16`
-is in place BEFORE any traffic (../shared/ENVIRONMENT.md), so a packet for a 10.200 address that is not on the
+is in place BEFORE any traffic (the development notes on network namespaces), so a packet for a 10.200 address that is not on the
 bridge is dropped instead of leaving through eth0. Only our own namespaces are ever addressed.
 
 `<tag>` is unique per process and `<net>` a /24 of 10.200/16 no other lab uses, so labs of engineers or CI jobs
