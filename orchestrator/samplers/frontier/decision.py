@@ -122,8 +122,8 @@ def decide(model: StudyModel, observations: Sequence[Observation], rule: Rule, *
                               reason=f"no run variant reaches P(feasible) >= {rule.level:g} yet "
                                      f"(most likely: {_fmt(space.as_dict(rows[lead]))} at {p[lead]:.2f})")
     pick = int(eligible[np.argmin(rank[eligible])])
-    regret, within = _regret(post, pick, rule, rng)
     tol = _tolerance(rule, post)
+    regret, within = _regret(post, pick, tol, rng)
     n_pick = int(run_count[space.key(rows[pick])])
     settled = bool(n_pick >= 2 and p[pick] >= rule.stop_level and regret <= tol and model.n_ok >= rule.min_runs)
     m_lo, m_hi = sorted((to_metric(vlo[pick]), to_metric(vhi[pick])))
@@ -217,14 +217,13 @@ def _best_feasible(draw: np.ndarray, rank: np.ndarray, crash_ok: np.ndarray) -> 
     return int(feasible[np.argmin(rank[feasible])])
 
 
-def _regret(post: Posterior, pick: int, rule: Rule, rng: np.random.Generator) -> tuple[float, float]:
+def _regret(post: Posterior, pick: int, tol: float, rng: np.random.Generator) -> tuple[float, float]:
     rank = post.objective_rank()
     draws = post.sample(DRAWS, rng)
     crash_ok = post.crash_ok >= 0.5
     best = np.array([rank[_best_feasible(d, rank, crash_ok)] for d in draws])
     gap = np.maximum(rank[pick] - best, 0.0)
     feasible = draws[:, pick] <= 0
-    tol = _tolerance(rule, post)
     return float(gap.mean()), float(np.mean(feasible & (gap <= tol)))
 
 

@@ -152,7 +152,7 @@ class FrontierSampler(BaseSampler):
         space = self._search_space(trials)
         if space is None:
             return None
-        obs = self.observations(trials, space, study.direction)
+        obs = self.observations(trials, space)
         key = ("rec", _signature(trials))
         if key not in self._cache:
             model = self._model(obs, space, study, trials)
@@ -167,8 +167,7 @@ class FrontierSampler(BaseSampler):
                     stop_level=self._stop_level, regret_tolerance=self._regret_tolerance,
                     noise_hint=self._noise, max_crash_rate=self._max_crash_rate, min_runs=self._min_runs)
 
-    def observations(self, trials: Sequence[FrozenTrial], space: SearchSpace,
-                     direction: StudyDirection = StudyDirection.MINIMIZE) -> list[Observation]:
+    def observations(self, trials: Sequence[FrozenTrial], space: SearchSpace) -> list[Observation]:
         """The finished trials as the model reads them."""
         out = []
         for t in trials:
@@ -235,7 +234,7 @@ class FrontierSampler(BaseSampler):
                     space: SearchSpace) -> dict[str, float]:
         others = [t for t in trials if t.number != trial.number]
         pending = [p for t in others if t.state == TrialState.RUNNING and (p := _point_of(t, space)) is not None]
-        obs = self.observations(others, space, study.direction)
+        obs = self.observations(others, space)
         usable = sum(o.status == "ok" for o in obs)
         n_initial = self._n_initial or max(4, len(space.names) + 2)
         rng = np.random.default_rng(_seed(self._seed, trial.number))
