@@ -36,6 +36,7 @@ def check_sampler(spec: StudySpec, doc: YamlDoc) -> None:
             warnings.simplefilter("ignore")
             study = optuna.create_study(sampler=sampler, direction=spec.objective.direction,
                                         storage=optuna.storages.InMemoryStorage())
+            study.stop = lambda: None  # a grid sampler stops the study once its grid is used up: no loop here to stop
             for index in range(DRY_RUN_TRIALS):
                 trial = study.ask(dists)
                 study.tell(trial, float(index + 1))

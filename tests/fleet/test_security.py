@@ -142,6 +142,7 @@ def test_a_secret_reaches_the_container_and_appears_nowhere_we_keep(ssh_lab, pod
     url = f"sqlite:///{tmp_path / 'orch.db'}"
     env = {**_podman_env(podman_image), "HF_TOKEN": token}
     outputs = [orch("study", "create", "s", "--from", str(study), "--db", url, cwd=tmp_path, env=env)]
+    assert outputs[0].returncode == 0, outputs[0].stderr
     outputs.append(orch("study", "run", "s", "--fleet", str(fleet), "--db", url, "--plain", cwd=tmp_path, env=env,
                         timeout=300))
     assert outputs[-1].returncode == 0, outputs[-1].stdout[-2000:] + outputs[-1].stderr[-2000:]

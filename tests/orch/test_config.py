@@ -142,3 +142,20 @@ def test_study_that_is_not_yaml(tmp_path):
 def test_study_that_is_a_list(tmp_path):
     with pytest.raises(OrchError, match="expected a mapping"):
         _study(tmp_path, "- a\n- b\n")
+
+
+@pytest.mark.parametrize("choices", [["a"], ["a", "b"], ["a", "b", "c"]])
+def test_a_grid_that_is_used_up_by_the_create_time_dry_run_is_still_a_good_study(tmp_path, choices):
+    """The create-time sampler check asks the grid sampler for two points; a grid of one or two points is used up
+    by then, and Optuna's GridSampler stops the study, which outside an optimize loop raises."""
+    text = f"""\
+trainer:
+  command: ["{{python}}", "-c", "pass"]
+parameters:
+  value: {{type: categorical, choices: {choices}, flag: --value}}
+objective: {{minimize: train_time_s}}
+sampler: {{name: grid, seed: 0}}
+budget: {{max_trials: {len(choices)}}}
+"""
+    spec, _ = _study(tmp_path, text)
+    assert spec.sampler.name == "grid"
