@@ -13,9 +13,9 @@
   step_avg over). Without a step time the limit is 600 s exactly.
 - nanochat: CORE metric > 0.256525 (GPT-2 1.6B's CORE score).
 
-The Student-t CDF is orchestrator.analysis.variants.student_t_cdf (the regularized incomplete beta function by
-its continued fraction; agrees with scipy to ~1e-12). Every result has `passed`, the numbers, and a one-line
-`explanation`.
+The t-tests are scipy's (`scipy.stats.ttest_1samp`, the call the tracks' own records quote). Every result has
+`passed`, the numbers, and a one-line `explanation`. `orchestrator.certify` applies these rules to a study's runs
+(`orch study status`, the write-up, `orch study confirm`, `orch record`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .analysis.variants import student_t_cdf
+from .analysis.variants import student_t_cdf, ttest_1samp_pvalue
+
+__all__ = ["check_modded_nanogpt", "check_nanochat", "check_parameter_golf", "check_parameter_golf_run",
+           "one_sided_t_test", "one_sided_t_test_below", "student_t_cdf"]
 
 MODDED_NANOGPT_TARGET = 3.28
 MODDED_NANOGPT_ALPHA = 0.01
@@ -38,9 +41,9 @@ NANOCHAT_CORE_THRESHOLD = 0.256525
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Student t test (the distribution itself lives in orchestrator.analysis.variants)
+# Student t test
 
-T_METHOD = "builtin"  # the Student-t CDF of orchestrator.analysis.variants (continued fraction, no scipy)
+T_METHOD = "scipy.stats.ttest_1samp"
 
 
 @dataclass(frozen=True)
@@ -52,22 +55,26 @@ class TTest:
     p_value: float  # one-sided: P(mean >= threshold) evidence; small means "mean is below threshold"
 
 
-def one_sided_t_test_below(values: Sequence[float], threshold: float) -> TTest:
-    """One-sample t-test of H1: mean(values) < threshold. Needs at least 2 values."""
+def one_sided_t_test(values: Sequence[float], threshold: float, below: bool = True) -> TTest:
+    """One-sample t-test of H1: mean(values) < threshold (`below`) or > threshold. Needs at least 2 values."""
     xs = [float(v) for v in values]
     n = len(xs)
     if n < 2:
         raise ValueError("a t-test needs at least 2 runs")
     if any(not math.isfinite(v) for v in xs):
         raise ValueError("values must be finite numbers (a diverged run has no val_loss)")
-    mean = sum(xs) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in xs) / (n - 1))
+    mean = math.fsum(xs) / n
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in xs) / (n - 1))
+    p = ttest_1samp_pvalue(xs, threshold, alternative="less" if below else "greater")
     if std == 0.0:
         t_stat = -math.inf if mean < threshold else (math.inf if mean > threshold else 0.0)
-        p = 0.0 if mean < threshold else (1.0 if mean > threshold else 0.5)
-        return TTest(n, mean, std, t_stat, p)
-    t_stat = (mean - threshold) / (std / math.sqrt(n))
-    return TTest(n, mean, std, t_stat, student_t_cdf(t_stat, n - 1))
+        return TTest(n, mean, std, t_stat, 0.5 if math.isnan(p) else p)
+    return TTest(n, mean, std, (mean - threshold) / (std / math.sqrt(n)), p)
+
+
+def one_sided_t_test_below(values: Sequence[float], threshold: float) -> TTest:
+    """One-sample t-test of H1: mean(values) < threshold. Needs at least 2 values."""
+    return one_sided_t_test(values, threshold, below=True)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -4,9 +4,8 @@ A *variant* is one parameter setting (e.g. stage fractions 0.36/0.31/0.33); each
 a (time, metric) pair.  :func:`variant_stats` turns ``{variant: [(time, metric), ...]}`` into
 :class:`VariantStats` (runs, means, standard deviations, hit rate, and the one-sided t-test
 p-value that the mean metric is below the target, the modded-nanogpt record rule
-``scipy.stats.ttest_1samp(losses, 3.28, alternative='less')``).  :func:`rank_for_confirmation`
-picks the variants worth confirmation runs.  Pure functions; no scipy needed (the Student-t CDF
-is computed here from the regularized incomplete beta function).
+``scipy.stats.ttest_1samp(losses, 3.28, alternative='less')``, computed by scipy).
+:func:`rank_for_confirmation` picks the variants worth confirmation runs.  Pure functions.
 
 Example::
 
@@ -31,6 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 import math
 from typing import Any
+import warnings
+
+import scipy.stats
 
 
 __all__ = [
@@ -198,92 +200,31 @@ def rank_for_confirmation(
 def ttest_1samp_pvalue(
     sample: Sequence[float], popmean: float, *, alternative: str = "less"
 ) -> float:
-    """p-value of the one-sample t-test, as ``scipy.stats.ttest_1samp(...).pvalue``.
+    """p-value of the one-sample t-test: ``scipy.stats.ttest_1samp(...).pvalue``.
 
     ``alternative="less"`` tests mean < popmean (the modded-nanogpt record rule, p < 0.01
     needed), ``"greater"`` mean > popmean, ``"two-sided"`` mean != popmean.  Returns ``nan``
-    for fewer than two values; with zero spread it returns 0 or 1 when the mean differs from
-    ``popmean`` in the tested way or the other, and ``nan`` when equal.
+    for fewer than two values; with zero spread (where scipy has no t statistic) it returns 0 or 1
+    when the mean differs from ``popmean`` in the tested way or the other, and ``nan`` when equal.
     """
+    if alternative not in ("less", "greater", "two-sided"):
+        raise ValueError(f"alternative must be 'less', 'greater' or 'two-sided', got {alternative!r}")
     xs = [float(x) for x in sample]
-    n = len(xs)
-    if n < 2:
+    if len(xs) < 2:
         return math.nan
     m, s = _mean_std(xs)
-    df = n - 1
     if s == 0.0:
         if m == popmean:
             return math.nan
-        t = -math.inf if m < popmean else math.inf
-    else:
-        t = (m - popmean) / (s / math.sqrt(n))
-    if alternative == "less":
-        return student_t_cdf(t, df)
-    if alternative == "greater":
-        return student_t_cdf(-t, df)
-    if alternative == "two-sided":
-        return min(1.0, 2.0 * student_t_cdf(-abs(t), df))
-    raise ValueError(f"alternative must be 'less', 'greater' or 'two-sided', got {alternative!r}")
+        below = m < popmean
+        return {"less": 0.0 if below else 1.0, "greater": 1.0 if below else 0.0, "two-sided": 0.0}[alternative]
+    with warnings.catch_warnings():  # nearly equal values: scipy warns, its result is still the t-test's
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(scipy.stats.ttest_1samp(xs, popmean, alternative=alternative).pvalue)
 
 
 def student_t_cdf(t: float, df: float) -> float:
-    """CDF of Student's t distribution with ``df`` > 0 degrees of freedom.
-
-    Uses ``P(T <= t) = 1 - I_x(df/2, 1/2) / 2`` for ``t >= 0`` with ``x = df / (df + t^2)``
-    (the regularized incomplete beta function, evaluated by its continued fraction).
-    """
+    """CDF of Student's t distribution with ``df`` > 0 degrees of freedom (``scipy.stats.t.cdf``)."""
     if df <= 0:
         raise ValueError("df must be > 0")
-    if math.isnan(t):
-        return math.nan
-    if math.isinf(t):
-        return 0.0 if t < 0 else 1.0
-    x = df / (df + t * t)
-    tail = 0.5 * _betainc(df / 2.0, 0.5, x)  # P(T > |t|)
-    return tail if t < 0 else 1.0 - tail
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta function I_x(a, b) (Numerical Recipes' betai)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    ln_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(ln_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(ln_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = 1.0
-    d = 1.0 - qab * x / qap
-    if abs(d) < tiny:
-        d = tiny
-    d = 1.0 / d
-    h = d
-    for m in range(1, 10000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = tiny if abs(d) < tiny else d
-        c = 1.0 + aa / c
-        c = tiny if abs(c) < tiny else c
-        d = 1.0 / d
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = tiny if abs(d) < tiny else d
-        c = 1.0 + aa / c
-        c = tiny if abs(c) < tiny else c
-        d = 1.0 / d
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            break
-    return h
+    return float(scipy.stats.t.cdf(t, df))
