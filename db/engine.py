@@ -17,8 +17,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .migrate import add_missing_columns
-from .models import SCHEMA_VERSION, Base, Meta
+from .migrate import NewerSchema, upgrade
+from .models import SCHEMA_VERSION, Meta
 from .reconnect import wait_for_server
 
 DEFAULT_DB_FILE = "orch.db"
@@ -152,8 +152,10 @@ class Database:
                                 "database, or of a new, empty one)") from None
 
     def create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
-        add_missing_columns(self.engine, Base.metadata)  # a database made by an older orch gets the new columns
+        try:
+            upgrade(self.engine)  # Alembic: a new database gets our tables, an older one the revisions it lacks
+        except NewerSchema as exc:
+            raise DatabaseError(f"database {safe_url(self.url)}: {exc} (fix: upgrade orch)") from None
         with self.session() as s:
             row = s.get(Meta, "schema_version")
             if row is None:

@@ -1,56 +1,71 @@
-"""Additive schema upgrades: columns added to a model after a database was created.
+"""Schema upgrades of our `orch_` tables, by Alembic (revisions in db/migrations/versions).
 
-`create_all` makes missing tables but never touches an existing one, so a database made by an older orch would
-lack a newer column and every query on that table would fail. `add_missing_columns` compares each `orch_` table
-with its model and issues `ALTER TABLE ... ADD COLUMN` for what is missing (the column's server default fills the
-rows already there; a column without one is added as nullable). Nothing is dropped or changed.
+Our version table is `orch_alembic_version`, apart from the `alembic_version` table of Optuna's own migrations
+in the same database. `upgrade(engine)` brings any database to the newest revision: a new one gets every table,
+one made before migrations existed (no version table) starts at the baseline (which adds the columns it lacks),
+one at an older revision gets the later ones. Each upgrade is one transaction that other processes opening the
+same database wait for (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock), so two `orch` commands started
+together on a new database do not both create its tables.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData, inspect
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.schema import Column
+from functools import lru_cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+VERSION_TABLE = "orch_alembic_version"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_PG_LOCK_KEY = 0x6F726368  # "orch": the advisory lock every orch process takes while it migrates
 
 
-def _column_ddl(column: Column, engine: Engine) -> str:
-    preparer = engine.dialect.identifier_preparer
-    ddl = f"{preparer.quote(column.name)} {column.type.compile(dialect=engine.dialect)}"
-    default = column.server_default
-    if default is not None:
-        arg = default.arg
-        text = arg if isinstance(arg, str) else str(arg.compile(dialect=engine.dialect))
-        ddl += f" DEFAULT {text}"
-        if not column.nullable:
-            ddl += " NOT NULL"
-    return ddl
+class NewerSchema(Exception):
+    """The database was migrated by a newer orch: a revision this one does not know."""
 
 
-def add_missing_columns(engine: Engine, metadata: MetaData) -> list[str]:
-    """Add the model columns an existing table lacks; returns `table.column` for each one added."""
-    inspector = inspect(engine)
-    existing_tables = set(inspector.get_table_names())
-    added: list[str] = []
-    for table in metadata.sorted_tables:
-        if table.name not in existing_tables:
-            continue
-        have = {c["name"] for c in inspector.get_columns(table.name)}
-        missing = [c for c in table.columns if c.name not in have]
-        if not missing:
-            continue
-        for column in missing:
-            try:
-                with engine.begin() as conn:
-                    conn.exec_driver_sql(f"ALTER TABLE {engine.dialect.identifier_preparer.quote(table.name)} "
-                                         f"ADD COLUMN {_column_ddl(column, engine)}")
-            except DBAPIError:
-                # another process opening the same database may have added it first
-                if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
-                    raise
-                continue
-            added.append(f"{table.name}.{column.name}")
-    return added
+def _config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
 
 
-__all__ = ["add_missing_columns"]
+@lru_cache(maxsize=1)
+def head() -> str:
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
+def current(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+
+def upgrade(engine: Engine) -> str | None:
+    """Migrate to the newest revision; returns the revision the database was at (None: new or pre-migrations)."""
+    with engine.connect() as conn:  # the common case, a database already at head, reads one row
+        at = current(conn)
+        conn.rollback()
+    if at == head():
+        return at
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+        at = current(conn)  # again, under the lock: another process may have migrated meanwhile
+        if at == head():
+            return at
+        try:
+            command.upgrade(_config(conn), "head")
+        except CommandError as exc:
+            if at is not None and "Can't locate revision" in str(exc):
+                raise NewerSchema(f"schema revision {at} is newer than this orch's {head()}") from None
+            raise
+    return at
+
+
+__all__ = ["VERSION_TABLE", "NewerSchema", "current", "head", "upgrade"]

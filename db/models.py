@@ -43,6 +43,7 @@ class MachineRow(Base):
     labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     state: Mapped[str] = mapped_column(String(16), default="idle")  # idle | down (health; busy is derived)
     drain: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # `orch fleet drain`
+    drain_reason: Mapped[str | None] = mapped_column(Text)  # `orch fleet drain --reason`
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     note: Mapped[str | None] = mapped_column(Text)
 
@@ -163,3 +164,22 @@ class BatchRow(Base):
     state: Mapped[str] = mapped_column(String(16), default="open")  # open | done
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RequestRow(Base):
+    """A request to the controller of a study, from any process: `orch study stop` (kind `stop`, mode `finish`
+    or `now`) or `orch trial cancel` (kind `cancel`, trial_number). The controller reads the open ones as it
+    loops, acts, and closes each with `done_at` and what it did (`outcome`)."""
+
+    __tablename__ = "orch_requests"
+    __table_args__ = (Index("ix_orch_requests_study_open", "study_id", "done_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("orch_studies.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # stop | cancel
+    trial_number: Mapped[int | None] = mapped_column(Integer)
+    mode: Mapped[str | None] = mapped_column(String(16))  # stop: finish | now
+    reason: Mapped[str | None] = mapped_column(Text)
+    requested_by: Mapped[str | None] = mapped_column(String(255))  # host:pid of the command
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str | None] = mapped_column(Text)

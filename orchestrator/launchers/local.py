@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -18,6 +19,8 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+
+import psutil
 
 from ..config.fleet import Machine
 from ..gpu import local_gpus
@@ -36,18 +39,23 @@ except OSError:  # pragma: no cover - non-Linux
 
 
 def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (clock ticks since boot): with the pid it names one process."""
+    """When `pid` started (psutil, seconds since the epoch, to the kernel's tick): with the pid it names one
+    process, so a pid reused by another process is not mistaken for it."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-    except OSError:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except (psutil.Error, ValueError):  # gone, not ours to see, or not a valid pid
         return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else None
 
 
 def process_alive(pid: int | None, start: str | None) -> bool:
-    return pid is not None and start is not None and process_start_time(pid) == start
+    """Whether the process `pid` that started at `start` still runs (a zombie, dead but not reaped, does not)."""
+    if pid is None or start is None:
+        return False
+    try:
+        process = psutil.Process(pid)
+        return f"{process.create_time():.2f}" == start and process.status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, ValueError):
+        return False
 
 
 def kill_group(pid: int, sig: int) -> None:
@@ -55,6 +63,32 @@ def kill_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def terminate_tree(proc: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> None:
+    """SIGTERM to the job's process group and to every descendant (also one that left the group), SIGKILL to
+    whatever is left `grace_s` later. The leader is waited for through `proc` (psutil would reap our own child
+    and its exit status with it), the others through psutil."""
+    deadline = time.monotonic() + grace_s
+    others = _descendants(proc.pid)
+    kill_group(proc.pid, signal.SIGTERM)
+    for child in others:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
+    _, alive = psutil.wait_procs(others, timeout=max(0.0, deadline - time.monotonic()))
+    kill_group(proc.pid, signal.SIGKILL)  # also the group's members that outlived the leader
+    for child in alive + _descendants(proc.pid):
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 class LocalJob(JobHandle):
@@ -70,19 +104,13 @@ class LocalJob(JobHandle):
         if self._cancelled.is_set():
             return
         self._cancelled.set()
-        kill_group(self.pid, signal.SIGTERM)
 
-        def _escalate() -> None:
-            deadline = time.monotonic() + KILL_GRACE_S
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-            kill_group(self.pid, signal.SIGKILL)  # also reaps children that outlived the leader
+        def _stop() -> None:
+            terminate_tree(self.proc)
             if self.cleanup:
                 subprocess.run(self.cleanup, capture_output=True, timeout=60)
 
-        threading.Thread(target=_escalate, daemon=True, name=f"kill-{self.key}").start()
+        threading.Thread(target=_stop, daemon=True, name=f"kill-{self.key}").start()
 
 
 def log_write_error(log_path: Path, exc: OSError) -> str:

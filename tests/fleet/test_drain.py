@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from db import Database, EventRow, MachineRow, TrialRow
 from orchestrator.config.errors import ConfigError
@@ -94,19 +94,6 @@ def test_a_drain_applies_within_its_bound(db_url, tmp_path, monkeypatch):
 
 def _aware(t: datetime) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-
-
-def test_a_database_made_before_the_drain_column_still_opens(db_url, tmp_path):
-    db = Database(db_url)
-    with db.session() as s:
-        s.add(MachineRow(name="old", host="h", launcher="ssh", state="down"))
-    with db.engine.begin() as conn:  # the table as an older orch made it
-        conn.execute(text("ALTER TABLE orch_machines DROP COLUMN drain"))
-    db.dispose()
-    reopened = Database(db_url)
-    with reopened.session() as s:
-        row = s.scalar(select(MachineRow).where(MachineRow.name == "old"))
-        assert row.drain is False and row.state == "down"
 
 
 def test_cli_errors_for_an_unknown_machine(tmp_path):
