@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from ..config.errors import OrchError
 from ..extra_runs.commands import (Request, baseline_request, confirm_request, early_exit_request, run_request)
 from ..export.batches import render_summary
 from .common import DbOption, FleetOption, JsonOption, load_inventory, open_db
@@ -41,15 +42,70 @@ def _run(name: str, db_url: Optional[str], fleet: Optional[Path], as_json: bool,
     typer.echo(json.dumps(summary, indent=2, default=str) if as_json else "\n" + render_summary(summary))
 
 
+def _run_mode(name: str, db_url: Optional[str], fleet: Optional[Path], as_json: bool, plain: bool, make_request,
+              runner) -> None:
+    db = open_db(db_url)
+    inventory = load_inventory(fleet)
+    request = make_request(db, inventory)  # every argument checked before anything is written
+    reporter = PlainReporter(sys.stderr) if as_json else make_reporter(plain)
+    try:
+        summary = runner(db, name, inventory, request, reporter, signals=True)
+    finally:
+        reporter.close()
+    typer.echo(json.dumps(summary, indent=2, default=str) if as_json else "\n" + render_summary(summary))
+
+
 def register(app: typer.Typer) -> None:
     @app.command("confirm")
-    def confirm(name: str, top: int = typer.Option(..., "--top", min=1, max=MAX_COUNT, help="how many of the best variants"),
-                repeats: int = typer.Option(..., "--repeats", min=1, max=MAX_COUNT, help="runs of each variant"),
+    def confirm(name: str,
+                variant: Optional[str] = typer.Option(None, "--variant", help="sequential/paired: best (the pick "
+                                                      "rule's variant) | '#N' | 'k=v,k=v' (default best)"),
+                max_runs: int = typer.Option(12, "--max-runs", min=2, max=200, help="sequential: the most runs"),
+                first_look: int = typer.Option(3, "--first-look", min=2, max=200, help="sequential: runs at the first look"),
+                look_every: Optional[int] = typer.Option(None, "--look-every", min=1, max=200,
+                                                         help="sequential: runs between looks (default: budget.parallel, else 2)"),
+                track: Optional[str] = typer.Option(None, "--track", help="modded-nanogpt | parameter-golf | nanochat "
+                                                    "(default: the study's log format, else modded-nanogpt's rule)"),
+                best_score: Optional[float] = typer.Option(None, "--best-score", callback=_finite_target,
+                                                           help="parameter-golf: the current best val_loss (nats)"),
+                sigma: Optional[float] = typer.Option(None, "--sigma", callback=_finite_target, min=0.0,
+                                                      help="sequential: run-to-run std the power is stated for"),
+                effect: Optional[float] = typer.Option(None, "--effect", callback=_finite_target, min=0.0,
+                                                       help="sequential: margin below the target the power is stated for"),
+                paired: bool = typer.Option(False, "--paired", help="ABBA blocks of candidate and baseline, one per machine"),
+                baseline: Optional[str] = typer.Option(None, "--baseline", help="paired: 'k=v,k=v' | '#N' | best"),
+                blocks_per_machine: int = typer.Option(1, "--blocks-per-machine", min=1, max=100, help="paired: ABBA blocks per machine"),
+                top: Optional[int] = typer.Option(None, "--top", min=1, max=MAX_COUNT, help="fixed batch: how many of the best variants"),
+                repeats: Optional[int] = typer.Option(None, "--repeats", min=1, max=MAX_COUNT, help="fixed batch: runs of each variant"),
                 db: Optional[str] = DbOption, fleet: Optional[Path] = FleetOption, as_json: bool = JsonOption,
                 plain: bool = PlainOption) -> None:
-        """Run the best K variants (the write-up's ranking) N more times each, spread over the fleet, as
-        confirmation runs beyond the budget; prints runs, mean, std, hit rate and p-value per variant."""
-        _run(name, db, fleet, as_json, plain, lambda d: confirm_request(d, name, top, repeats))
+        """Confirmation runs, three ways. Sequential (default): runs of one variant added look by look until the
+        track's test passes or cannot (the plan is stored before the first run). --paired: candidate and baseline
+        alternately on each machine (ABBA), for the time difference with the machine as a block. --top K
+        --repeats N: a fixed batch of the best K variants."""
+        if top is not None or repeats is not None:
+            if top is None or repeats is None:
+                raise OrchError("--top and --repeats go together (fix: give both for a fixed batch, or neither for "
+                                "a sequential confirmation)")
+            if paired:
+                raise OrchError("--paired plans its own runs (fix: drop --top/--repeats, or drop --paired)")
+            _run(name, db, fleet, as_json, plain, lambda d: confirm_request(d, name, top, repeats))
+            return
+        if paired:
+            if baseline is None:
+                raise OrchError("--paired needs the baseline to time against (fix: add --baseline 'k=v,...' or "
+                                "--baseline '#N', e.g. the study's baseline variant)")
+            from ..extra_runs.paired import paired_request, run_paired
+
+            _run_mode(name, db, fleet, as_json, plain,
+                      lambda d, inv: paired_request(d, name, inv, variant or "best", baseline, blocks_per_machine),
+                      run_paired)
+            return
+        from ..extra_runs.sequential import run_sequential, sequential_request
+
+        _run_mode(name, db, fleet, as_json, plain,
+                  lambda d, inv: sequential_request(d, name, variant or "best", max_runs, first_look, look_every,
+                                                    track, best_score, sigma, effect), run_sequential)
 
     @app.command("early-exit")
     def early_exit(name: str,

@@ -63,9 +63,16 @@ def study_run(name: str, db: Optional[str] = DbOption, fleet: Optional[Path] = F
 
 @study_app.command("status")
 def study_status(name: str, db: Optional[str] = DbOption, as_json: bool = JsonOption) -> None:
-    """Trials by state, the best so far, and what is running now."""
-    view = status_views.study_status(open_db(db), name)
-    typer.echo(json.dumps(view, indent=2, default=str) if as_json else status_views.render_study_status(view))
+    """Trials by state, the best so far, what is running now, and the record-grade evidence (the track's
+    certification of each confirmed variant, paired timing, the step-cut comparison)."""
+    from ..certify.summary import study_evidence
+
+    database = open_db(db)
+    view = status_views.study_status(database, name)
+    evidence = study_evidence(database, load_study_row(database, name))
+    view["evidence"] = evidence.to_json()
+    typer.echo(json.dumps(view, indent=2, default=str) if as_json
+               else "\n".join([status_views.render_study_status(view), *evidence.lines()]))
 
 
 @study_app.command("list")

@@ -24,7 +24,8 @@ def _pm(mean: float | None, std: float | None, runs: int) -> str:
 def render_summary(summary: dict[str, Any]) -> str:
     kind, metric = summary["kind"], summary["objective"]
     cmetric = summary["target"].split()[0] if summary["target"] else None
-    title = {"confirmation": "Confirmation runs", "early_exit": "Early-exit runs", "baseline": "Baseline runs"}[kind]
+    title = {"confirmation": "Confirmation runs", "early_exit": "Early-exit runs", "baseline": "Baseline runs",
+             "paired": "Paired timing runs (ABBA blocks)", "step_cut": "Step-cut baseline runs"}[kind]
     lines = [f"{title} of study {summary['study']!r} (batch #{summary['batch']}"
              + (", resumed" if summary["resumed"] else "") + f"; target {summary['target'] or 'none'}):", ""]
     if summary["variants"]:
@@ -56,6 +57,16 @@ def render_summary(summary: dict[str, Any]) -> str:
                                                                           if r["retry_of"] is not None else "")]
         rows.append(cells)
     lines += md_table(cols, rows)
+    if summary.get("plan_text"):
+        lines += ["", f"Plan (fixed before the first run): {summary['plan_text']}.",
+                  f"Decision: {summary['decision']['text']}."]
+    if summary.get("certification"):
+        lines += ["", "Certification over every confirmation run of the variant: "
+                  + summary["certification"]["verdict"]]
+    if summary.get("paired"):
+        lines += ["", "Paired timing: " + summary["paired"]["text"] + "."]
+    if summary.get("step_cut"):
+        lines += ["", summary["step_cut"]["text"]]
     complete = [r for r in summary["runs"] if r["state"] == "complete"]
     if kind == "early_exit" and complete:
         early = [r for r in complete if r["exit_reason"] == "early_exit"]

@@ -31,14 +31,24 @@ def open_batch(db: Database, study_id: int, kind: str) -> BatchRow | None:
                                                BatchRow.state == "open").order_by(BatchRow.id))
 
 
+#: what a batch's args hold beside the command's own arguments: the plan fixed when the batch was created
+PLAN_KEYS = ("plan", "variant_key", "track_settings", "blocks")
+
+
+def command_args(args: dict[str, Any]) -> dict[str, Any]:
+    """The command's own arguments of a batch's args (the plan stored with them left out)."""
+    return {k: v for k, v in args.items() if k not in PLAN_KEYS}
+
+
 def check_resumable(batch: BatchRow | None, args: dict[str, Any], command: str) -> bool:
     """True when `batch` is this command's unfinished batch (resume it); an open batch with other arguments
     is refused, so that a crashed batch is finished (or knowingly left) before another is queued."""
     if batch is None:
         return False
-    if batch.args == args:
+    if command_args(batch.args) == args:
         return True
-    given = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in batch.args.items() if not isinstance(v, dict))
+    given = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in command_args(batch.args).items()
+                     if not isinstance(v, dict) and v is not None and k != "mode")
     raise OrchError(f"an unfinished {batch.kind} batch (#{batch.id}: {given}) of this study was started and not "
                     f"finished (fix: run `{command}` with its arguments to finish it first: {given})")
 
@@ -57,15 +67,17 @@ def batch_trials(study: optuna.Study, batch_id: int) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if batch_of(t) == batch_id]
 
 
-def enqueue_missing(study: optuna.Study, batch: BatchRow, extra_attrs: dict[str, Any] | None = None) -> int:
-    """Queue every planned run of `batch` that has no Optuna trial yet; returns how many were queued."""
+def enqueue_missing(study: optuna.Study, batch: BatchRow, extra_attrs: dict[str, Any] | None = None,
+                    limit: int | None = None) -> int:
+    """Queue every planned run of `batch` (the first `limit` of them) that has no Optuna trial yet; returns how
+    many were queued. A planned run may carry its own `kind` and user `attrs` (a paired batch's A and B runs)."""
     have = {t.user_attrs.get("batch_index") for t in batch_trials(study, batch.id)}
     queued = 0
-    for index, run in enumerate(batch.runs):
+    for index, run in enumerate(batch.runs[:limit]):
         if index in have:
             continue
-        attrs = {"kind": batch.kind, BATCH_ATTR: batch.id, "batch_index": index, "repeat_index": run["repeat"],
-                 **(extra_attrs or {})}
+        attrs = {"kind": run.get("kind", batch.kind), BATCH_ATTR: batch.id, "batch_index": index,
+                 "repeat_index": run["repeat"], **(extra_attrs or {}), **run.get("attrs", {})}
         study.enqueue_trial(run["params"], user_attrs=attrs, skip_if_exists=False)
         queued += 1
     return queued

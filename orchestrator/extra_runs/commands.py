@@ -48,7 +48,7 @@ def _study(db: Database, name: str) -> tuple[StudyRow, StudySpec]:
 def _resuming(db: Database, row: StudyRow, kind: str, args: dict[str, Any]) -> bool:
     """The same command's batch is open: it resumes with its own plan (the ranking may have moved since)."""
     batch = batches.open_batch(db, row.id, kind)
-    return batch is not None and batch.args == args
+    return batch is not None and batches.command_args(batch.args) == args
 
 
 def confirm_request(db: Database, name: str, top: int, repeats: int) -> Request:

@@ -35,6 +35,12 @@ def main() -> int:
     ap.add_argument("--early-exit-at", type=float, default=float(os.environ.get("TRAINER_EARLY_EXIT_AT", 0)),
                     help="stop at the first val_loss <= X (0: off)")
     ap.add_argument("--max-steps", type=int, default=0, help="run length (0: --steps); the loss keeps falling after")
+    ap.add_argument("--loss-mean", type=float, default=0.0, help="final val_loss mean, whatever the stages (0: the "
+                    "stage model); the test controls the loss distribution with it and --noise")
+    ap.add_argument("--ref-steps", type=int, default=0, help="with --step-loss: the step count the loss model is for")
+    ap.add_argument("--step-loss", type=float, default=0.0, help="loss added per unit of ref_steps/steps - 1 (a "
+                    "schedule cut to fewer steps ends higher)")
+    ap.add_argument("--time-noise", type=float, default=0.0, help="relative std of the run's speed (seeded)")
     args = ap.parse_args()
     fractions = [float(x) for x in args.stage_durations.split(",")]
     if abs(sum(fractions) - 1) > 1e-6 or any(f < 0 for f in fractions):
@@ -47,11 +53,17 @@ def main() -> int:
         open(args.crash_once, "w").close()
         args.crash_at = 30
     rng = random.Random(args.seed)
-    costs = [21.0, 38.0, 55.0]
+    # STAND_IN_SLOWDOWN (a fleet machine's env): this machine's steps take that much longer (hosts differ)
+    speed = float(os.environ.get("STAND_IN_SLOWDOWN", "1"))
+    if args.time_noise:  # its own stream: the loss draws stay as they were
+        speed *= 1 + random.Random(f"time-{args.seed}").gauss(0.0, args.time_noise)
+    costs = [21.0 * speed, 38.0 * speed, 55.0 * speed]
     total = args.max_steps or args.steps
     step_ms = [costs[min(i, 2)] for i, f in enumerate(fractions) for _ in range(round(f * args.steps))]
     step_ms = (step_ms + [costs[-1]] * total)[:total]
-    final_loss = 3.20 + 0.25 * fractions[0] ** 2 + rng.gauss(0.0, args.noise)
+    final_loss = (args.loss_mean or 3.20 + 0.25 * fractions[0] ** 2) + rng.gauss(0.0, args.noise)
+    if args.ref_steps and args.step_loss:
+        final_loss += args.step_loss * (args.ref_steps / args.steps - 1)
     emit = lambda obj: print("@@metrics " + json.dumps(obj), flush=True)  # noqa: E731
     emit({"event": "start", "versions": {"python": sys.version.split()[0]}, "world_size": 1, "gpu_name": None})
     elapsed = 0.0
