@@ -39,6 +39,8 @@ from .jobs import InvalidParams, apply_injection, build_job, resolve_values, var
 from .launchers import get_launcher
 from .launchers.base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot
 from .launchers.local import DISK_FULL
+from .liveness.machines import MachineKeeper
+from .liveness.watchdog import ProgressWatchdog
 from .outcomes import decide, tell
 from .preflight import check_fleet_fits
 from .parsers import LogStream, MetricPoint, get_adapter
@@ -83,6 +85,7 @@ class Running:
     deadline: float
     started: float
     timed_out: bool = False
+    hung: bool = False  # killed by the progress watchdog
     last_val: float | None = None
     last_step: int | None = None
     pending_points: list[MetricPoint] = field(default_factory=list)
@@ -117,6 +120,7 @@ class Progress:
     best_value: float | None = None
     best_number: int | None = None
     message: str = ""
+    refusals: list[str] = field(default_factory=list)  # why machines get no trials now, one line each
 
 
 class StopRequested(Exception):
@@ -153,6 +157,9 @@ class Controller:
         self._health = HealthChecker(lambda machine: self._launcher(machine).probe(machine))
         self._drained: set[str] = set()  # machines seen drained (`orch fleet drain`), to report changes once
         self._machine_states: tuple[float, set[str]] | None = None  # (when read, unavailable machines)
+        self._machine_rows: dict[str, tuple[str, str | None, bool]] = {}  # their (state, note, drain), same read
+        self.keeper: MachineKeeper | None = None  # health checks, busy GPUs, refusals (set up in `run`)
+        self.watchdog = ProgressWatchdog(None)
         self.round: int | None = None  # the study's round counter, read once under the lease (`_new_round`)
         self._new_trial_rows = NewRows(_TRIALS, db.engine.dialect.name)
         self._session = None  # the open transaction of `_unit`
@@ -188,6 +195,8 @@ class Controller:
         with self.db.session() as s:
             row = s.scalar(select(MachineRow).where(MachineRow.name == machine.name))
             state = "idle" if info.reachable else "down"
+            if info.reachable and row is not None and row.state == "sick":
+                state = "sick"  # only passing a health check clears it (liveness/machines.py)
             if row is None:
                 row = MachineRow(name=machine.name, host=machine.host, launcher=machine.launcher, state=state)
                 s.add(row)
@@ -198,6 +207,8 @@ class Controller:
             row.gpu_count, row.gpu_type, row.driver_version = info.gpu_count, info.gpu_type, info.driver_version
             row.labels = dict(machine.labels)
             row.last_seen = _now() if info.reachable else row.last_seen
+            if state != "sick":
+                row.note = None if info.reachable else info.error
 
     # ---- main loop -----------------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -219,12 +230,20 @@ class Controller:
         if isinstance(opened.optuna._storage, LeasedStorage):
             opened.optuna._storage.reload()  # read under the lease: nobody else writes the trials now
         self.progress = Progress(study=self.name, max_trials=self.spec.budget.max_trials)
+        self.watchdog = ProgressWatchdog(self.spec.stall_s)
+        self.keeper = MachineKeeper(self.db, self.fleet, self._launcher, study_id=sid,
+                                    gpus_per_trial=self.spec.resources.gpus, labels=self.spec.resources.labels,
+                                    say=self._say, wake=self._wake)
         try:
             recover(self.db, opened, self.spec, self.adapter, report=lambda m: self._say(m))
             self.scheduler = Scheduler(self.fleet, self.spec.resources.gpus, self.spec.resources.labels)
             self.infos = self._probe_fleet()
             self.scheduler.unavailable = self._unavailable_machines()
+            self._update_refusals()  # before the plan: a study no machine can take names each machine's reason
             self.scheduler.plan(self.infos)
+            for machine in self.fleet.machines:
+                if self.infos[machine.name].reachable:
+                    self.keeper.admit(machine, self.infos[machine.name])
             spec_dir = Path(opened.row.spec_dir or ".")
             self.code = code_info((spec_dir / self.spec.trainer.code_dir).resolve(), self.spec.trainer.files)
             self._set_status("running")
@@ -257,14 +276,14 @@ class Controller:
                     return
                 self.scheduler.unavailable = self._unavailable_machines()  # `orch fleet drain` from any process
                 round_open = self.spec.budget.dispatch == "rounds" and self.running
-                free = [] if round_open else self.scheduler.free({r.slot for r in self.running.values()})[:slots_wanted]
-                if not free and not self.running:
+                free = [] if round_open else self._free_slots(slots_wanted)
+                if not free and not self.running and not self.keeper.pending():  # (pending: checks wake the loop)
                     self._recheck_down_machines(force=True)
-                    free = self.scheduler.free(set())[:slots_wanted]
-                    if not free:
-                        raise NoCapacity(f"no machine of the fleet can take a trial now (down or draining: "
-                                         f"{', '.join(sorted(self.scheduler.unavailable)) or 'none'}) (fix: bring the "
-                                         "machines back, see `orch fleet status`; `orch study run` then resumes)")
+                    free = self._free_slots(slots_wanted)
+                    if not free and not self.keeper.pending():
+                        self._update_refusals()
+                        raise NoCapacity(self.keeper.no_capacity_message())
+                self._update_refusals()
                 if free:
                     for ok in self._dispatch(free):
                         if ok:
@@ -280,16 +299,21 @@ class Controller:
             else:
                 self.reporter(self.progress, "")  # the running trials' latest steps and losses
             due = [next_beat] + [r.deadline for r in self.running.values()]
-            if self._points_due is not None:
-                due.append(self._points_due)
+            stall = self.watchdog.next_deadline()
+            for extra in (self._points_due, stall):
+                if extra is not None:
+                    due.append(extra)
             timeout = max(0.0, min(due) - time.monotonic())
             changed = self._drain(timeout)
+            changed = self.keeper.collect() or changed
             now = time.monotonic()
             for run in list(self.running.values()):
-                if now >= run.deadline and not run.timed_out:
+                if now >= run.deadline and not run.timed_out and not run.hung:
                     run.timed_out = True
                     run.handle.cancel("timeout")
                     self._event(run.number, "trial.timeout", None, None, f"timeout after {self.spec.timeout_s:g} s")
+            for number in self.watchdog.stalled():
+                self._stalled(self.running.get(number))
             if now >= next_beat:
                 self._heartbeat()
                 next_beat = now + self.heartbeat_s
@@ -381,6 +405,7 @@ class Controller:
                     self._trial_event(run.number, run.slot.machine, "pending", "running")
         for run in started:
             self.running[run.number] = run
+            self.watchdog.started(run.number)
             self._row_states[run.row_id] = ("running", run.slot.machine)
             self.dispatched += 1
         return [p is not None for p in prepared]
@@ -454,6 +479,7 @@ class Controller:
             else:
                 self._finish_row(row_id, number, trial_id, "failed", "launch_error", None, None, {}, {},
                                  f"could not start: {exc}")
+                self.keeper.after_failure(slot, self.infos.get(slot.machine), "launch_error")
             return None
         now = time.monotonic()
         self._say(f"trial {number}: started on {slot.machine} {slot.label} "
@@ -514,6 +540,7 @@ class Controller:
             if isinstance(event, LineEvent):
                 run = self.running.get(event.key)
                 if run is not None:
+                    self.watchdog.progressed(event.key)
                     for point in run.stream.feed(event.line):
                         run.pending_points.append(point)
                         if self._points_due is None:
@@ -552,6 +579,10 @@ class Controller:
 
     def _on_exit(self, run: Running, event: ExitEvent) -> None:
         parsed = run.stream.finish()
+        self.watchdog.forget(run.number)
+        if run.hung and not parsed.complete:
+            self._hung(run, event, parsed)
+            return
         if event.error and event.error.startswith("connection lost") and not parsed.complete:
             self._machine_lost(run, event.error)
             return
@@ -565,6 +596,8 @@ class Controller:
         if outcome.retry:  # the study's on_failure says so: same values again, recorded as a retry
             with self._unit() as s:
                 enqueue_retry(self.study.optuna, s.get(TrialRow, run.row_id), self.spec.retries, self.spec)
+        if outcome.state == "failed":
+            self.keeper.after_failure(run.slot, self.infos.get(run.slot.machine), outcome.exit_reason)
         if outcome.state == "complete":
             mark = "hit" if outcome.feasible else "miss"
             self._say(f"trial {run.number}: {self.spec.objective.metric}={outcome.value:.4g} "
@@ -592,6 +625,31 @@ class Controller:
             tell(self.study.optuna, trial_id, number, state, value, constraints, machine=machine,
                  exit_reason=exit_reason)
         self._tally(state, value, feasible, number)
+
+    def _stalled(self, run: Running | None) -> None:
+        """The progress watchdog: the trial printed nothing for `stall_s`; its job is killed (`_hung` records it)."""
+        if run is None or run.timed_out or run.hung:
+            return
+        run.hung = True
+        silent = self.watchdog.silent_s(run.number)
+        run.handle.cancel("stalled")
+        message = f"no log line for {silent:.1f} s (stall_s = {self.spec.stall_s:g} s): the job is killed"
+        self._event(run.number, "trial.stalled", None, None, message)
+        self._say(f"trial {run.number}: {message}")
+
+    def _hung(self, run: Running, event: ExitEvent, parsed) -> None:
+        """A trial the watchdog killed: `lost` with exit reason `hung` (not told to the sampler as a result), re-run
+        as a recorded retry while `retries` remain, on another machine when one is free; its GPU set is checked."""
+        note = (f"hung: no log line for {self.spec.stall_s:g} s (stall_s) on {run.slot.machine} {run.slot.label}; "
+                "killed by the progress watchdog")
+        with self._unit() as s:
+            self._finish_row(run.row_id, run.number, run.trial_id, "lost", "hung", None, None, {}, {}, note,
+                             exit_code=event.returncode, versions=parsed.versions, gpu_name=parsed.gpu_name)
+            queued = enqueue_retry(self.study.optuna, s.get(TrialRow, run.row_id), self.spec.retries, self.spec,
+                                   avoid_machine=run.slot.machine)
+        self.keeper.after_failure(run.slot, self.infos.get(run.slot.machine), "hung")
+        self._say(f"trial {run.number}: hung on {run.slot.machine} {run.slot.label}; "
+                  + ("re-queued (another machine first)" if queued else "retries spent"))
 
     def _machine_lost(self, run: Running, error: str) -> None:
         """The machine dropped mid-run: it is marked down (no new trials) and the trial re-queued elsewhere."""
@@ -650,17 +708,25 @@ class Controller:
         results = self._health.results(wait_s=None if force else 0.0)
         if results:
             with self.db.session() as s:
-                down = set(s.scalars(select(MachineRow.name).where(MachineRow.state == "down")))
+                states = dict(s.execute(select(MachineRow.name, MachineRow.state).where(
+                    MachineRow.state.in_(("down", "sick")))).all())
             busy = {r.slot.machine for r in self.running.values()}
         for machine, info in results:
-            if info.reachable and machine.name in down:
+            if info.reachable and states.get(machine.name) == "down":
                 self.infos[machine.name] = info
                 self._record_machine(machine, info)
                 self.scheduler.refresh(machine.name, info)
-                self._say(f"machine {machine.name} passed its health check again: back in the fleet")
-            elif not info.reachable and machine.name not in down and machine.name not in busy:
+                self._say(f"machine {machine.name} answers its probe again: back in the fleet once its health check "
+                          "passes")
+                self.keeper.admit(machine, info)  # a machine that was away is checked before it takes trials
+            elif info.reachable and states.get(machine.name) == "sick" and machine.name not in busy:
+                self.infos[machine.name] = info
+                self.keeper.admit(machine, info)  # sick: checked again in the background
+            elif not info.reachable and machine.name not in states and machine.name not in busy:
                 self._record_machine(machine, info)
-                self._say(f"machine {machine.name} failed its health check ({info.error}): marked down")
+                self._say(f"machine {machine.name} failed its probe ({info.error}): marked down")
+        if force:
+            self.keeper.collect()
         self.scheduler.unavailable = self._unavailable_machines()
 
     def _unavailable_machines(self) -> set[str]:
@@ -669,11 +735,12 @@ class Controller:
         (this controller's own changes clear it: `_record_machine`, `_lose_to_machine`)."""
         now = time.monotonic()
         if self._machine_states is not None and now - self._machine_states[0] < MACHINE_STATE_READ_S:
-            return set(self._machine_states[1])
+            return self._machine_states[1] | self._blocked()
         with self.db.session() as s:
-            rows = s.execute(select(MachineRow.name, MachineRow.drain).where(
-                MachineRow.state.in_(("down", "draining")) | MachineRow.drain.is_(True))).all()
+            rows = s.execute(select(MachineRow.name, MachineRow.drain, MachineRow.state, MachineRow.note).where(
+                MachineRow.state.in_(("down", "draining", "sick")) | MachineRow.drain.is_(True))).all()
         names = {m.name for m in self.fleet.machines}
+        self._machine_rows = {r.name: (r.state, r.note, bool(r.drain)) for r in rows if r.name in names}
         drained = {r.name for r in rows if r.drain and r.name in names}
         for name in sorted(drained - self._drained):
             self._say(f"machine {name} is draining: its running trials finish, no new trial starts there")
@@ -681,7 +748,29 @@ class Controller:
             self._say(f"machine {name} was undrained: it takes new trials again")
         self._drained = drained
         self._machine_states = (now, {r.name for r in rows})
-        return set(self._machine_states[1])
+        return self._machine_states[1] | self._blocked()
+
+    def _blocked(self) -> set[str]:
+        return self.keeper.blocked() if self.keeper is not None else set()
+
+    def _free_slots(self, wanted: int) -> list[Slot]:
+        """Up to `wanted` free slots of machines that take trials, none held by a health check or a foreign process;
+        a machine where a waiting retry's trial hung comes last."""
+        candidates = self.scheduler.free({r.slot for r in self.running.values()})
+        avoid = {t.user_attrs["avoid_machine"] for t in waiting_trials(self.study.optuna)
+                 if "avoid_machine" in t.user_attrs} if candidates else set()
+        return self.keeper.screen(candidates, self.infos, wanted, avoid)
+
+    def _update_refusals(self) -> None:
+        """Report (and record as events) the machines that get no trials and why, as it changes."""
+        self.keeper.update(self.infos, self._machine_rows, self.scheduler.slots)
+        self.progress.refusals = self.keeper.lines()
+
+    def _wake(self) -> None:
+        try:
+            self.events.put_nowait(ExitEvent(-1, None, "wake"))
+        except queue.Full:  # the loop is awake anyway
+            pass
 
     def _refresh_progress(self) -> None:
         """Counts and best trial are read from the database once; after that `_tally` keeps them as this
@@ -750,6 +839,8 @@ class Controller:
     def _shutdown(self) -> None:
         """Stop every job still running: each becomes `lost` and is re-queued as a retry for the next run."""
         self._health.close()
+        if self.keeper is not None:
+            self.keeper.close()
         if not self.running:
             return
         for run in self.running.values():

@@ -43,8 +43,10 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def enqueue_retry(study: optuna.Study, row: TrialRow, max_retries: int, spec: StudySpec | None = None) -> bool:
-    """Queue a re-run of `row` unless one exists or its retries are spent. True when one was queued."""
+def enqueue_retry(study: optuna.Study, row: TrialRow, max_retries: int, spec: StudySpec | None = None,
+                  avoid_machine: str | None = None) -> bool:
+    """Queue a re-run of `row` unless one exists or its retries are spent. True when one was queued.
+    `avoid_machine`: the retry prefers a slot of another machine (the trial hung there)."""
     if row.attempt > max_retries:
         return False
     for frozen in study.get_trials(deepcopy=False):
@@ -58,6 +60,8 @@ def enqueue_retry(study: optuna.Study, row: TrialRow, max_retries: int, spec: St
         params = {k: v for k, v in params.items() if k in sampled} or params
     original = study._storage.get_trial(row.optuna_trial_id).user_attrs if row.optuna_trial_id is not None else {}
     carried = {k: v for k, v in original.items() if k in CARRIED_ATTRS}  # a retry of an extra run stays one
+    if avoid_machine is not None:
+        carried["avoid_machine"] = avoid_machine
     study.enqueue_trial(params, user_attrs={**carried, "retry_of": row.number, "attempt": row.attempt + 1,
                                             "repeat_index": row.repeat_index}, skip_if_exists=False)
     return True

@@ -59,12 +59,17 @@ class Scheduler:
                 continue
             self.slots += machine_slots(machine, info, self.gpus_per_trial)
         if not self.slots:
-            most = max((infos[m.name].gpu_count for m in eligible if m.name in infos), default=0)
+            reachable = [m for m in eligible if m.name in infos and infos[m.name].reachable]
+            if not reachable:
+                reasons = "; ".join(f"machine {m.name}: {infos[m.name].error if m.name in infos else 'not probed'}"
+                                    for m in eligible)
+                raise NoCapacity(f"{self.fleet.source}: no reachable machine: {reasons} (fix: the machines' fixes "
+                                 "above; `orch fleet status` shows every machine)")
+            most = max(infos[m.name].gpu_count for m in reachable)
             if self.gpus_per_trial > 0:
                 raise NoCapacity(f"{self.fleet.source}: the study asks {self.gpus_per_trial} GPU(s) per trial but no "
                                  f"reachable machine has that many (most: {most}) (fix: lower resources.gpus in the "
                                  "study, or add a machine with enough GPUs)")
-            raise NoCapacity(f"{self.fleet.source}: no reachable machine (fix: check `orch fleet status`)")
         return self.slots
 
     def refresh(self, name: str, info: MachineInfo) -> None:

@@ -32,6 +32,11 @@ def _table(p: Progress) -> Table:
     return table
 
 
+def refused_machines(p: Progress) -> Text:
+    """The machines that get no trials now and why (host key, down, sick, busy GPUs, ...; liveness/refusals.py)."""
+    return Text("\n".join(p.refusals), style="yellow") if p.refusals else Text("")
+
+
 class PlainReporter:
     """One line per event, for logs and CI."""
 
@@ -57,7 +62,7 @@ class LiveReporter:
     def __call__(self, progress: Progress, message: str) -> None:
         if message:
             self.console.print(f"{datetime.now():%H:%M:%S} {message}", highlight=False)
-        self.live.update(Group(_summary(progress), _table(progress)))
+        self.live.update(Group(_summary(progress), _table(progress), refused_machines(progress)))
 
     def close(self) -> None:
         self.live.stop()

@@ -5,11 +5,15 @@ and count with per-GPU utilisation / memory / temperature (nvidia-smi, through S
 there is none), the trials running there (elapsed time, latest val_loss), the last heartbeat the controller
 recorded, and the state:
 
-  down      the probe failed (unreachable, refused host key, no answer in time)
-  draining  `orch fleet drain` and trials still running there
-  drained   `orch fleet drain` and nothing running
-  busy      trials running
-  idle      reachable, nothing running
+  down       the probe failed (unreachable, refused host key, no answer in time)
+  sick       a controller's health check failed there (liveness/health_check.py): no trials until one passes
+  draining   `orch fleet drain` and trials still running there
+  drained    `orch fleet drain` and nothing running
+  gpus_busy  processes no running trial accounts for hold some of its GPUs (nvidia-smi, read now)
+  busy       trials running
+  idle       reachable, nothing running
+
+Each machine that gets no trials (or some of its GPUs none) has `refusals`: the kind, the reason and the fix.
 
 `--watch` redraws the view in place (rich Live) every `--interval` seconds on a terminal; piped, it prints one
 frame after another (`--json`: one JSON object a line). `--count N` stops after N frames; Ctrl-C exits cleanly.
@@ -30,7 +34,9 @@ from db import Database, MachineRow, TrialRow
 from ..config.fleet import Fleet, Machine
 from ..health import HealthChecker
 from ..launchers import get_launcher
-from ..launchers.base import Launcher, MachineInfo
+from ..launchers.base import Launcher, MachineInfo, Slot
+from ..liveness.gpu_guard import busy_refusal, gpu_processes
+from ..liveness.refusals import Refusal, probe_refusal, split_fix
 from .status import _age_s, _running_trials, _table
 
 PROBE_TIMEOUT_S = 5.0
@@ -47,6 +53,7 @@ class FleetProber:
                 self.launchers[machine.launcher] = self._make_launcher(machine.launcher)
         self.checker = HealthChecker(self._probe, max_workers=max(1, min(32, len(fleet.machines))))
         self.probe_ms: dict[str, int] = {}  # how long each machine's last finished probe took
+        self.processes: dict[str, list] = {}  # per machine whose nvidia-smi lists GPUs: the processes on them
 
     def _make_launcher(self, name: str) -> Launcher:
         if name == "ssh":
@@ -57,8 +64,11 @@ class FleetProber:
 
     def _probe(self, machine: Machine) -> MachineInfo:
         started = time.monotonic()
-        info = self.launchers[machine.launcher].probe(machine)
+        launcher = self.launchers[machine.launcher]
+        info = launcher.probe(machine)
         self.probe_ms[machine.name] = round((time.monotonic() - started) * 1000)
+        found = gpu_processes(launcher, machine, self.timeout_s) if info.reachable and info.gpus else None
+        self.processes[machine.name] = found or []
         return info
 
     def probe_all(self) -> dict[str, MachineInfo]:
@@ -83,12 +93,43 @@ def _iso(when: datetime | None) -> str | None:
     return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).isoformat(timespec="seconds")
 
 
-def _state(reachable: bool, drain: bool, running: list) -> str:
+def _state(reachable: bool, drain: bool, running: list, sick: bool = False, foreign: bool = False) -> str:
     if not reachable:
         return "down"
+    if sick:
+        return "sick"
     if drain:
         return "draining" if running else "drained"
+    if foreign:
+        return "gpus_busy"
     return "busy" if running else "idle"
+
+
+def _refusals(machine: Machine, info: MachineInfo, row: MachineRow | None, foreign: list) -> list[Refusal]:
+    """Why the machine gets no trials now (or some of its GPUs none)."""
+    out = []
+    if not info.reachable:
+        out.append(probe_refusal(machine.name, info.error))
+    elif row is not None and row.state == "sick":
+        out.append(Refusal(machine.name, "sick", *split_fix(row.note or "its health check failed",
+                                                            "repair the machine; controllers check it again")))
+    if row is not None and row.drain:
+        out.append(Refusal(machine.name, "drained", "`orch fleet drain` set it draining",
+                           f"`orch fleet undrain {machine.name}` when it should take trials again"))
+    if foreign:
+        gpus = sorted({p.gpu for p in foreign})
+        out.append(busy_refusal(machine.name, foreign, [Slot(machine.name, g, gpu_ids=(g,)) for g in gpus]))
+    return out
+
+
+def _trial_gpus(running: list) -> set[int]:
+    """The GPUs the machine's running trials were given (their slot labels, `gpu:0,1`)."""
+    out = set()
+    for r in running:
+        label = r.get("slot") or ""
+        if label.startswith("gpu:"):
+            out.update(int(g) for g in label[4:].split(",") if g.isdigit())
+    return out
 
 
 def fleet_status(db: Database, fleet: Fleet, prober: FleetProber | None = None) -> dict:
@@ -113,15 +154,24 @@ def fleet_status(db: Database, fleet: Fleet, prober: FleetProber | None = None) 
         drain = bool(row.drain) if row is not None else False
         seen = [t for t in (beats.get(machine.name), row.last_seen if row is not None else None) if t is not None]
         last = max(seen, key=lambda t: t if t.tzinfo else t.replace(tzinfo=timezone.utc)) if seen else None
+        processes = prober.processes.get(machine.name, []) if info.reachable else []
+        ours = _trial_gpus(busy)
+        foreign = [p for p in processes if p.gpu not in ours]
+        sick = info.reachable and row is not None and row.state == "sick"
         machines.append({
             "name": machine.name, "host": machine.host, "launcher": machine.launcher, "reachable": info.reachable,
-            "state": _state(info.reachable, drain, busy), "drain": drain,
+            "state": _state(info.reachable, drain, busy, sick, bool(foreign)), "drain": drain,
+            "drain_reason": row.drain_reason if drain else None,  # `orch fleet drain --reason`
             "controller_state": row.state if row is not None else None,
             "gpu_count": info.gpu_count, "gpu_type": info.gpu_type if info.gpu_count else "no GPU",
             "gpus": info.gpus, "cpu_count": info.cpu_count,
             "cpu_slots": machine.resolved_cpu_slots(info.cpu_count) if info.reachable and not info.gpu_count else None,
             "running": busy, "last_heartbeat": _iso(last), "heartbeat_age_s": _age_s(last),
             "probe_ms": prober.probe_ms.get(machine.name), "error": info.error,
+            "gpu_processes": [{"gpu": p.gpu, "pid": p.pid, "name": p.name, "used_mib": p.used_mib,
+                               "foreign": p.gpu not in ours} for p in processes],
+            "refusals": [{k: v for k, v in r.as_dict().items() if k != "machine"}
+                         for r in _refusals(machine, info, row, foreign)],
         })
     return {"fleet": fleet.source, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machines": machines}
@@ -147,12 +197,14 @@ def render_fleet_status(view: dict) -> str:
     out = _table(["machine", "launcher", "state", "reachable", "GPUs", "running (elapsed, latest val_loss)",
                   "heartbeat"], rows)
     for m in view["machines"]:
+        if m.get("drain_reason"):
+            out += f"\n  {m['name']} drained: {m['drain_reason']}"
         for g in m["gpus"]:
             out += (f"\n  {m['name']} gpu{g['index']}: {g['name']} util {_fmt(g['utilization_pct'], '.0f', '%')} "
                     f"mem {_fmt(g['memory_used_mib'], '.0f')}/{_fmt(g['memory_total_mib'], '.0f')} MiB "
                     f"temp {_fmt(g['temperature_c'], '.0f', 'C')}")
-        if not m["reachable"] and m["error"]:
-            out += f"\n  {m['name']}: {m['error']}"
+        for r in m.get("refusals", []):
+            out += f"\n  {m['name']} gets no trials ({r['kind']}): {r['reason']} (fix: {r['fix']})"
     return f"fleet: {view['fleet']} at {view['at']}\n{out}"
 
 

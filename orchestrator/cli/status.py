@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from db import Database, MetricPointRow, StudyRow, TrialRow
 
 from ..config.study import StudySpec
+from ..liveness.refusals import study_refusals
 from ..studies import load_study_row
 
 
@@ -69,6 +70,8 @@ def study_status(db: Database, name: str) -> dict:
                                            "machine": best.machine},
         "running": _running_trials(db, TrialRow.study_id == row.id),
         "controller": row.lease_owner,
+        # machines the study's controller last found getting no trials, and why (liveness/refusals.py)
+        "refused_machines": study_refusals(db, row.id),
     }
 
 
@@ -86,6 +89,8 @@ def render_study_status(view: dict) -> str:
                      f"step {r['step']}, val_loss {r['val_loss']}")
     if view["controller"]:
         lines.append(f"controller: {view['controller']}")
+    for r in view.get("refused_machines", []):
+        lines.append(f"refused: machine {r['machine']} ({r['kind']}): {r['reason']} (fix: {r['fix']})")
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """The fleet inventory (`fleet.yaml`): typed models, defaults inheritance, validation with line numbers.
 
 A fleet is a list of machines. Fields under `defaults:` apply to every machine that does not set them
-(`container`, `env`, `labels` and `ray` merge key by key). `gpus: auto` is resolved when a launcher first
+(`container`, `env`, `labels`, `ray` and `health_check` merge key by key). `gpus: auto` is resolved when a launcher first
 talks to the machine (nvidia-smi); a machine without GPUs offers `cpu_slots` CPU slots instead.
 """
 
@@ -97,6 +97,42 @@ class RaySpec(_Strict):
         return value
 
 
+#: a command on the machine, named as an executable or a path: one argv word, nothing a shell reads as more
+COMMAND_PATTERN = re.compile(r"^[A-Za-z0-9_./~+][A-Za-z0-9_./~+-]{0,1023}$")
+
+
+def _command_word(value: str | None, what: str, example: str, python_template: bool = False) -> str | None:
+    if value is not None and not (python_template and value == "{python}") and not COMMAND_PATTERN.match(value):
+        raise ValueError(f"{value!r} is not an executable name or path{FIX_MARK}write {what} as one word, e.g. "
+                         f"{example} (no spaces, quotes or shell characters; not starting with '-')")
+    return value
+
+
+class HealthCheckSpec(_Strict):
+    """The pre-flight health check of a machine (orchestrator/liveness/health_check.py), run before its first trial
+    and after a trial fails there. The GPUs nvidia-smi lists must match `gpus:` (a number) and `gpu_type:` (a part of
+    the model name) of the machine; then a program run on the machine through its launcher (in its container, if it
+    has one) checks with torch that every GPU is visible, multiplies matrices on each, and, for studies of
+    multi-GPU trials, times an NCCL all-reduce over the GPUs that must finish within `allreduce_timeout_s`."""
+
+    run: Literal["auto", "always", "never"] = "auto"  # the torch program: auto = on machines whose nvidia-smi lists GPUs
+    python: str = "{python}"  # the interpreter with torch on the machine ({python}: the controller's, as in trials)
+    timeout_s: float = Field(default=300, gt=0, le=86400)  # the whole program, torch import and CUDA start included
+    allreduce_timeout_s: float = Field(default=60, gt=0, le=3600)  # process start, NCCL init and the all-reduce
+    matmul_size: int = Field(default=4096, ge=64, le=32768)
+
+    _check_python = field_validator("python")(classmethod(
+        lambda cls, v: _command_word(v, "health_check.python", "python3 or /opt/venv/bin/python", python_template=True)))
+
+    @model_validator(mode="after")
+    def _allreduce_within_the_whole(self) -> "HealthCheckSpec":
+        if self.allreduce_timeout_s >= self.timeout_s:
+            raise ValueError(f"allreduce_timeout_s ({self.allreduce_timeout_s:g}) is not below timeout_s "
+                             f"({self.timeout_s:g}), the bound of the whole check{FIX_MARK}lower allreduce_timeout_s "
+                             "or raise timeout_s")
+        return self
+
+
 def _gpus(value: object) -> int | Literal["auto", "none"]:
     if value in ("auto", "none"):
         return value  # type: ignore[return-value]
@@ -126,6 +162,11 @@ class MachineFields(_Strict):
     container: ContainerSpec | None = None
     env: dict[str, str] | None = None
     ray: RaySpec | None = None
+    nvidia_smi: str | None = None  # nvidia-smi on the machine (default: `nvidia-smi` on its PATH)
+    health_check: HealthCheckSpec | None = None
+
+    _check_nvidia_smi = field_validator("nvidia_smi")(classmethod(
+        lambda cls, v: _command_word(v, "nvidia_smi", "/usr/bin/nvidia-smi")))
 
     @field_validator("gpus", mode="before")
     @classmethod
@@ -170,6 +211,8 @@ class Machine(MachineFields):
     workdir: str = "runs"
     container: ContainerSpec = Field(default_factory=ContainerSpec)
     env: dict[str, str] = Field(default_factory=dict)
+    nvidia_smi: str = "nvidia-smi"
+    health_check: HealthCheckSpec = Field(default_factory=HealthCheckSpec)
 
     @model_validator(mode="after")
     def _ssh_needs_user(self) -> "Machine":
@@ -211,8 +254,9 @@ def _merge(defaults: dict, machine: dict) -> dict:
     for key in _MERGED_DICTS:
         if isinstance(defaults.get(key), dict) and isinstance(machine.get(key), dict):
             merged[key] = {**defaults[key], **machine[key]}
-    if isinstance(defaults.get("ray"), dict) and isinstance(machine.get("ray"), dict):
-        merged["ray"] = {**defaults["ray"], **machine["ray"]}
+    for key in ("ray", "health_check"):
+        if isinstance(defaults.get(key), dict) and isinstance(machine.get(key), dict):
+            merged[key] = {**defaults[key], **machine[key]}
     if isinstance(defaults.get("container"), dict) and isinstance(machine.get("container"), dict):
         container = {**defaults["container"], **machine["container"]}
         if isinstance(defaults["container"].get("env"), dict) and isinstance(machine["container"].get("env"), dict):

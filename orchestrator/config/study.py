@@ -32,6 +32,7 @@ MAX_BOUND = 1e15
 #: the most points a grid study may span (the grid sampler lists every point when it is built)
 MAX_GRID_POINTS = 1_000_000
 MAX_CHOICES = 10_000
+DEFAULT_STALL_S = 900.0
 #: width and precision of a format spec (`{x:1000000000f}` would build a gigabyte string per trial)
 MAX_FORMAT_WIDTH = 64
 
@@ -369,6 +370,10 @@ class StudySpec(_Strict):
     repeats: int = Field(default=1, ge=1, le=1000)
     timeout_s: float = Field(default=3600, gt=0, le=366 * 86400)  # a longer timeout overflows the waits' timeouts
     retries: int = Field(default=2, ge=0, le=100)  # re-runs of a trial lost to a machine or controller failure
+    #: the progress watchdog: a running trial whose log gains no line for this long is killed and recorded `hung`
+    #: (a lost trial, re-run on another machine while `retries` remain); null turns it off. The default outlasts a
+    #: cold torch.compile of a record-sized script, which prints nothing for minutes (7.8 min on an H100 machine).
+    stall_s: float | None = Field(default=DEFAULT_STALL_S, ge=1, le=366 * 86400)
     on_failure: OnFailure = Field(default_factory=OnFailure)
     resources: Resources = Field(default_factory=Resources)
 
@@ -462,6 +467,10 @@ def _cross_checks(spec: StudySpec, doc: YamlDoc) -> None:
         if getattr(spec.on_failure, kind) == "infeasible" and not spec.objective.constraints:
             raise doc.error(("on_failure", kind), "`infeasible` needs a constraint for the failed trial to violate",
                             fix="add `subject_to: [\"METRIC <= X\"]` under objective, or use `fail` or `retry`")
+    if "stall_s" in spec.model_fields_set and spec.stall_s is not None and spec.stall_s >= spec.timeout_s:
+        raise doc.error(("stall_s",), f"stall_s ({spec.stall_s:g} s) is not below timeout_s ({spec.timeout_s:g} s): the "
+                        "watchdog would never fire before the timeout",
+                        fix="lower stall_s below timeout_s (it is the longest a trial may print nothing), or remove it")
     if spec.budget.parallel is not None and spec.budget.parallel > spec.budget.max_trials:
         raise doc.error(("budget", "parallel"), f"parallel ({spec.budget.parallel}) exceeds max_trials ({spec.budget.max_trials})",
                         fix="lower parallel or raise max_trials")

@@ -95,5 +95,11 @@ class Launcher(ABC):
               events: "queue.Queue[Event]") -> JobHandle:
         """Start `job` on `slot`; its output lines and its exit go to `events`."""
 
+    def run_command(self, machine: Machine, argv: list[str], timeout_s: float = 30.0) -> tuple[int, str]:
+        """Run a short command on the machine itself (not in a container): (exit status, stdout+stderr). Raises
+        OrchError when the machine cannot be reached, NotImplementedError when this launcher cannot run commands
+        (the controller then reads nothing through it, e.g. which processes hold its GPUs)."""
+        raise NotImplementedError(f"launcher {self.name!r} runs no commands on its machines")
+
     def close(self) -> None:
         """Release connections; jobs still running are the controller's to cancel first."""

@@ -154,7 +154,14 @@ class LocalLauncher(Launcher):
     name = "local"
 
     def probe(self, machine: Machine) -> MachineInfo:
-        return machine_info(machine, local_gpus(), cpu_count=len(os.sched_getaffinity(0)))
+        return machine_info(machine, local_gpus(nvidia_smi=machine.nvidia_smi), cpu_count=len(os.sched_getaffinity(0)))
+
+    def run_command(self, machine: Machine, argv: list[str], timeout_s: float = 30.0) -> tuple[int, str]:
+        try:
+            result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return 127, str(exc)
+        return result.returncode, result.stdout + result.stderr
 
     def start(self, job: JobSpec, machine: Machine, slot: Slot, workdir: Path,
               events: "queue.Queue[Event]") -> LocalJob:

@@ -33,7 +33,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..config.errors import OrchError
 from ..config.fleet import Machine, RaySpec
-from ..gpu import NVIDIA_SMI_ARGV, parse_nvidia_smi
+from ..gpu import gpu_query_argv, parse_nvidia_smi
 from ..jobs import JobSpec
 from . import ray_runner
 from .base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot, machine_info
@@ -270,7 +270,8 @@ class RayLauncher(Launcher):
                                    f"{machine_resource(machine)} (fix: `orch fleet up`)")
             facts_task = ray.remote(ray_runner.node_facts).options(
                 num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-            facts = ray.get(facts_task.remote(NVIDIA_SMI_ARGV, self.probe_timeout_s / 2), timeout=self.probe_timeout_s)
+            facts = ray.get(facts_task.remote(gpu_query_argv(machine.nvidia_smi), self.probe_timeout_s / 2),
+                            timeout=self.probe_timeout_s)
         except ray.exceptions.GetTimeoutError:
             return MachineInfo(reachable=False, error=f"{_where(machine)}: the node did not answer a probe within "
                                                       f"{self.probe_timeout_s:g} s")
@@ -285,6 +286,21 @@ class RayLauncher(Launcher):
         if not rows and machine.gpus == "auto" and node_gpus:
             info.gpu_count = node_gpus  # GPUs Ray sees, without nvidia-smi on the node's PATH
         return info
+
+    def run_command(self, machine: Machine, argv: list[str], timeout_s: float = 30.0) -> tuple[int, str]:
+        """A task pinned to the machine's node (no resources held: it runs beside the node's trials)."""
+        try:
+            connect(machine.ray)
+            node = node_of(machine)
+            if node is None:
+                raise RayError(f"{_where(machine)}: no live node offers {machine_resource(machine)} (fix: `orch fleet up`)")
+            task = ray.remote(ray_runner.run_argv).options(
+                num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+            return ray.get(task.remote(argv, timeout_s), timeout=timeout_s + 10)
+        except ray.exceptions.GetTimeoutError:
+            raise RayError(f"{_where(machine)}: the node did not answer within {timeout_s + 10:g} s") from None
+        except ray.exceptions.RayError as exc:
+            raise RayError(f"{_where(machine)}: {_first_line(exc)}") from None
 
     # -- start
     def start(self, job: JobSpec, machine: Machine, slot: Slot, workdir: Path,

@@ -93,6 +93,15 @@ class JobRunner:
                 pass
 
 
+def run_argv(argv: list[str], timeout_s: float) -> tuple[int, str]:
+    """A short command on the node: (exit status, stdout+stderr); 127 when it cannot run or takes too long."""
+    try:
+        result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 127, str(exc)
+    return result.returncode, result.stdout + result.stderr
+
+
 def node_facts(nvidia_smi_argv: list[str], timeout_s: float) -> dict:
     """The node's usable cores and nvidia-smi's CSV (empty without nvidia-smi: a CPU node)."""
     facts = {"cpus": len(os.sched_getaffinity(0)), "nvidia_smi": "", "hostname": socket.gethostname()}

@@ -33,7 +33,7 @@ import paramiko
 
 from ..config.errors import OrchError
 from ..config.fleet import Machine
-from ..gpu import NVIDIA_SMI_ARGV, parse_nvidia_smi
+from ..gpu import gpu_query_argv, parse_nvidia_smi
 from ..jobs import JobSpec
 from .base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot, machine_info
 from .containers import PodmanOptions, container_command, containerized_env, job_env, parse_image_id
@@ -44,10 +44,13 @@ KEEPALIVE_S = float(os.environ.get("ORCH_SSH_KEEPALIVE_S", "5"))
 DEAD_AFTER_S = float(os.environ.get("ORCH_SSH_DEAD_AFTER_S", "10"))
 CONNECT_TIMEOUT_S = 15.0
 PROBE_TIMEOUT_S = 30.0
-#: a probe's command: the usable cores (honours the sshd's CPU affinity), then nvidia-smi's CSV
-PROBE_COMMAND = ('printf "orch-cpus %s\\n" "$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"; '
-                 + " ".join(shlex.quote(a) for a in NVIDIA_SMI_ARGV))
 KILL_GRACE_S = 5.0
+
+
+def probe_command(nvidia_smi: str = "nvidia-smi") -> str:
+    """A probe's command: the usable cores (honours the sshd's CPU affinity), then nvidia-smi's CSV."""
+    return ('printf "orch-cpus %s\\n" "$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"; '
+            + shlex.join(gpu_query_argv(nvidia_smi)))
 
 
 class SshError(OrchError):
@@ -408,12 +411,15 @@ class SshLauncher(Launcher):
         """One round trip: the machine's usable cores (`nproc`), then its GPUs (nvidia-smi; none: CPU slots)."""
         try:
             conn = self.connection(machine)
-            status, out = conn.run(PROBE_COMMAND, timeout_s=self.probe_timeout_s)
+            status, out = conn.run(probe_command(machine.nvidia_smi), timeout_s=self.probe_timeout_s)
         except OrchError as exc:
             return MachineInfo(reachable=False, error=str(exc))
         cpus = re.search(r"^orch-cpus (\d+)$", out, re.MULTILINE)
         return machine_info(machine, parse_nvidia_smi(out) if status == 0 else [],  # 127: no nvidia-smi
                             cpu_count=int(cpus.group(1)) if cpus else None)
+
+    def run_command(self, machine: Machine, argv: list[str], timeout_s: float = 30.0) -> tuple[int, str]:
+        return self.connection(machine).run(shlex.join(argv), timeout_s=timeout_s)
 
     # -- start
     def remote_trial_dir(self, conn: _Connection, machine: Machine, job: JobSpec) -> str:

@@ -31,6 +31,10 @@ def main() -> int:
     ap.add_argument("--crash-once", default="", help="crash like --crash-at 30 unless this file exists (it is created): "
                     "a flaky failure that a retry gets past")
     ap.add_argument("--hang", action="store_true", help="never finish (for timeout and kill tests)")
+    ap.add_argument("--stall-at", type=int, default=-1, help="at this step print one last line (with the wall time) "
+                    "and then nothing more, never finishing: a hung run (for the progress watchdog)")
+    ap.add_argument("--stall-once", default="", help="stall like --stall-at 30 unless this file exists (it is "
+                    "created): a hang that a retry gets past")
     ap.add_argument("--marker", default="", help="append a line to this file at start (counts real starts)")
     ap.add_argument("--early-exit-at", type=float, default=float(os.environ.get("TRAINER_EARLY_EXIT_AT", 0)),
                     help="stop at the first val_loss <= X (0: off)")
@@ -49,6 +53,12 @@ def main() -> int:
     if args.marker:
         with open(args.marker, "a") as f:
             f.write(f"{os.getpid()} {args.stage_durations} {args.seed}\n")
+    if args.stall_once:
+        try:
+            os.close(os.open(args.stall_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))  # the first run to get here
+            args.stall_at = 30
+        except FileExistsError:
+            pass
     if args.crash_once and not os.path.exists(args.crash_once):
         open(args.crash_once, "w").close()
         args.crash_at = 30
@@ -72,6 +82,10 @@ def main() -> int:
             time.sleep(args.wall_s / total)
         while args.hang:
             time.sleep(0.05)
+        if step == args.stall_at:
+            print(f"stand-in: stalling at step {step}, wall {time.time():.3f}", flush=True)
+            while True:
+                time.sleep(3600)
         elapsed += step_ms[step - 1]
         if step == args.crash_at:
             print("Traceback (most recent call last):\nRuntimeError: simulated crash", flush=True)
