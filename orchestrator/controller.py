@@ -427,17 +427,21 @@ class Controller:
             return None
         machine = self.fleet.machine(slot.machine)
         info = self.infos[slot.machine]
-        job = build_job(self.spec, self.name, number, repeat_index, values, early_exit=attrs.get("early_exit"))
+        unmodified = bool(attrs.get("unmodified"))  # a paired baseline run of the trainer as it is
+        job = build_job(self.spec, self.name, number, repeat_index, values, early_exit=attrs.get("early_exit"),
+                        steps=attrs.get("step_cut"), unmodified=unmodified)
         workdir = (Path(machine.workdir) / self.name / f"trial-{number:04d}").resolve()
         try:
-            diff = apply_injection(self.spec, values, job, workdir, Path(self.study.row.spec_dir or "."))
+            diff = None if unmodified else apply_injection(self.spec, values, job, workdir,
+                                                           Path(self.study.row.spec_dir or "."))
         except InvalidParams as exc:
             self._skip_invalid(number, trial_id, params, retry_of, attempt, repeat_index, str(exc))
             return None
         if retry_of is None and repeat_index == 0:
             self._enqueue_repeats(params, number)
         row = dict(study_id=self.study.row.id, number=number, optuna_trial_id=trial_id, round=self.round,
-                   variant=variant_key(params), repeat_index=repeat_index, retry_of=retry_of, attempt=attempt,
+                   variant="unmodified" if unmodified else variant_key(params), repeat_index=repeat_index,
+                   retry_of=retry_of, attempt=attempt,
                    params=values, state="pending", machine=slot.machine, slot=slot.label,
                    gpu_model=info.gpu_type if slot.gpu_ids else None, gpu_count=len(slot.gpu_ids),
                    driver_version=info.driver_version if slot.gpu_ids else None,

@@ -113,25 +113,40 @@ def _render(template: str, names: dict[str, Any]) -> str:
 
 def build_job(spec: StudySpec, study: str, trial: int, repeat: int, values: dict[str, Any],
               python: str | None = None, environ: dict[str, str] | None = None,
-              early_exit: dict[str, Any] | None = None) -> JobSpec:
+              early_exit: dict[str, Any] | None = None, steps: int | None = None,
+              unmodified: bool = False) -> JobSpec:
     """The job for one trial. `{python}` in the command is the interpreter that runs jobs. `early_exit`
-    ({"target": X, "max_steps": S}, an early-exit run's user attr) adds the study's early-exit templates."""
+    ({"target": X, "max_steps": S}, an early-exit run's user attr) adds the study's early-exit templates; `steps`
+    (a step-cut run's user attr) the study's `trainer.steps` templates. `unmodified`: the trainer's command and
+    env alone, none of the study's parameters or arguments (a paired baseline of the unmodified script)."""
     environ = os.environ if environ is None else environ
     names = {**values, "trial": trial, "repeat": repeat, "seed": trial, "study": study}
     argv = [python or sys.executable if part == "{python}" else part for part in spec.trainer.command]
     env = dict(spec.trainer.env)
     params_and_derived = {**{n: (p.flag, p.env, p.format) for n, p in spec.parameters.items()},
                           **{n: (d.flag, d.env, d.format) for n, d in spec.derived.items()}}
+    if unmodified:
+        params_and_derived, arguments = {}, type(spec.arguments)()
+    else:
+        arguments = spec.arguments
     for name, (flag, env_name, fmt) in params_and_derived.items():
         text = format_value(values[name], fmt or "")
         if flag:
             argv += [flag, text]
         if env_name:
             env[env_name] = text
-    for flag, template in spec.arguments.flags.items():
+    for flag, template in arguments.flags.items():
         argv += [flag, _render(template, names)]
-    for env_name, template in spec.arguments.env.items():
+    for env_name, template in arguments.env.items():
         env[env_name] = _render(template, names)
+    if steps is not None:
+        if spec.trainer.steps is None:
+            raise InvalidParams("the study does not say how its trainer is told its step count (trainer.steps)")
+        step_names = {**names, "steps": int(steps)}
+        for flag, template in spec.trainer.steps.flags.items():
+            argv += [flag, _render(template, step_names)]
+        for env_name, template in spec.trainer.steps.env.items():
+            env[env_name] = _render(template, step_names)
     if early_exit is not None:
         templates = early_exit_templates(spec)
         if templates is None:

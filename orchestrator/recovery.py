@@ -36,7 +36,10 @@ from .studies import OpenStudy
 
 
 #: user attrs a retry keeps from the trial it re-runs (extra runs: their kind, batch and early-exit settings)
-CARRIED_ATTRS = ("kind", "batch", "batch_index", "early_exit")
+#: a retry of an extra run stays one: its kind and batch, and what its batch planned for it (early exit, step cut,
+#: the unmodified trainer, its place in a paired ABBA block)
+CARRIED_ATTRS = ("kind", "batch", "batch_index", "early_exit", "step_cut", "unmodified", "paired_block",
+                 "paired_machine", "paired_pos", "paired_role")
 
 
 def _now() -> datetime:

@@ -12,6 +12,8 @@ Kinds (how the write-up sorts trials into sections; docs/export.md):
 - ``baseline``: the reference variant the headline compares with; also in its round's table.
 - ``confirmation``: a re-run of a chosen variant, often on other machines; in "Confirmation runs".
 - ``early_exit``: a run with a longer step budget that stops at the target; in "Early-exit analysis".
+- ``step_cut``: a baseline run cut to fewer steps (`orch study step-cut`); in "Step-cut baseline".
+- ``unmodified``: a run of the trainer without the study's parameters (a paired baseline); in "Paired timing".
 
 A trial's kind is, first match wins: the Optuna user attr ``kind`` (``study.enqueue_trial(params,
 user_attrs={"kind": "confirmation"})``, or the CSV column ``kind`` of ``orch import csv``); our row's
@@ -67,10 +69,10 @@ def trial_records(db: Database, study: StudyRow) -> list[dict[str, Any]]:
     return records
 
 
-KINDS = ("search", "baseline", "confirmation", "early_exit")
+KINDS = ("search", "baseline", "confirmation", "early_exit", "step_cut", "unmodified")
 EXTRA_FIELDS = ["optuna_trial_id", "created_at", "heartbeat_at", "pid", "pid_start", "controller"]
 _ALIASES = {"confirm": "confirmation", "confirmed": "confirmation", "early-exit": "early_exit",
-            "early exit": "early_exit", "earlyexit": "early_exit", "base": "baseline"}
+            "early exit": "early_exit", "earlyexit": "early_exit", "base": "baseline", "step-cut": "step_cut"}
 _NOTE_PATTERNS = [(re.compile(r"^\s*baseline\b", re.I), "baseline"),
                   (re.compile(r"^\s*confirm(ation)?\b", re.I), "confirmation"),
                   (re.compile(r"^\s*early[-_ ]?exit\b", re.I), "early_exit")]

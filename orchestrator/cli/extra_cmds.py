@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
                 effect: Optional[float] = typer.Option(None, "--effect", callback=_finite_target, min=0.0,
                                                        help="sequential: margin below the target the power is stated for"),
                 paired: bool = typer.Option(False, "--paired", help="ABBA blocks of candidate and baseline, one per machine"),
-                baseline: Optional[str] = typer.Option(None, "--baseline", help="paired: 'k=v,k=v' | '#N' | best"),
+                baseline: Optional[str] = typer.Option(None, "--baseline", help="paired: 'k=v,k=v' | '#N' | unmodified (the trainer without the study's parameters)"),
                 blocks_per_machine: int = typer.Option(1, "--blocks-per-machine", min=1, max=100, help="paired: ABBA blocks per machine"),
                 top: Optional[int] = typer.Option(None, "--top", min=1, max=MAX_COUNT, help="fixed batch: how many of the best variants"),
                 repeats: Optional[int] = typer.Option(None, "--repeats", min=1, max=MAX_COUNT, help="fixed batch: runs of each variant"),
@@ -127,3 +127,20 @@ def register(app: typer.Typer) -> None:
                  plain: bool = PlainOption) -> None:
         """Run a fixed variant N times as the study's baseline (kind baseline), beyond the budget."""
         _run(name, db, fleet, as_json, plain, lambda d: baseline_request(d, name, params, repeats))
+
+    @app.command("step-cut")
+    def step_cut(name: str,
+                 baseline: str = typer.Option(..., "--baseline", help="the baseline variant: 'k=v,k=v' | '#N'"),
+                 runs: int = typer.Option(2, "--runs", min=1, max=MAX_COUNT, help="runs of each step count"),
+                 variant: str = typer.Option("best", "--variant", help="the candidate whose time the cut matches: "
+                                             "best (the pick rule's) | '#N' | 'k=v,k=v'"),
+                 steps: Optional[str] = typer.Option(None, "--steps", help="step counts, e.g. 1400,1450 (default: "
+                                                     "planned so the cut runs' times bracket the candidate's)"),
+                 db: Optional[str] = DbOption, fleet: Optional[Path] = FleetOption, as_json: bool = JsonOption,
+                 plain: bool = PlainOption) -> None:
+        """Run the baseline with fewer steps (kind step_cut) and say whether the candidate's schedule beats a
+        simple step-count decrease at equal time (the study's trainer.steps tells the trainer the count)."""
+        from ..extra_runs.step_cut import run_step_cut, step_cut_request
+
+        _run_mode(name, db, fleet, as_json, plain,
+                  lambda d, inv: step_cut_request(d, name, variant, baseline, runs, steps), run_step_cut)

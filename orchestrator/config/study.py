@@ -240,6 +240,22 @@ DEFAULT_EARLY_EXIT = EarlyExit(flags={"--early-exit-at": "{target}", "--max-step
 EARLY_EXIT_TEMPLATE_NAMES = frozenset({"target", "max_steps"})
 
 
+class StepCount(_Templates):
+    """How the trainer is told its step count (`orch study step-cut` runs the baseline with fewer steps): flags /
+    env vars built from templates over `{steps}`, the parameters and the builtins, appended after the study's own
+    arguments (so they win), e.g. `flags: {--num-steps: "{steps}"}` or `env: {ITERATIONS: "{steps}"}`."""
+
+    @model_validator(mode="after")
+    def _says_something(self) -> "StepCount":
+        if not self.flags and not self.env:
+            raise bad("steps tells the trainer nothing", "add `flags:` or `env:` templates using {steps}, e.g. "
+                      "flags: {--num-steps: \"{steps}\"}")
+        return self
+
+
+STEP_TEMPLATE_NAMES = frozenset({"steps"})
+
+
 class Trainer(_Strict):
     command: list[str] = Field(min_length=1)
     inject: Inject | None = None
@@ -250,6 +266,7 @@ class Trainer(_Strict):
     files: list[str] = Field(default_factory=list)  # globs under code_dir, checksummed on each trial
     image: str | None = None  # overrides the machine's container image
     early_exit: EarlyExit | None = None  # how `orch study early-exit` tells the trainer; default for log_format orch
+    steps: StepCount | None = None  # how `orch study step-cut` tells the trainer its step count
 
     @field_validator("image")
     @classmethod
@@ -437,6 +454,8 @@ def _cross_checks(spec: StudySpec, doc: YamlDoc) -> None:
     _check_templates(spec.arguments, ("arguments",), names, doc)
     if spec.trainer.early_exit is not None:
         _check_templates(spec.trainer.early_exit, ("trainer", "early_exit"), names | EARLY_EXIT_TEMPLATE_NAMES, doc)
+    if spec.trainer.steps is not None:
+        _check_templates(spec.trainer.steps, ("trainer", "steps"), names | STEP_TEMPLATE_NAMES, doc)
     for section, key in (("trainer", "env"),):
         for env_name in getattr(spec.trainer, key):
             if not ENV_PATTERN.match(env_name):
@@ -520,7 +539,7 @@ def _show(point: dict[str, Any], spec: StudySpec) -> str:
                      if k in spec.parameters)
 
 
-def _check_templates(templates: Arguments | EarlyExit, path: tuple, names: set[str], doc: YamlDoc) -> None:
+def _check_templates(templates: Arguments | _Templates, path: tuple, names: set[str], doc: YamlDoc) -> None:
     for section in ("flags", "env"):
         for key, template in getattr(templates, section).items():
             where = (*path, section, key)

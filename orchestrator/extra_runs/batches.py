@@ -32,7 +32,7 @@ def open_batch(db: Database, study_id: int, kind: str) -> BatchRow | None:
 
 
 #: what a batch's args hold beside the command's own arguments: the plan fixed when the batch was created
-PLAN_KEYS = ("plan", "variant_key", "track_settings", "blocks")
+PLAN_KEYS = ("plan", "variant_key", "track_settings", "candidate_key", "baseline_key", "step_counts")
 
 
 def command_args(args: dict[str, Any]) -> dict[str, Any]:

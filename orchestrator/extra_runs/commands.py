@@ -38,6 +38,8 @@ class Request:
     variants: list[dict[str, Any]]  # parameters of each variant, in order (none needed when the open batch resumes)
     repeats: int
     extra_attrs: dict[str, Any] | None = None  # user attrs of every trial (early_exit: target, max_steps)
+    planned: list[dict[str, Any]] | None = None  # the runs, planned by the caller (else variants x repeats)
+    plan_args: dict[str, Any] | None = None  # stored with the arguments (batches.PLAN_KEYS), fixed at creation
 
 
 def _study(db: Database, name: str) -> tuple[StudyRow, StudySpec]:
@@ -101,8 +103,9 @@ def run_request(db: Database, name: str, fleet: Fleet, request: Request, reporte
     lease.acquire(db, row.id, owner)  # refuses before anything is written while another controller runs the study
     try:
         if not resumed:
-            batch = batches.create_batch(db, row, request.kind, request.args,
-                                         batches.plan_runs(request.variants, request.repeats))
+            runs = request.planned if request.planned is not None else batches.plan_runs(request.variants,
+                                                                                         request.repeats)
+            batch = batches.create_batch(db, row, request.kind, {**request.args, **(request.plan_args or {})}, runs)
         assert batch is not None
         opened = open_study(db, name)
         queued = batches.enqueue_missing(opened.optuna, batch, request.extra_attrs)

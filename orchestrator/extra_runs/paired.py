@@ -6,6 +6,9 @@ block. Candidate runs are of kind `confirmation` (they count for the loss test t
 
 A run lost to the machine is re-run there as a recorded retry (the study's `retries`); a block whose machine
 stays away is left unfinished: the command says so, and running it again with its arguments goes on.
+
+`--baseline unmodified` times the trainer as it is: the B runs (kind `unmodified`) get the study's command and
+env and none of its parameters, arguments or injection (jobs.build_job).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ..trial_queue import batch_of, claim, waiting_trials
 from . import batches
 from .controller import BatchController
 from .selection import arg_error, check_job, parse_params, pick_variant
+from .sequential import _pick_rule_variant
 
 KIND = "paired"  # the batch's kind (its runs are confirmation A and baseline B)
 
@@ -55,17 +59,25 @@ def block_machines(fleet: Fleet, spec: StudySpec) -> list[str]:
     return out
 
 
-def plan_blocks(machines: list[str], candidate: dict[str, Any], baseline: dict[str, Any], per_machine: int) -> list[dict]:
+def plan_blocks(machines: list[str], candidate: dict[str, Any], baseline: dict[str, Any] | None,
+                per_machine: int) -> list[dict]:
+    """ABBA blocks, one per machine (per_machine rounds of them). `baseline` None: the unmodified trainer (its
+    runs carry the candidate's values only because every Optuna trial needs values; the job uses none of them)."""
     runs = []
     block = 0
     for _ in range(per_machine):
         for machine in machines:
             for pos, role in enumerate(ABBA):
-                params = candidate if role == "A" else baseline
-                runs.append({"params": params, "variant": variant_key(params), "repeat": block,
-                             "kind": "confirmation" if role == "A" else "baseline",
-                             "attrs": {"paired_block": block, "paired_machine": machine, "paired_pos": pos,
-                                       "paired_role": role}})
+                attrs = {"paired_block": block, "paired_machine": machine, "paired_pos": pos, "paired_role": role}
+                if role == "A":
+                    params, kind = candidate, "confirmation"
+                elif baseline is None:
+                    params, kind = candidate, "unmodified"
+                    attrs["unmodified"] = True
+                else:
+                    params, kind = baseline, "baseline"
+                runs.append({"params": params, "variant": "unmodified" if kind == "unmodified" else variant_key(params),
+                             "repeat": block, "kind": kind, "attrs": attrs})
             block += 1
     return runs
 
@@ -79,13 +91,17 @@ def paired_request(db: Database, name: str, fleet: Fleet, variant: str, baseline
     batch = batches.open_batch(db, row.id, KIND)
     if batch is not None and batches.command_args(batch.args) == args:
         return PairedRequest(name, command, args, [])
-    candidate = pick_variant(db, row, spec, variant)
-    base = parse_params(spec, baseline, "--baseline") if "=" in baseline else pick_variant(db, row, spec, baseline)
-    if variant_key(base) == variant_key(candidate):
-        raise arg_error("--baseline", "the baseline is the candidate itself", "name another variant, e.g. the study's "
-                        "baseline: --baseline 'stage1=0.3333,stage2=0.3333'")
+    candidate = (_pick_rule_variant(db, row, spec) if variant.strip() == "best" else None) or pick_variant(
+        db, row, spec, variant)
     check_job(spec, name, candidate, None, "--variant")
-    check_job(spec, name, base, None, "--baseline")
+    if baseline.strip() == "unmodified":
+        base = None
+    else:
+        base = parse_params(spec, baseline, "--baseline") if "=" in baseline else pick_variant(db, row, spec, baseline)
+        if variant_key(base) == variant_key(candidate):
+            raise arg_error("--baseline", "the baseline is the candidate itself", "name another variant, e.g. the "
+                            "study's baseline: --baseline 'stage1=0.3333,stage2=0.3333', or --baseline unmodified")
+        check_job(spec, name, base, None, "--baseline")
     machines = block_machines(fleet, spec)
     if not machines:
         raise arg_error("--paired", f"{fleet.source}: no machine of the fleet can run the study's trials",

@@ -112,3 +112,64 @@ def test_paired_timing_blocks_by_machine(tmp_path):
     assert "the candidate is faster" in timing["text"]
     status = _ok(orch("study", "status", "s", "--db", url, cwd=tmp_path)).stdout
     assert "paired timing" in status
+
+
+def test_paired_against_the_unmodified_trainer(tmp_path):
+    """`--baseline unmodified`: the B runs get the trainer's own command, none of the study's arguments."""
+    url = f"sqlite:///{tmp_path / 'orch.db'}"
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(yaml.safe_dump({"machines": [{"name": "one", "launcher": "local", "gpus": "none", "cpu_slots": 2}]}))
+    _study(tmp_path, url, max_trials=2, parallel=2)
+    summary = json.loads(_ok(orch("study", "confirm", "s", "--paired", "--variant", "stage1=0.4,stage2=0.3",
+                                  "--baseline", "unmodified", "--json", "--db", url, "--fleet", str(fleet),
+                                  cwd=tmp_path)).stdout)
+    db = Database(url)
+    attrs = _kinds(url)
+    rows = sorted(rows_of(db, "s"), key=lambda r: r.started_at)
+    assert [attrs[r.number]["paired_role"] for r in rows] == ["A", "B", "B", "A"]
+    for r in rows:
+        unmodified = attrs[r.number]["paired_role"] == "B"
+        assert ("--stage-durations" in r.command) != unmodified and (r.variant == "unmodified") == unmodified
+        assert attrs[r.number]["kind"] == ("unmodified" if unmodified else "confirmation")
+    # the stand-in's own stages are 0.34/0.33/0.33: 3783 ms; the candidate's 0.4/0.3/0.3: 3630 ms
+    assert summary["paired"]["difference"] == pytest.approx(-0.153, abs=1e-6)
+
+
+def _step_study(tmp_path, step_loss: float) -> str:
+    path = stand_in_study(tmp_path, extra_args=["--noise", "0.0008", "--ref-steps", "100", "--step-loss",
+                                                str(step_loss)], threshold=3.30, max_trials=2, parallel=2)
+    spec = yaml.safe_load(path.read_text())
+    spec["trainer"]["steps"] = {"flags": {"--steps": "{steps}"}}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(path)
+
+
+@pytest.mark.parametrize("step_loss,beats", [(1.0, True), (0.0, False)])
+def test_step_cut_baseline_answers_whether_the_schedule_beats_cutting_steps(tmp_path, step_loss, beats):
+    """The stand-in's loss rises by step_loss x (100/steps - 1) when its schedule is cut: with 1.0 a cut that saves
+    the candidate's 4.5% costs ~0.04 in loss, more than the candidate's 0.011; with 0.0 cutting steps is free."""
+    url = f"sqlite:///{tmp_path / 'orch.db'}"
+    _ok(orch("study", "create", "s", "--from", _step_study(tmp_path, step_loss), "--db", url, cwd=tmp_path))
+    base, cand = "stage1=0.34,stage2=0.32", "stage1=0.4,stage2=0.3"
+    _ok(orch("study", "baseline", "s", "--params", base, "--repeats", "2", "--db", url, cwd=tmp_path))
+    _ok(orch("study", "confirm", "s", "--variant", cand, "--max-runs", "3", "--first-look", "3", "--sigma", "0.001",
+             "--track", "modded-nanogpt", "--db", url, cwd=tmp_path))
+    summary = json.loads(_ok(orch("study", "step-cut", "s", "--variant", cand, "--baseline", base, "--runs", "2",
+                                  "--json", "--db", url, cwd=tmp_path)).stdout)
+    # baseline 3800 ms, candidate 3630 ms: the matching cut is 100 x 3630/3800 = 95.5 steps, planned -4%/0/+4%
+    assert summary["args"]["step_counts"] == [92, 96, 99]
+    db = Database(url)
+    attrs = _kinds(url)
+    cut = [r for r in rows_of(db, "s") if attrs[r.number].get("kind") == "step_cut"]
+    assert sorted(attrs[r.number]["step_cut"] for r in cut) == [92, 92, 96, 96, 99, 99]
+    for r in cut:
+        steps = attrs[r.number]["step_cut"]
+        assert r.command[r.command.index("--steps", r.command.index("--steps") + 1) + 1] == str(steps)
+        assert r.metrics["steps"] == steps
+    result = summary["step_cut"]
+    assert result["beats"] is beats
+    lo, hi = result["interval"]
+    assert (hi < 0) if beats else (lo > 0)
+    status = _ok(orch("study", "status", "s", "--db", url, cwd=tmp_path)).stdout
+    assert ("beats a simple step-count decrease" in status) == beats
+    assert ("does NOT beat a simple step-count decrease" in status) == (not beats)
