@@ -22,12 +22,14 @@ from ..export import RENDERERS
 from ..studies import load_study_row
 from .common import DbOption, JsonOption, State, check_name, open_db, where
 from .fleet_cmds import fleet_app
+from .record_cmd import register as register_record
 from .study_cmds import study_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sweep orchestrator for training speedruns.")
 app.add_typer(study_app, name="study")
 app.add_typer(fleet_app, name="fleet")
+register_record(app)  # `orch record`
 
 
 @app.callback()
