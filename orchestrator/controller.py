@@ -729,8 +729,8 @@ class Controller:
             elif not info.reachable and machine.name not in states and machine.name not in busy:
                 self._record_machine(machine, info)
                 self._say(f"machine {machine.name} failed its probe ({info.error}): marked down")
-        if force:
-            self.keeper.collect()
+        while force and self.keeper.pending() and not self._stop.is_set():  # sick machines checked again: wait
+            self.keeper.collect(wait_s=1.0)
         self.scheduler.unavailable = self._unavailable_machines()
 
     def _unavailable_machines(self) -> set[str]:

@@ -114,7 +114,9 @@ def run_program(launcher: Launcher, machine: Machine, gpu_ids: tuple[int, ...], 
     try:
         handle = launcher.start(job, machine, run_slot, workdir, events)
     except (OrchError, OSError) as exc:
-        result.reason, result.fix = f"the health check could not start: {exc}", fix_repair
+        result.reason = f"the health check could not start: {exc}"
+        result.fix = (f"if the interpreter is missing, set health_check.python in the fleet file to one with torch on "
+                      f"the machine; else {fix_repair}")
         return result
     deadline = began + spec.timeout_s
     report, tail, exit_event, cancelled = None, [], None, False

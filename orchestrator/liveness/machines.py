@@ -47,8 +47,9 @@ class MachineKeeper:
             return
         result = self.gate.admit(machine, info)
         if result is None:
-            self.say(f"machine {machine.name}: pre-flight health check started (GPUs, a matrix product"
-                     + (", an all-reduce" if self.gate.multi_gpu and info.gpu_count > 1 else "") + ")")
+            what = "GPUs, a matrix product on each" if info.gpus else "torch, a matrix product on the CPU"
+            self.say(f"machine {machine.name}: pre-flight health check started ({what}"
+                     + (", an all-reduce" if self.gate.multi_gpu and info.gpu_count > 1 and info.gpus else "") + ")")
         else:
             self._record([result])
 

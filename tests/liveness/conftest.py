@@ -69,3 +69,17 @@ def fake_smi(tmp_path):
 def write_yaml(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """An `orch` command in this process (the same entry point as the `orch` executable; a process of its own costs
+    ~2 s of imports on these machines): (exit status, stdout, stderr). `orch study run` runs as a process."""
+    import contextlib
+    import io
+
+    from orchestrator.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
