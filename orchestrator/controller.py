@@ -31,7 +31,7 @@ from db import Database, EventRow, MachineRow, MetricPointRow, StudyRow, TrialRo
 from db.new_rows import NewRows
 from db.write_batch import WriteBatch
 
-from . import lease
+from . import control, lease
 from .config.errors import ConfigError, OrchError
 from .config.fleet import Fleet, Machine
 from .health import HealthChecker
@@ -41,7 +41,7 @@ from .launchers.base import Event, ExitEvent, JobHandle, Launcher, LineEvent, Ma
 from .launchers.local import DISK_FULL
 from .liveness.machines import MachineKeeper
 from .liveness.watchdog import ProgressWatchdog
-from .outcomes import decide, tell
+from .outcomes import ATTR_EXIT_REASON, curve_value, decide, tell
 from .preflight import check_fleet_fits
 from .parsers import LogStream, MetricPoint, get_adapter
 from .provenance import code_info
@@ -49,7 +49,7 @@ from .recovery import enqueue_retry, recover
 from .samplers import DecidingSampler, build_sampler, distributions
 from .scheduler import NoCapacity, Scheduler
 from .studies import OpenStudy, open_study
-from .study_storage import LeasedStorage
+from .study_storage import LeasedStorage, on_step
 from .trial_queue import is_search_trial, next_trial, waiting_trials
 
 # statements built once and bound per trial (SQLAlchemy caches their compiled form)
@@ -85,6 +85,7 @@ class Running:
     deadline: float
     started: float
     timed_out: bool = False
+    cancelled: str | None = None  # `orch trial cancel`: why (its job is being killed)
     hung: bool = False  # killed by the progress watchdog
     last_val: float | None = None
     last_step: int | None = None
@@ -147,6 +148,11 @@ class Controller:
         self.owner = lease.controller_id()
         self._stop = threading.Event()
         self._stop_reason = ""
+        self._stop_clean = False  # `orch study stop --now`: the run ends normally once its trials are killed
+        self._finishing: str | None = None  # `orch study stop`: why no new trial starts (the run ends after them)
+        self._next_request_read = 0.0  # when `orch_requests` is read again (control.READ_S)
+        self._stop_requests: list[int] = []  # closed as the run ends
+        self._cancel_requests: dict[int, list[int]] = {}  # trial number -> requests closed when it has ended
         self.dispatched = 0
         self._last_invalid = ""
         self._next_health_check = 0.0
@@ -248,12 +254,17 @@ class Controller:
             self.code = code_info((spec_dir / self.spec.trainer.code_dir).resolve(), self.spec.trainer.files)
             self._set_status("running")
             self._loop()
+        except StopRequested:
+            self._stopped_by(None)
+            if not self._stop_clean:
+                raise
+            self.progress.message = self._stop_reason
         except Exception as exc:
-            if not isinstance(exc, StopRequested):
-                self._stopped_by(exc)
+            self._stopped_by(exc)
             raise
         finally:
             self._shutdown()
+            self._close_requests()
             lease.release(self.db, sid, self.owner)
         return self.progress
 
@@ -270,7 +281,7 @@ class Controller:
                 # database counts and the sampler's convergence test are read here, not once per log line
                 changed = False
                 self._refresh_progress()
-                slots_wanted = self._slots_to_fill()
+                slots_wanted = self._slots_to_fill() if self._finishing is None else 0  # `orch study stop`
                 if slots_wanted == 0 and not self.running:
                     self._finish_study()
                     return
@@ -298,13 +309,14 @@ class Controller:
                     continue
             else:
                 self.reporter(self.progress, "")  # the running trials' latest steps and losses
-            due = [next_beat] + [r.deadline for r in self.running.values()]
+            due = [next_beat, self._next_request_read] + [r.deadline for r in self.running.values()]
             stall = self.watchdog.next_deadline()
             for extra in (self._points_due, stall):
                 if extra is not None:
                     due.append(extra)
             timeout = max(0.0, min(due) - time.monotonic())
             changed = self._drain(timeout)
+            changed = self._read_requests() or changed  # `orch study stop`, `orch trial cancel`
             changed = self.keeper.collect() or changed
             now = time.monotonic()
             for run in list(self.running.values()):
@@ -419,7 +431,7 @@ class Controller:
         attrs = trial.user_attrs
         retry_of, attempt = attrs.get("retry_of"), int(attrs.get("attempt", 1))
         repeat_index = int(attrs.get("repeat_index", 0))
-        params = dict(trial.params)
+        params = {k: on_step(v, self.dists.get(k)) for k, v in trial.params.items()}  # 0.42, not 0.42000000000000004
         try:
             values = resolve_values(self.spec, params)
         except InvalidParams as exc:
@@ -565,10 +577,13 @@ class Controller:
         """Write the points streamed since the last flush; a point seen again (a human line's JSON twin)
         replaces the stored one."""
         self._points_due = None
-        inserts, updates = [], []
+        inserts, updates, curve = [], [], []
         for run in self.running.values():
             latest = {(p.kind, p.step): p for p in run.pending_points}
             for key, p in latest.items():
+                point_value = curve_value(self.spec, p)
+                if point_value is not None:
+                    curve.append((run.trial_id, p.step, point_value))
                 values = dict(total_steps=p.total_steps, val_loss=p.val_loss, train_loss=p.train_loss,
                               train_time_ms=p.train_time_ms, step_avg_ms=p.step_avg_ms, extra=p.extra or None)
                 if key in run.stored_points:
@@ -580,6 +595,8 @@ class Controller:
         with self._unit():
             self._writes.extend(_INSERT_POINTS, inserts)
             self._writes.extend(_UPDATE_POINT, updates)
+            for trial_id, step, point_value in curve:  # the trial's curve in Optuna (what optuna-dashboard plots)
+                self.study.optuna._storage.set_trial_intermediate_value(trial_id, step, point_value)
 
     def _on_exit(self, run: Running, event: ExitEvent) -> None:
         parsed = run.stream.finish()
@@ -587,6 +604,13 @@ class Controller:
         if run.hung and not parsed.complete:
             self._hung(run, event, parsed)
             return
+        if run.cancelled is not None and not parsed.complete:
+            self._cancelled(run, event, parsed)
+            return
+        if run.cancelled is not None:  # it printed its final line before the kill: its outcome stands
+            with self._unit() as s:
+                control.close(s, self._cancel_requests.pop(run.number, []),
+                              f"not cancelled: trial {run.number} finished first")
         if event.error and event.error.startswith("connection lost") and not parsed.complete:
             self._machine_lost(run, event.error)
             return
@@ -627,7 +651,7 @@ class Controller:
                     self._counted -= 1
             self._trial_event(number, machine, old, state, note)
             tell(self.study.optuna, trial_id, number, state, value, constraints, machine=machine,
-                 exit_reason=exit_reason)
+                 exit_reason=exit_reason, metrics=metrics)
         self._tally(state, value, feasible, number)
 
     def _stalled(self, run: Running | None) -> None:
@@ -686,6 +710,81 @@ class Controller:
         self._fatal = OrchError(f"machine {machine!r}: {error}; trial {number} is re-queued (fix: free space under "
                                 f"the machine's workdir {workdir!r} or point `workdir:` in the fleet file at a larger "
                                 "disk, then `orch study run` resumes)")
+
+    # ---- requests from other processes (control.py) ------------------------------------------------
+    def _read_requests(self) -> bool:
+        """Act on the open `orch study stop` / `orch trial cancel` requests (read every `control.READ_S`); True
+        when the loop must look again at what to dispatch."""
+        now = time.monotonic()
+        if now < self._next_request_read:
+            return False
+        self._next_request_read = now + control.READ_S
+        requests = control.open_requests(self.db, self.study.row.id)
+        for request in requests:
+            if request.id in self._stop_requests or any(request.id in ids for ids in self._cancel_requests.values()):
+                continue  # acted on already, closed when its effect is done
+            if request.kind == "stop":
+                self._stop_requests.append(request.id)
+                why = f"stopped by `orch study stop` from {request.requested_by}" + (
+                    f": {request.reason}" if request.reason else "")
+                if request.mode == "now":
+                    self._stop_clean = True
+                    self._say(f"{why}; killing {len(self.running)} running trial(s), they are re-queued")
+                    self.request_stop(why)
+                elif self._finishing is None:
+                    self._finishing = self.progress.message = why
+                    self._say(f"{why}; no new trial starts, {len(self.running)} running trial(s) finish first")
+            elif request.kind == "cancel":
+                outcome = self._cancel(request)
+                if outcome is not None:
+                    with self._unit() as s:
+                        control.close(s, [request.id], outcome)
+        return bool(requests)
+
+    def _cancel(self, request: control.Request) -> str | None:
+        """Cancel a running or queued trial; the outcome, or None when it comes once the job has ended."""
+        number = request.trial_number
+        why = f"cancelled by `orch trial cancel` from {request.requested_by}" + (
+            f": {request.reason}" if request.reason else "")
+        run = self.running.get(number)
+        if run is not None:
+            self._cancel_requests.setdefault(number, []).append(request.id)
+            if run.cancelled is None:
+                run.cancelled = why
+                run.handle.cancel("cancelled")
+                self._event(number, "trial.cancel", None, None, why)
+                self._say(f"trial {number}: {why}; killing its job")
+            return None
+        queued = [t for t in waiting_trials(self.study.optuna) if t.number == number]
+        if queued:
+            with self._unit() as s:
+                cancel_queued(s, self.study, queued[0], why)
+            self._say(f"trial {number}: {why} (it was queued)")
+            return f"trial {number} cancelled (it was queued, not started)"
+        with self.db.session() as s:
+            state = s.scalar(select(TrialRow.state).where(TrialRow.study_id == self.study.row.id,
+                                                          TrialRow.number == number))
+        return f"not cancelled: trial {number} " + (f"is {state}, not running" if state else "is not in this study")
+
+    def _cancelled(self, run: Running, event: ExitEvent, parsed) -> None:
+        """A trial whose job `orch trial cancel` killed: `cancelled`, not a failed outcome, not re-run."""
+        with self._unit() as s:  # the trial's row, Optuna's and the request's close: one transaction
+            self._finish_row(run.row_id, run.number, run.trial_id, "cancelled", "cancelled", None, None, {}, {},
+                             run.cancelled, exit_code=event.returncode, versions=parsed.versions,
+                             gpu_name=parsed.gpu_name)
+            control.close(s, self._cancel_requests.pop(run.number, []), f"trial {run.number} cancelled")
+        self._say(f"trial {run.number}: cancelled")
+
+    def _close_requests(self) -> None:
+        """As the run ends: its stop requests are done; a cancel whose job outlived the run is told so."""
+        try:
+            with self.db.session() as s:
+                control.close(s, self._stop_requests, f"stopped: {self.progress.done} complete, "
+                                                      f"{self.progress.failed} failed")
+                for number, ids in self._cancel_requests.items():
+                    control.close(s, ids, f"trial {number}: the run ended first (recorded lost, re-queued)")
+        except Exception:  # noqa: BLE001 - the database may be why the run ends; the requests stay open
+            pass
 
     # ---- housekeeping --------------------------------------------------------------------------------
     def _heartbeat(self) -> None:
@@ -822,11 +921,12 @@ class Controller:
                 row.status = status
                 row.finished_at = _now() if status == "finished" else None
 
-    def _stopped_by(self, exc: Exception) -> None:
-        """The run ends with an error: the study is `stopped` (resumable), not left `running`."""
+    def _stopped_by(self, exc: Exception | None) -> None:
+        """The run ends with an error, or is stopped (None): the study is `stopped` (resumable), not left `running`."""
         try:
             self._set_status("stopped")
-            self._event(None, "study.error", None, None, str(exc)[:2000])
+            if exc is not None:
+                self._event(None, "study.error", None, None, str(exc)[:2000])
         except Exception:  # noqa: BLE001 - the database may be why it stopped; the error itself is raised
             pass
 
@@ -834,6 +934,8 @@ class Controller:
         counted, _ = self._budget_counts()
         if counted >= self.spec.budget.max_trials or self._settled():
             self._set_status("finished")
+        else:  # `orch study stop`, `--max-new`: resumable, and no controller runs it now
+            self._set_status("stopped")
 
     def _settled(self) -> bool:
         """The sampler says its decision is settled (only a `DecidingSampler` can)."""
@@ -863,6 +965,22 @@ class Controller:
                                      note, exit_code=event.returncode)
                     enqueue_retry(self.study.optuna, s.get(TrialRow, run.row_id), self.spec.retries, self.spec)
         self.running.clear()
+
+
+def cancel_queued(session, study: OpenStudy, frozen: optuna.trial.FrozenTrial, note: str) -> None:
+    """Take a queued (WAITING) trial off the queue: Optuna FAIL (exit reason `cancelled`) and a `cancelled` row of
+    ours, in `session`'s transaction (the caller holds the study's lease)."""
+    storage = study.optuna._storage
+    storage.set_trial_system_attr(frozen._trial_id, ATTR_EXIT_REASON, "cancelled")
+    storage.set_trial_user_attr(frozen._trial_id, "exit_reason", "cancelled")  # what optuna-dashboard shows
+    storage.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL)
+    attrs, params = frozen.user_attrs, dict(frozen.system_attrs.get("fixed_params") or frozen.params)
+    session.add(TrialRow(study_id=study.row.id, number=frozen.number, optuna_trial_id=frozen._trial_id, round=0,
+                         variant=variant_key(params), params=params, state="cancelled", exit_reason="cancelled",
+                         note=note, retry_of=attrs.get("retry_of"), attempt=int(attrs.get("attempt", 1)),
+                         repeat_index=int(attrs.get("repeat_index", 0)), ended_at=_now()))
+    session.add(EventRow(study_id=study.row.id, trial_number=frozen.number, kind="trial.state", old="queued",
+                         new="cancelled", message=note))
 
 
 def install_signal_handlers(controller: Controller) -> None:

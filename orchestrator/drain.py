@@ -24,6 +24,7 @@ class DrainResult:
     drain: bool  # the flag now
     changed: bool  # False: it already was so
     running: list[str] = field(default_factory=list)  # "STUDY#N" of the trials still running there
+    reason: str | None = None  # `orch fleet drain --reason`
 
     def message(self) -> str:
         name = self.machine
@@ -31,6 +32,8 @@ class DrainResult:
             return (f"{name}: undrained: it takes new trials again (a running controller sees this within 0.25 s)"
                     if self.changed else f"{name}: not drained: nothing to do")
         already = "" if self.changed else " (already)"
+        if self.reason:
+            already += f" ({self.reason})"
         if self.running:
             return (f"{name}: draining{already}: {len(self.running)} running trial(s) finish there "
                     f"({', '.join(self.running)}), no new trial starts; `orch fleet undrain {name}` puts it back")
@@ -55,21 +58,33 @@ def running_on(db: Database, name: str) -> list[str]:
     return [f"{r.name}#{r.number}" for r in rows]
 
 
-def set_drain(db: Database, fleet: Fleet, name: str, drain: bool) -> DrainResult:
-    """Set or clear machine NAME's drain flag (creating its row if no controller has seen it yet)."""
+MAX_REASON = 500
+
+
+def set_drain(db: Database, fleet: Fleet, name: str, drain: bool, reason: str | None = None) -> DrainResult:
+    """Set or clear machine NAME's drain flag (creating its row if no controller has seen it yet). `reason` (shown
+    by `orch fleet status`) is kept while it is drained; draining again with a new reason replaces it."""
     machine = fleet_machine(fleet, name)
+    reason = (" ".join((reason or "").split())[:MAX_REASON] or None) if drain else None  # one line, bounded
     with db.session() as s:
         row = s.scalar(select(MachineRow).where(MachineRow.name == name))
         if row is None:
             row = MachineRow(name=name, host=machine.host, launcher=machine.launcher, state="unknown", drain=False)
             s.add(row)
         changed = bool(row.drain) != drain
+        if changed or (drain and reason is not None and reason != row.drain_reason):
+            s.add(EventRow(machine=name, kind="machine.drain", old=("in service" if drain else "drained") if changed else "drained",
+                           new="drained" if drain else "in service",
+                           message=("orch fleet drain" + (f": {reason}" if reason else "")) if drain
+                           else "orch fleet undrain"))
         if changed:
             row.drain = drain
-            s.add(EventRow(machine=name, kind="machine.drain", old="drained" if not drain else "in service",
-                           new="drained" if drain else "in service",
-                           message="orch fleet drain" if drain else "orch fleet undrain"))
-    return DrainResult(name, drain, changed, running_on(db, name) if drain else [])
+        if not drain:
+            row.drain_reason = None
+        elif reason is not None or changed:
+            row.drain_reason = reason
+        kept = row.drain_reason
+    return DrainResult(name, drain, changed, running_on(db, name) if drain else [], kept)
 
 
 __all__ = ["DrainResult", "set_drain", "fleet_machine", "running_on"]

@@ -38,6 +38,18 @@ def _holder_dead(owner: str) -> bool:
     return not process_alive(int(pid_text), start)
 
 
+def holder(row: StudyRow, now: datetime | None = None) -> str | None:
+    """The controller that holds study `row`'s lease now, or None: none took it, it expired, or its holder's
+    process (on this host) is gone. What tells a running study from a stopped one."""
+    now = now or datetime.now(timezone.utc)
+    owner, expires = row.lease_owner, row.lease_expires
+    if not owner or expires is None:
+        return None
+    if (expires if expires.tzinfo else expires.replace(tzinfo=timezone.utc)) < now or _holder_dead(owner):
+        return None
+    return owner
+
+
 def acquire(db: Database, study_id: int, owner: str, now: datetime | None = None) -> None:
     now = now or datetime.now(timezone.utc)
     until = now + timedelta(seconds=LEASE_S)

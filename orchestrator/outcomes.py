@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .config.study import StudySpec
-from .parsers import ParsedRun
+from .parsers import MetricPoint, ParsedRun
 
 
 @dataclass
@@ -94,28 +94,68 @@ ATTR_MACHINE = "orch:machine"
 ATTR_EXIT_REASON = "orch:exit_reason"
 
 
+#: system attr optuna-dashboard reads feasibility from: the constraint values as a list (Optuna's older form)
+ATTR_DASHBOARD_CONSTRAINTS = "constraints"
+
+
 def tell(study: optuna.Study, trial_id: int, number: int, state: str, value: float | None,
-         constraints: dict[str, float], *, machine: str | None = None, exit_reason: str | None = None) -> None:
+         constraints: dict[str, float], *, machine: str | None = None, exit_reason: str | None = None,
+         metrics: dict[str, float] | None = None) -> None:
     """Tell Optuna a trial's result; a no-op when Optuna already has it (so recovery can call it again).
     A failed trial with constraints (on_failure: infeasible) is told as a complete trial violating them.
     The machine and the exit reason go with it (system attrs), so a sampler can model machines and read a
-    crash or a divergence as evidence rather than as a missing run."""
+    crash or a divergence as evidence rather than as a missing run. What optuna-dashboard shows goes too: user
+    attrs `machine`, `hit` (met every constraint), `exit_reason` of a trial that did not complete, the constraint
+    metrics' values (e.g. `val_loss`, from `metrics`), and the constraints as the list it reads."""
     frozen = study._storage.get_trial(trial_id)
     if frozen.state.is_finished():
         return
+    storage = study._storage
     for key, attr in ((ATTR_MACHINE, machine), (ATTR_EXIT_REASON, exit_reason)):
         if attr is not None and frozen.system_attrs.get(key) != attr:
-            study._storage.set_trial_system_attr(trial_id, key, attr)
+            storage.set_trial_system_attr(trial_id, key, attr)
     if state == "failed" and constraints:
         state, value = "complete", value if value is not None else _worst_value(study)
+    shown = {"machine": machine}
+    if state == "complete":
+        shown["hit"] = all(v <= 0 for v in constraints.values())
+        shown.update({k: float(metrics[k]) for k in constraints if k in (metrics or {})
+                      and math.isfinite(metrics[k])})
+    else:
+        shown["exit_reason"] = exit_reason
+    for key, attr in shown.items():
+        if attr is not None and frozen.user_attrs.get(key) != attr:
+            storage.set_trial_user_attr(trial_id, key, attr)
     if state == "complete":
         trial = optuna.trial.Trial(study, trial_id)
         for key, violation in constraints.items():
             if key not in frozen.constraints:
                 trial.set_constraint(key, min(violation, 1e300))
+        if constraints and ATTR_DASHBOARD_CONSTRAINTS not in frozen.system_attrs:
+            storage.set_trial_system_attr(trial_id, ATTR_DASHBOARD_CONSTRAINTS,
+                                          [min(v, 1e300) for v in constraints.values()])
         _tell(study, number, value)
     else:
         _tell(study, number, state=TrialState.FAIL)
+
+
+def curve_value(spec: StudySpec, point: MetricPoint) -> float | None:
+    """What a validation point adds to its trial's curve (Optuna's intermediate values, `trial.report`): the
+    study's objective or first constraint metric that the point carries, else its val_loss."""
+    if point.kind != "val":
+        return None
+    for metric in (spec.objective.metric, *(c.metric for c in spec.objective.constraints), "val_loss"):
+        value = point.extra.get(metric) if metric in point.extra else getattr(point, metric, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def named_constraints(trial) -> dict[str, float]:
+    """A trial's constraints by metric name: Optuna's `constraints` reads the dashboard's list twin as keys
+    "0", "1", ...; those are left out where named ones exist."""
+    named = {k: v for k, v in trial.constraints.items() if not k.isdigit()}
+    return named or dict(trial.constraints)
 
 
 def _tell(study: optuna.Study, *args, **kwargs) -> None:

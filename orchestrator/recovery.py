@@ -30,7 +30,7 @@ from db import Database, EventRow, MetricPointRow, TrialRow
 from .config.study import StudySpec
 from .jobs import variant_key
 from .launchers.local import kill_group, process_alive
-from .outcomes import decide, failure_constraints, failure_policy, tell
+from .outcomes import curve_value, decide, failure_constraints, failure_policy, tell
 from .parsers import LogAdapter
 from .studies import OpenStudy
 
@@ -116,7 +116,7 @@ def recover(db: Database, opened: OpenStudy, spec: StudySpec, adapter: LogAdapte
             tell(study, row.optuna_trial_id, number, row.state, row.value,
                  _constraints_of(spec, row) if row.state == "complete"
                  else failure_constraints(spec) if row.feasible is False else {},
-                 machine=row.machine, exit_reason=row.exit_reason)
+                 machine=row.machine, exit_reason=row.exit_reason, metrics=row.metrics)
             report(f"recovery: told Optuna the recorded outcome of trial {number}")
         if row.state == "lost" or (row.state == "failed" and failure_policy(spec, row.exit_reason) == "retry"):
             if enqueue_retry(study, row, spec.retries, spec):
@@ -155,8 +155,13 @@ def _recover_unfinished(db: Database, study: optuna.Study, spec: StudySpec, adap
         state, value, trial_id, number = live.state, live.value, live.optuna_trial_id, live.number
         machine = live.machine
     if outcome is not None:
+        unfinished = not study._storage.get_trial(trial_id).state.is_finished()  # else Optuna has it all already
+        for point in parsed.points if unfinished else []:  # the trial's curve, as the controller writes it live
+            point_value = curve_value(spec, point)
+            if point_value is not None:
+                study._storage.set_trial_intermediate_value(trial_id, point.step, point_value)
         tell(study, trial_id, number, state, value, outcome.constraints, machine=machine,
-             exit_reason=outcome.exit_reason)
+             exit_reason=outcome.exit_reason, metrics=outcome.metrics)
         report(f"recovery: trial {number} had finished; outcome taken from its log")
         if outcome.retry:
             with db.session() as s:

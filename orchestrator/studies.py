@@ -10,11 +10,12 @@ from pathlib import Path
 import optuna
 from optuna.storages import _CachedStorage
 from optuna.storages._cached_storage import _StudyInfo
+from optuna.storages._rdb import models as optuna_models
 from optuna.trial import TrialState
-from sqlalchemy import event, select
+from sqlalchemy import delete, event, func, select
 
 from db import Database, StudyRow, TrialRow, safe_url
-from db.models import EventRow
+from db.models import BatchRow, EventRow, MetricPointRow, RequestRow
 from db.reconnect import wait_for_server
 
 from .config.errors import OrchError
@@ -91,10 +92,30 @@ def validate_study_file(path: str | Path) -> tuple[StudySpec, str]:
     return spec, Path(path).read_text(encoding="utf-8")
 
 
+_OPTUNA_STUDIES = optuna_models.StudyModel.__table__
+_OPTUNA_TRIALS = optuna_models.TrialModel.__table__
+
+
+def optuna_study_ids(session, names) -> dict[str, int]:
+    """The Optuna study id of each of `names` that Optuna's tables still hold."""
+    names = list(names)
+    if not names:
+        return {}
+    return dict(session.execute(select(_OPTUNA_STUDIES.c.study_name, _OPTUNA_STUDIES.c.study_id)
+                                .where(_OPTUNA_STUDIES.c.study_name.in_(names))).all())
+
+
+def _deleted_in_optuna(name: str) -> str:
+    return (f"study {name!r} was deleted from Optuna's tables (`optuna delete-study` or optuna-dashboard); orch's own "
+            f"rows of it remain")
+
+
 def new_optuna_study(db: Database, name: str, direction: str, fix: str) -> optuna.storages.BaseStorage:
-    """Create the Optuna half of a new study; refuse a name that either half already uses."""
+    """Create the Optuna half of a new study; refuse a name that either half already uses (orch's leftover rows
+    of a study deleted with Optuna's tools do not count: `create_study` replaces them)."""
     with db.session() as s:
-        if s.scalar(select(StudyRow).where(StudyRow.name == name)) is not None:
+        row = s.scalar(select(StudyRow).where(StudyRow.name == name))
+        if row is not None and optuna_study_ids(s, [row.optuna_study_name]):
             raise StudyError(f"study {name!r} already exists in {safe_url(db.url)} (fix: {fix})")
     storage = optuna_storage(db)
     try:
@@ -104,13 +125,30 @@ def new_optuna_study(db: Database, name: str, direction: str, fix: str) -> optun
     return storage
 
 
+def deleted_in_optuna(db: Database, name: str) -> int | None:
+    """Study NAME's Optuna half was deleted with Optuna's tools: how many trial rows of ours it left (else None)."""
+    with db.session() as s:
+        row = s.scalar(select(StudyRow).where(StudyRow.name == name))
+        if row is None or optuna_study_ids(s, [row.optuna_study_name]):
+            return None
+        return s.scalar(select(func.count()).select_from(TrialRow).where(TrialRow.study_id == row.id))
+
+
 def create_study(db: Database, name: str, path: str | Path) -> StudyRow:
+    """Create study NAME from a study file: its Optuna study, then our row (the leftover rows of a same-named study
+    deleted with Optuna's tools are replaced in the same transaction)."""
     spec, text = validate_study_file(path)
     storage = new_optuna_study(db, name, spec.objective.direction,
-                               "pick another name, or `orch study run` it to continue")
+                               "pick another name, `orch study run` it to continue, or `orch study delete` it")
     resolved = Path(path).resolve()
     try:
+        with warnings.catch_warnings():  # experimental in Optuna: what optuna-dashboard names the objective
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.load_study(study_name=name, storage=storage).set_metric_names([spec.objective.metric])
         with db.session() as s:
+            leftover = s.scalar(select(StudyRow).where(StudyRow.name == name))
+            if leftover is not None:  # its Optuna half was gone (checked above): the one of that name is new
+                _delete_rows(s, leftover, with_optuna=False)
             row = StudyRow(name=name, optuna_study_name=name, spec=spec.model_dump(mode="json"), spec_yaml=text,
                            spec_path=str(resolved), spec_dir=str(resolved.parent),
                            objective_metric=spec.objective.metric, direction=spec.objective.direction)
@@ -123,13 +161,72 @@ def create_study(db: Database, name: str, path: str | Path) -> StudyRow:
     return row
 
 
-def load_study_row(db: Database, name: str) -> StudyRow:
+def _delete_rows(s, row: StudyRow, with_optuna: bool = True) -> dict[str, int]:
+    """Delete every row of study `row`, ours and (`with_optuna`, if still there) Optuna's, in session `s`'s
+    transaction."""
+    trial_ids = select(TrialRow.id).where(TrialRow.study_id == row.id).scalar_subquery()
+    counts = {
+        "trials": s.scalar(select(func.count()).select_from(TrialRow).where(TrialRow.study_id == row.id)),
+        "metric_points": s.execute(delete(MetricPointRow).where(MetricPointRow.trial_id.in_(trial_ids))).rowcount,
+        "optuna_trials": 0,
+    }
+    for model in (TrialRow, EventRow, BatchRow, RequestRow):
+        s.execute(delete(model).where(model.study_id == row.id))
+    s.execute(delete(StudyRow).where(StudyRow.id == row.id))  # now, not at flush: a new row may take its name
+    s.expunge(row)
+    optuna_id = optuna_study_ids(s, [row.optuna_study_name]).get(row.optuna_study_name) if with_optuna else None
+    if optuna_id is not None:
+        counts["optuna_trials"] = s.scalar(select(func.count()).select_from(_OPTUNA_TRIALS)
+                                           .where(_OPTUNA_TRIALS.c.study_id == optuna_id))
+        trials = select(_OPTUNA_TRIALS.c.trial_id).where(_OPTUNA_TRIALS.c.study_id == optuna_id).scalar_subquery()
+        for table in reversed(optuna_models.BaseModel.metadata.sorted_tables):  # rows that refer to others first
+            if table is _OPTUNA_STUDIES or table is _OPTUNA_TRIALS or "study_id" in table.c:
+                s.execute(delete(table).where(table.c.study_id == optuna_id))
+            elif "trial_id" in table.c:
+                s.execute(delete(table).where(table.c.trial_id.in_(trials)))
+    return counts
+
+
+def delete_study(db: Database, name: str) -> dict[str, int]:
+    """Remove study NAME: orch's rows and its Optuna study, in one transaction. Refused while a controller runs it."""
+    from .lease import holder  # the lease module reads processes (launchers.local); only deletion needs it
+
     with db.session() as s:
         row = s.scalar(select(StudyRow).where(StudyRow.name == name))
         if row is None:
-            known = s.scalars(select(StudyRow.name).order_by(StudyRow.id)).all()
-            hint = f"known studies: {', '.join(known)}" if known else "no study exists yet"
-            raise StudyError(f"no study named {name!r} ({hint}) (fix: `orch study create {name} --from studies/X.yaml`)")
+            raise _no_study(s, name)
+        running = holder(row)
+        if running is not None:
+            raise StudyError(f"study {name!r} is being run by the controller {running} (fix: stop it first: "
+                             f"`orch study stop {name} --now --wait 60`, then delete)")
+        return _delete_rows(s, row)
+
+
+def set_status(db: Database, study_id: int, status: str, message: str | None = None) -> None:
+    """Set a study's status, with its event (for a study no controller holds)."""
+    with db.session() as s:
+        row = s.get(StudyRow, study_id)
+        if row.status != status:
+            s.add(EventRow(study_id=study_id, kind="study.state", old=row.status, new=status, message=message))
+            row.status = status
+
+
+def _no_study(s, name: str) -> StudyError:
+    known = s.scalars(select(StudyRow.name).order_by(StudyRow.id)).all()
+    hint = f"known studies: {', '.join(known)}" if known else "no study exists yet"
+    return StudyError(f"no study named {name!r} ({hint}) (fix: `orch study create {name} --from studies/X.yaml`)")
+
+
+def load_study_row(db: Database, name: str, *, allow_deleted_in_optuna: bool = False) -> StudyRow:
+    """Our row of study NAME. A study whose Optuna half was deleted with Optuna's tools is an error that says so
+    (unless `allow_deleted_in_optuna`: `orch study delete` removes what is left)."""
+    with db.session() as s:
+        row = s.scalar(select(StudyRow).where(StudyRow.name == name))
+        if row is None:
+            raise _no_study(s, name)
+        if not allow_deleted_in_optuna and not optuna_study_ids(s, [row.optuna_study_name]):
+            raise StudyError(f"{_deleted_in_optuna(name)} (fix: `orch study delete {name} --yes` removes them, then "
+                             f"`orch study create {name} --from FILE` makes it anew; create alone also replaces them)")
         return row
 
 

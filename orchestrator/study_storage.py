@@ -20,9 +20,10 @@ import json
 import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any, Iterator, Sequence
 
-from optuna.distributions import BaseDistribution, distribution_to_json
+from optuna.distributions import BaseDistribution, FloatDistribution, distribution_to_json
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._rdb import models
 from optuna.study._frozen import FrozenStudy
@@ -49,6 +50,18 @@ _UPDATE_INTERMEDIATE = update(_INTERMEDIATE).where(_INTERMEDIATE.c.trial_id == b
                                                    _INTERMEDIATE.c.step == bindparam("step_"))
 _UPDATE_ATTR = {which: update(table).where(table.c.trial_id == bindparam("id_"), table.c.key == bindparam("key_"))
                 for which, table in _ATTR_TABLES.items()}
+
+
+def _decimals(x: float) -> int:
+    return max(0, -int(Decimal(repr(float(x))).normalize().as_tuple().exponent))
+
+
+def on_step(value: Any, distribution: BaseDistribution | None) -> Any:
+    """A stepped float parameter's value with the digits of its step and low (0.42, not the 0.42000000000000004
+    that a sampler's low + k * step gives): what the database, the dashboard and the job see."""
+    if not isinstance(distribution, FloatDistribution) or distribution.step is None or not isinstance(value, float):
+        return value
+    return round(value, max(_decimals(distribution.step), _decimals(distribution.low)))
 
 
 def _stored_time(value: datetime | None) -> datetime | None:
@@ -208,6 +221,7 @@ class LeasedStorage(BaseStorage):
             self._updatable(trial)
             if param_name in trial.params:
                 raise RuntimeError(f"trial {trial.number} already has parameter {param_name!r}")
+            param_value_internal = on_step(param_value_internal, distribution)
             self._execute((_INSERT["param"], dict(trial_id=trial_id, param_name=param_name,
                                                   param_value=param_value_internal,
                                                   distribution_json=distribution_to_json(distribution))))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -36,11 +37,14 @@ def fleet_status(db: Optional[str] = DbOption, fleet: Optional[Path] = FleetOpti
 
 
 @fleet_app.command("drain")
-def fleet_drain(name: str, db: Optional[str] = DbOption, fleet: Optional[Path] = FleetOption) -> None:
+def fleet_drain(name: str, db: Optional[str] = DbOption, fleet: Optional[Path] = FleetOption,
+                reason: Optional[str] = typer.Option(None, "--reason", help="why (shown by `orch fleet status`)"),
+                as_json: bool = JsonOption) -> None:
     """Let machine NAME finish its running trials and give it no new ones (every controller, no restart)."""
     from ..drain import set_drain
 
-    typer.echo(set_drain(open_db(db), load_inventory(fleet), name, True).message())
+    result = set_drain(open_db(db), load_inventory(fleet), name, True, reason)
+    typer.echo(json.dumps(asdict(result), indent=2) if as_json else result.message())
 
 
 @fleet_app.command("undrain")

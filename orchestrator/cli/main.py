@@ -23,18 +23,36 @@ from ..studies import load_study_row
 from .common import DbOption, JsonOption, State, check_name, open_db, where
 from .fleet_cmds import fleet_app
 from .record_cmd import register as register_record
+from .init_cmd import register as register_init
 from .study_cmds import study_app
+from .trial_cmds import trial_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# typer's shell completion: `orch --install-completion` (bash, zsh, fish, PowerShell) or `--show-completion SHELL`
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sweep orchestrator for training speedruns.")
 app.add_typer(study_app, name="study")
+app.add_typer(trial_app, name="trial")
 app.add_typer(fleet_app, name="fleet")
 register_record(app)  # `orch record`
+register_init(app)  # `orch init`
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"orch {version('speedrun-orch')}")
+        except PackageNotFoundError:  # a checkout run without `pip install -e .`
+            typer.echo("orch (not installed: run scripts/bootstrap.sh)")
+        raise typer.Exit(0)
 
 
 @app.callback()
 def _global(db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the results database "
-                                             "(default: $ORCH_DB, else sqlite:///./orch.db)")) -> None:
+                                             "(default: $ORCH_DB, else sqlite:///./orch.db)"),
+            version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                         help="print orch's version and exit")) -> None:
     State.db_url = db
 
 

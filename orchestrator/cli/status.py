@@ -14,8 +14,9 @@ from sqlalchemy import func, select
 from db import Database, MetricPointRow, StudyRow, TrialRow
 
 from ..config.study import StudySpec
+from ..lease import holder
 from ..liveness.refusals import study_refusals
-from ..studies import load_study_row
+from ..studies import load_study_row, optuna_study_ids
 
 
 def _age_s(when: datetime | None) -> float | None:
@@ -61,15 +62,16 @@ def study_status(db: Database, name: str) -> dict:
     counts = Counter(t.state for t in trials)
     done = [t for t in trials if t.state == "complete" and t.feasible and t.value is not None]
     best = (min if spec.objective.direction == "minimize" else max)(done, key=lambda t: t.value) if done else None
+    controller = holder(row)
     return {
-        "study": row.name, "status": row.status, "objective": f"{spec.objective.direction} {spec.objective.metric}",
+        "study": row.name, "status": _status(row.status, controller), "recorded_status": row.status, "objective": f"{spec.objective.direction} {spec.objective.metric}",
         "constraints": [str(c) for c in spec.objective.constraints], "sampler": spec.sampler.name,
         "budget": spec.budget.max_trials, "rounds": row.rounds, "trials": dict(sorted(counts.items())),
         "hits": sum(1 for t in trials if t.state == "complete" and t.feasible),
         "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params,
                                            "machine": best.machine},
         "running": _running_trials(db, TrialRow.study_id == row.id),
-        "controller": row.lease_owner,
+        "controller": controller,  # the live holder of the study's lease (lease.py), else None
         # machines the study's controller last found getting no trials, and why (liveness/refusals.py)
         "refused_machines": study_refusals(db, row.id),
     }
@@ -89,17 +91,33 @@ def render_study_status(view: dict) -> str:
                      f"step {r['step']}, val_loss {r['val_loss']}")
     if view["controller"]:
         lines.append(f"controller: {view['controller']}")
+    elif view["recorded_status"] == "running":
+        lines.append("controller: none (the last one ended without recording it, e.g. killed; `orch study run "
+                     f"{view['study']}` resumes)")
     for r in view.get("refused_machines", []):
         lines.append(f"refused: machine {r['machine']} ({r['kind']}): {r['reason']} (fix: {r['fix']})")
     return "\n".join(lines)
+
+
+def _status(recorded: str, controller: str | None) -> str:
+    """`running` only while a controller holds the lease: one killed without recording its end is `stopped`."""
+    return "stopped" if recorded == "running" and controller is None else recorded
 
 
 def study_list(db: Database) -> list[dict]:
     with db.session() as s:
         studies = list(s.scalars(select(StudyRow).order_by(StudyRow.id)))
         counts = dict(s.execute(select(TrialRow.study_id, func.count()).group_by(TrialRow.study_id)).all())
-    return [{"study": r.name, "status": r.status, "objective": f"{r.direction} {r.objective_metric}",
-             "trials": counts.get(r.id, 0), "rounds": r.rounds, "created_at": r.created_at} for r in studies]
+        in_optuna = optuna_study_ids(s, [r.optuna_study_name for r in studies])
+    out = []
+    for r in studies:
+        gone = r.optuna_study_name not in in_optuna  # deleted with `optuna delete-study` or the dashboard
+        controller = holder(r)
+        out.append({"study": r.name, "status": "deleted in Optuna" if gone else _status(r.status, controller),
+                    "objective": f"{r.direction} {r.objective_metric}", "trials": counts.get(r.id, 0),
+                    "rounds": r.rounds, "controller": controller, "deleted_in_optuna": gone,
+                    "created_at": r.created_at})
+    return out
 
 
 def _table(columns: list[str], rows: list[list]) -> str:
@@ -116,5 +134,10 @@ def _table(columns: list[str], rows: list[list]) -> str:
 def render_study_list(view: list[dict]) -> str:
     if not view:
         return "no studies yet (create one: orch study create NAME --from studies/demo.yaml)"
-    return _table(["study", "status", "objective", "trials", "rounds"],
-                  [[v["study"], v["status"], v["objective"], v["trials"], v["rounds"]] for v in view])
+    table = _table(["study", "status", "objective", "trials", "rounds"],
+                   [[v["study"], v["status"], v["objective"], v["trials"], v["rounds"]] for v in view])
+    gone = [v["study"] for v in view if v.get("deleted_in_optuna")]
+    if gone:
+        table += (f"\n{', '.join(gone)}: deleted with Optuna's tools; `orch study delete NAME --yes` removes what is "
+                  "left, `orch study create NAME --from FILE` makes it anew")
+    return table

@@ -29,7 +29,11 @@ Problem = tuple[tuple, str, str]
 
 
 def _ends(spec) -> list[dict[str, Any]]:
-    """Parameter sets at the low and the high end of every range (categoricals: their first and last choice)."""
+    """Parameter sets at the low and the high end of every range (categoricals: their first and last choice), with
+    the derived values a trial there gets (a map may name them: stage2 = 1 - stage1 - stage3). An end whose derived
+    values fall outside their min/max is left out: such a point is skipped at run time, never prepared."""
+    from ..jobs import InvalidParams, resolve_values  # jobs reaches the injectors through this package
+
     low, high = {}, {}
     for name, p in spec.parameters.items():
         if p.type == "categorical":
@@ -38,7 +42,13 @@ def _ends(spec) -> list[dict[str, Any]]:
             low[name], high[name] = int(p.low), int(p.high)
         else:
             low[name], high[name] = float(p.low), float(p.high)
-    return [low, high]
+    ends = []
+    for values in (low, high):
+        try:
+            ends.append(resolve_values(spec, values))
+        except InvalidParams:
+            continue
+    return ends
 
 
 def _script_path(spec, spec_dir: Path) -> Path | None:

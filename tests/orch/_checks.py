@@ -9,7 +9,8 @@ from sqlalchemy import select
 from db import Database, StudyRow, TrialRow
 
 OPTUNA_STATE = {"complete": TrialState.COMPLETE, "failed": TrialState.FAIL, "lost": TrialState.FAIL,
-                "invalid": TrialState.FAIL, "running": TrialState.RUNNING, "pending": TrialState.RUNNING}
+                "invalid": TrialState.FAIL, "cancelled": TrialState.FAIL, "running": TrialState.RUNNING,
+                "pending": TrialState.RUNNING}
 
 
 def rows_of(db: Database, name: str) -> list[TrialRow]:
