@@ -89,6 +89,9 @@ class Running:
     hung: bool = False  # killed by the progress watchdog
     last_val: float | None = None
     last_step: int | None = None
+    step: int | None = None  # the latest step any metric line reported, of `total_steps` (the live view's progress)
+    total_steps: int | None = None
+    first_point: tuple[int, float] | None = None  # (step, monotonic time) of the first one: the rate for an ETA
     pending_points: list[MetricPoint] = field(default_factory=list)
     stored_points: set[tuple[str, int]] = field(default_factory=set)
 
@@ -563,6 +566,9 @@ class Controller:
                             self._points_due = time.monotonic() + POINTS_FLUSH_S
                         if point.kind == "val" and point.val_loss is not None:
                             run.last_val, run.last_step = point.val_loss, point.step
+                        run.step, run.total_steps = point.step, point.total_steps or run.total_steps
+                        if run.first_point is None:
+                            run.first_point = (point.step, time.monotonic())
             elif event.key in self.running:
                 exits.append(event)
         if not exits and (self._points_due is None or time.monotonic() < self._points_due):

@@ -17,7 +17,7 @@ from ..injection.study_check import validate_study_file  # + what a first trial 
 from ..studies import create_study, deleted_in_optuna, delete_study, load_study_row, set_status
 from . import status as status_views
 from .common import DbOption, FleetOption, JsonOption, check_name, load_inventory, open_db, where
-from .display import make_reporter
+from .display import make_reporter, show_markdown
 from .extra_cmds import register as register_extra_runs
 
 study_app = typer.Typer(no_args_is_help=True, help="Create, run and inspect parameter studies.")
@@ -62,7 +62,7 @@ def study_run(name: str, db: Optional[str] = DbOption, fleet: Optional[Path] = F
         reporter.close()
     typer.echo("")
     final = load_study_row(db, name)
-    typer.echo(markdown(db, final))
+    show_markdown(markdown(db, final), plain)  # its tables drawn as tables on a terminal
     state = "finished" if final.status == "finished" else "stopped before its budget was spent (run again to continue)"
     why = f" ({progress.message})" if progress.message else ""
     typer.echo(f"study {name!r} {state}{why}: {progress.done} complete, {progress.failed} failed")
