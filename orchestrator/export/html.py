@@ -7,6 +7,7 @@ import base64
 from html import escape
 from typing import Any
 
+from . import record_page
 from .report import (Report, early_exit_summary, headline, reproduction, run_table, variant_table)
 from .tables import HIT, MISS
 
@@ -85,6 +86,8 @@ def render_html(report: Report, plots: list[Any]) -> str:
         box.append(_table(["", *head["columns"]], head["rows"], table_id="headline"))
     box += [f"<p>{escape(s)}</p>" for s in head["sentences"]]
     parts.append('<h2 id="headline-section">Headline</h2><section class="headline">' + "".join(box) + "</section>")
+    if report.page is not None:
+        parts.append(record_page.render("html", report, report.page, "lead"))
     if report.variants:
         cols, rows = variant_table(report, report.variants)
         parts.append("<h2>Variants</h2><p>Every variant with a complete run (search, baseline and confirmation runs), "
@@ -103,6 +106,8 @@ def render_html(report: Report, plots: list[Any]) -> str:
         parts.append("<h2>Confirmation runs</h2>" + _table(cols, rows, table_id="confirmation-variants"))
         cols, rows = run_table(report, report.confirmation)
         parts.append(_table(cols, rows, table_id="confirmation"))
+    if report.page is not None:
+        parts.append(record_page.render("html", report, report.page, "evidence"))
     if report.early_exit:
         extra = ["steps"] if any(r.get("metrics.steps") is not None for r in report.early_exit) else []
         cols, rows = run_table(report, report.early_exit, extra=extra)
@@ -122,6 +127,9 @@ def render_html(report: Report, plots: list[Any]) -> str:
                      if rep["checksums"] else '<p class="muted">File checksums: not recorded.</p>')
         parts.append(f"<p>Command of the best run:</p><pre><code>{escape(rep['command'])}</code></pre>" if rep["command"]
                      else '<p class="muted">Command of the best run: not recorded.</p>')
+        parts.append(f"<p>In the container image the runs used:</p><pre><code>{escape(rep['container'])}</code></pre>"
+                     if rep["container"] else '<p class="muted">No container image was recorded: run the command in a '
+                     "checkout of the code revision above.</p>")
     if rep["across"]:
         parts.append("<p>Across all trials:</p>" + _table(["field", "values (trials)"], [list(x) for x in rep["across"]]))
     if plots:

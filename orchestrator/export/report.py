@@ -22,6 +22,9 @@ from db import Database, StudyRow
 from ..analysis.pick import pick_text, study_pick
 from ..analysis.results import STATS_KINDS, Variant, full_records, optuna_trials, top_variants, variants_of
 from ..config.study import Constraint, StudySpec
+from ..certify.summary import study_evidence
+from . import record_page
+from .change import container_command, portable_command
 from .tables import HIT, MISS, _fmt, _note, best_trial
 
 ROUND_KINDS = ("search", "baseline")  # runs shown in the round tables
@@ -57,6 +60,7 @@ class Report:
     generated_at: str
     pick: Any = None  # the pick rule's Recommendation over every counted run
     notes: list[str] = field(default_factory=list)
+    page: Any = None  # record_page.Sections: certification, saving, stage costs, the change, paired timing, step cut
 
     @property
     def metric(self) -> str:
@@ -174,11 +178,14 @@ def build_report(db: Database, study: StudyRow) -> Report:
     confirmation = [r for r in records if r["kind"] == "confirmation"]
     conf_variants = variants_of(spec, confirmation, constraint, names)
     early = [r for r in records if r["kind"] == "early_exit"]
-    return Report(name=study.name, spec=spec, records=records, names=names, searched=list(spec.parameters),
-                  constraint=constraint, rounds=rounds, variants=variants, best=best, baseline=baseline,
-                  baseline_how=baseline_how, fastest_hit=fastest_hit, best_run=best_run, confirmation=confirmation,
-                  confirmation_variants=conf_variants, early_exit=early, has_experiment=has_experiment,
-                  generated_at=_data_as_of(study, records), pick=pick, notes=notes)
+    report = Report(name=study.name, spec=spec, records=records, names=names, searched=list(spec.parameters),
+                    constraint=constraint, rounds=rounds, variants=variants, best=best, baseline=baseline,
+                    baseline_how=baseline_how, fastest_hit=fastest_hit, best_run=best_run, confirmation=confirmation,
+                    confirmation_variants=conf_variants, early_exit=early, has_experiment=has_experiment,
+                    generated_at=_data_as_of(study, records), pick=pick, notes=notes)
+    evidence = study_evidence(db, study, first=best.key if best is not None else None, records=records)
+    report.page = record_page.sections(db, study, report, evidence)
+    return report
 
 
 # ------------------------------------------------------------------------------------------------ shared views
@@ -206,6 +213,10 @@ def headline(report: Report) -> dict[str, Any]:
         t_best = _fmt(b.mean) + (f" ± {_fmt(b.std)}" if b.stats.runs > 1 else "")
         t_base = (_fmt(base.mean) + (f" ± {_fmt(base.std)}" if base.stats.runs > 1 else "")) if base else ""
         change = f"{_signed(b.mean - base.mean)} ({_pct(b.mean - base.mean, base.mean)})" if base else ""
+        saving = report.page.saving if report.page is not None else None
+        if base and saving is not None and saving.interval is not None:
+            lo, hi = saving.interval
+            change += f"; {int(record_page.LEVEL * 100)}% interval {lo:+.4g} to {hi:+.4g} ({saving.how})"
         rows.append([f"{report.metric} (mean ± std)", t_best, t_base, change])
         if c is not None:
             m_best = _fmt(b.stats.mean_metric) + (f" ± {_fmt(b.stats.std_metric)}" if b.stats.runs > 1 else "")
@@ -215,6 +226,8 @@ def headline(report: Report) -> dict[str, Any]:
             sense = "<" if c.op == "<=" else ">"
             rows.append([f"p, one-sided t-test {c.metric} {sense} {c.threshold:g}", _p(b.stats.p_value),
                          _p(base.stats.p_value) if base else "", ""])
+        hardware = report.page.hardware if report.page is not None else None
+        rows.append(["hardware", hardware or "not recorded", "", ""])
         out["columns"], out["rows"] = cols, rows
         best_word = "fastest" if report.spec.objective.direction == "minimize" else "best"
         if report.pick is not None and report.pick.params is not None:
@@ -231,6 +244,7 @@ def headline(report: Report) -> dict[str, Any]:
                                     f"is {'below' if c.op == '<=' else 'above'} {c.threshold:g}).")
         elif c is not None:
             out["sentences"].append("One run is not enough for the t-test (p needs at least two runs).")
+        out["sentences"] += certification_sentences(report)
     f = report.fastest_hit
     if f is not None:
         exp = f" (experiment {f['user_attrs.experiment']})" if f.get("user_attrs.experiment") is not None else ""
@@ -240,6 +254,25 @@ def headline(report: Report) -> dict[str, Any]:
                                 if report.spec.objective.direction == "minimize" else
                                 f"Best single run that met the target: trial {f['number']}{exp}: {report.metric} {_fmt(f['value'])}{cm}.")
     return out
+
+
+def certification_sentences(report: Report) -> list[str]:
+    """What the track's rule concludes for the headline's variant: from its confirmation runs, or, without them,
+    that it is not certified (its search runs picked it, so they are no evidence for it)."""
+    page, b = report.page, report.best
+    if page is None or b is None:
+        return []
+    evidence = page.evidence
+    if evidence.problem:
+        return [f"Certification: cannot judge ({evidence.problem})."]
+    if evidence.track is None:
+        return []
+    cert = evidence.certification_of(b.key)
+    if cert is not None:
+        return [f"Certification ({evidence.how}): {cert.verdict()}"]
+    text = (f"Certification ({evidence.how}): {evidence.track}: not certified: no confirmation run of this variant "
+            f"(`orch study confirm {report.name}` plans them).")
+    return [text]
 
 
 def _p(p: float) -> str:
@@ -318,7 +351,8 @@ def _loads(value: Any) -> Any:
 def reproduction(report: Report) -> dict[str, Any]:
     """Facts of the best run, and the distinct environments of all runs."""
     r = report.best_run
-    out: dict[str, Any] = {"run": None, "fields": [], "versions": [], "checksums": [], "command": None, "across": []}
+    out: dict[str, Any] = {"run": None, "fields": [], "versions": [], "checksums": [], "command": None, "container": None,
+                           "across": []}
     if r is not None:
         exp = f" (experiment {r['user_attrs.experiment']})" if r.get("user_attrs.experiment") is not None else ""
         out["run"] = f"trial {r['number']}{exp}, round {r['round']}"
@@ -334,15 +368,22 @@ def reproduction(report: Report) -> dict[str, Any]:
             ("driver", r.get("driver_version")),
             ("machine", r.get("machine")),
             ("started", r.get("started_at")),
-            ("log", r.get("log_path")),
+            ("log", "/".join(str(r["log_path"]).replace("\\", "/").split("/")[-2:]) if r.get("log_path") else None),
         ]
         out["versions"] = sorted((_loads(r.get("versions")) or {}).items())
         out["checksums"] = sorted((_loads(r.get("file_checksums")) or {}).items())
+        params = {n: r.get(f"params.{n}") for n in report.spec.parameters}
+        try:  # rebuilt from the study: `python`, not the path of the machine's interpreter
+            command = portable_command(report.spec, report.name, params)
+        except (ValueError, KeyError):
+            command = None
         argv = _loads(r.get("command"))
-        env = _loads(r.get("env")) or {}
-        if argv:
+        if command is None and argv:  # an imported run: its command as recorded
+            env = _loads(r.get("env")) or {}
             prefix = [f"{k}={v}" for k, v in sorted(env.items())]
-            out["command"] = shlex.join(["env", *prefix, *map(str, argv)] if prefix else list(map(str, argv)))
+            command = shlex.join(["env", *prefix, *map(str, argv)] if prefix else list(map(str, argv)))
+        out["command"] = command
+        out["container"] = container_command(r.get("container_image"), command) if command else None
     for label, key in (("code revision", "code_revision"), ("branch", "code_branch"), ("container image", "container_image"),
                        ("container image ID", "container_image_id"), ("GPU model", "gpu_model"),
                        ("GPU count", "gpu_count"), ("driver", "driver_version")):
@@ -388,6 +429,8 @@ def render_markdown(report: Report, plots: list[tuple[str, str]] | None = None) 
     if head["rows"]:
         lines += md_table(["", *head["columns"]], head["rows"]) + [""]
     lines += [" ".join(head["sentences"]), ""] if head["sentences"] else []
+    if report.page is not None:
+        lines += [record_page.render("md", report, report.page, "lead").strip("\n"), ""]
     if report.variants:
         cols, rows = variant_table(report, report.variants)
         lines += ["## Variants", "", "Every variant with a complete run (search, baseline and confirmation runs), "
@@ -405,6 +448,8 @@ def render_markdown(report: Report, plots: list[tuple[str, str]] | None = None) 
         lines += md_table(cols, rows) + [""]
         cols, rows = run_table(report, report.confirmation)
         lines += md_table(cols, rows) + [""]
+    if report.page is not None:
+        lines += [record_page.render("md", report, report.page, "evidence").strip("\n"), ""]
     if report.early_exit:
         lines += ["## Early-exit analysis", "", *early_exit_summary(report), ""]
         extra = ["steps"] if any(r.get("metrics.steps") is not None for r in report.early_exit) else []
@@ -428,6 +473,9 @@ def render_markdown(report: Report, plots: list[tuple[str, str]] | None = None) 
             lines += ["File checksums: not recorded.", ""]
         lines += (["Command of the best run:", "", "```sh", rep["command"], "```", ""] if rep["command"]
                   else ["Command of the best run: not recorded.", ""])
+        lines += (["In the container image the runs used:", "", "```sh", rep["container"], "```", ""]
+                  if rep["container"] else ["No container image was recorded: run the command in a checkout of the "
+                                            "code revision above.", ""])
     if rep["across"]:
         lines += ["Across all trials:", ""] + md_table(["field", "values (trials)"], [list(x) for x in rep["across"]]) + [""]
     if plots:

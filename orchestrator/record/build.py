@@ -5,9 +5,7 @@ baseline, the rule checks, and a portable reproduction command. Checked before a
 
 from __future__ import annotations
 
-import difflib
 import math
-import shlex
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,7 +21,7 @@ from ..certify.summary import study_evidence
 from ..certify.tracks import RuleCheck, get_track
 from ..config.errors import OrchError
 from ..config.study import StudySpec
-from ..jobs import build_job, resolve_values
+from ..export.change import portable_command, variant_change
 
 
 class RecordProblem(OrchError):
@@ -117,36 +115,16 @@ def _variant_of(spec: StudySpec, records: list[dict[str, Any]], text: str) -> st
     return text
 
 
-def _portable_command(spec: StudySpec, study: str, params: dict[str, Any]) -> str:
-    """The candidate's command rebuilt from the study (not the recorded argv, which names the machine's python)."""
-    job = build_job(spec, study, 0, 0, resolve_values(spec, params), python="python", environ={})
-    env = [f"{k}={v}" for k, v in sorted(job.env.items())]
-    return shlex.join([*env, *job.argv])
-
-
-def _command_lines(spec: StudySpec, study: str, params: dict[str, Any]) -> list[str]:
-    job = build_job(spec, study, 0, 0, resolve_values(spec, params), python="python", environ={})
-    return [f"{k}={v}\n" for k, v in sorted(job.env.items())] + [f"{a}\n" for a in job.argv]
-
-
 def _diff(spec: StudySpec, study: str, cert: Certification, baseline: RunSet | None) -> tuple[str, str]:
-    """(file name, text): the injected script's diff when the runs have one, else the training command's diff
-    (one argument a line, seeds equal) of the candidate against the baseline."""
+    """(file name, text): the change of the record's variant against the baseline (export/change.py)."""
     injected = next((r.get("injection_diff") for r in cert.counted if r.get("injection_diff")), None)
-    if injected:
-        return "train_gpt.diff", injected if injected.endswith("\n") else injected + "\n"
-    own = {n: cert.params.get(n) for n in spec.parameters}
-    if baseline is None or not baseline.records:
-        lines = _command_lines(spec, study, own)
-        return "command.diff", "".join(difflib.unified_diff([], lines, "baseline (none recorded)", "this record"))
-    base = {n: baseline.records[0].get(f"params.{n}") for n in spec.parameters}
-    if any(v is None for v in base.values()):  # the unmodified trainer
-        job = build_job(spec, study, 0, 0, resolve_values(spec, own), python="python", environ={}, unmodified=True)
-        before = [f"{k}={v}\n" for k, v in sorted(job.env.items())] + [f"{a}\n" for a in job.argv]
-    else:
-        before = _command_lines(spec, study, base)
-    return "command.diff", "".join(difflib.unified_diff(before, _command_lines(spec, study, own), "baseline",
-                                                         "this record"))
+    base = None
+    if baseline is not None and baseline.records:
+        base = {n: baseline.records[0].get(f"params.{n}") for n in spec.parameters}
+        if baseline.records[0].get("variant") == "unmodified":
+            base = {n: None for n in spec.parameters}
+    change = variant_change(spec, study, cert.params, base, injected)
+    return change.file_name, change.diff
 
 
 def gather(db: Database, study: StudyRow, track_name: str, *, variant: str | None = None,
@@ -216,7 +194,8 @@ def gather(db: Database, study: StudyRow, track_name: str, *, variant: str | Non
     return RecordData(
         study=study.name, spec=spec, track=track.name, name=name or study.name, date=date, certification=cert,
         record=record, baseline=baseline, baseline_how=how, paired=paired, step_cut=evidence.step_cut, checks=checks,
-        diff_name=diff_name, diff=diff, command=_portable_command(spec, study.name, {n: cert.params.get(n) for n in spec.parameters}),
+        diff_name=diff_name, diff=diff,
+        command=portable_command(spec, study.name, {n: cert.params.get(n) for n in spec.parameters}),
         container=first.get("container_image"), hardware=gpu, versions=dict(_loads(first.get("versions")) or {}),
         code_revision=first.get("code_revision"), problems=problems, settings=settings, author=author,
         github_id=github_id)

@@ -26,6 +26,7 @@ import jinja2
 from db import Database, StudyRow
 
 from ..config.errors import OrchError
+from ..export.change import container_command
 from .build import RecordData, RecordProblem, gather, variant_label
 from .logs import run_log
 
@@ -49,7 +50,8 @@ def _context(data: RecordData, rebuilt: bool) -> dict[str, Any]:
     return {"d": data, "cert": cert, "num": _num, "fmt": lambda x: f"{x:.4g}", "mean": statistics.fmean,
             "stdev": statistics.stdev, "median": statistics.median, "rebuilt": rebuilt, "base_p": base_p,
             "null": f"{cert.test.null_value:g}" if cert.test else "-",
-            "label": variant_label(data.spec, cert.params), "best": data.settings.get("best_score")}
+            "label": variant_label(data.spec, cert.params), "best": data.settings.get("best_score"),
+            "container": container_command(data.container, data.command)}
 
 
 def _statistics(data: RecordData, runs, title: str, summary: str) -> str:

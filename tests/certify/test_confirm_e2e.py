@@ -133,6 +133,9 @@ def test_paired_against_the_unmodified_trainer(tmp_path):
         assert attrs[r.number]["kind"] == ("unmodified" if unmodified else "confirmation")
     # the stand-in's own stages are 0.34/0.33/0.33: 3783 ms; the candidate's 0.4/0.3/0.3: 3630 ms
     assert summary["paired"]["difference"] == pytest.approx(-0.153, abs=1e-6)
+    md = _ok(orch("export", "s", "--db", url, cwd=tmp_path)).stdout
+    section = md.split("## Paired timing (batch #1)", 1)[1].split("\n## ", 1)[0]
+    assert "candidate - baseline train_time_s: -0.153" in section and section.count("| baseline |") == 2
 
 
 def _step_study(tmp_path, step_loss: float) -> str:

@@ -139,6 +139,10 @@ def test_headline_numbers_agree_with_the_database(campaign):
     runs_backing = ", ".join(str(r.number) for r in best)
     assert f"runs backing it: trials {runs_backing}." in md and f"runs backing it: trials {runs_backing}." in campaign["html"]
     assert "Fastest single run that met the target: trial 20 (experiment 21), round 6, b200-3: train_time_s 57.382" in md
+    # no run of the transcribed table is a confirmation run: the pick is not certified, and the headline says so
+    assert ("Certification (modded-nanogpt's rule on the study's constraint (val_loss <= 3.28)): modded-nanogpt: not "
+            "certified: no confirmation run of this variant") in md.split("## Variants")[0]
+    assert "| hardware | not recorded |" in md
     # the record rule's verdict needs two runs of the picked variant; with one, the write-up says so
     assert (("meet the record rule" in md) if len(best) > 1 else ("One run is not enough for the t-test" in md))
 
@@ -201,8 +205,13 @@ def test_confirmation_and_early_exit_sections(tmp_path):
     assert [r[1] for r in conf[1][2:]] == ["5", "6"] and conf[0][2][:3] == ["0.35", "2", "2"]
     # the best variant counts search and confirmation runs (not early-exit runs, a different protocol)
     assert "| runs (hits) | 3 (3) | 1 (1) |" in md and "baseline = the run marked baseline" in md
+    # the confirmed variant judged by modded-nanogpt's rule over its confirmation runs 5 and 6 (mean 3.279, p = 0.15)
+    section = md.split("## Certification", 1)[1].split("\n## ", 1)[0]
+    assert "**0.35**: modded-nanogpt: not certified: fails: mean val_loss 3.2790 (std 0.0007, n=2)" in section
+    assert "one-sided p=0.15 >= 0.01 over confirmation runs 4, 5." in section
     page = RENDERERS["html"](db, row)
     assert {"confirmation", "confirmation-variants", "early-exit"} <= set(html_tables(page))
+    assert '<ul id="certification"><li><strong>0.35</strong>: modded-nanogpt: not certified' in page
 
 
 def test_frontier_study_reports_the_pick_after_each_round(tmp_path):
