@@ -48,7 +48,7 @@ from .provenance import code_info
 from .recovery import enqueue_retry, recover
 from .samplers import DecidingSampler, build_sampler, distributions
 from .scheduler import NoCapacity, Scheduler
-from .studies import OpenStudy, open_study
+from .studies import OpenStudy, open_study, optuna_study_ids
 from .study_storage import LeasedStorage, on_step
 from .trial_queue import is_search_trial, next_trial, waiting_trials
 
@@ -152,6 +152,7 @@ class Controller:
         self._stop = threading.Event()
         self._stop_reason = ""
         self._stop_clean = False  # `orch study stop --now`: the run ends normally once its trials are killed
+        self._optuna_gone = False  # the study was deleted from Optuna's tables while it ran: nothing more is written
         self._finishing: str | None = None  # `orch study stop`: why no new trial starts (the run ends after them)
         self._next_request_read = 0.0  # when `orch_requests` is read again (control.READ_S)
         self._stop_requests: list[int] = []  # closed as the run ends
@@ -263,6 +264,10 @@ class Controller:
                 raise
             self.progress.message = self._stop_reason
         except Exception as exc:
+            if not isinstance(exc, OrchError) and self._deleted_in_optuna():  # e.g. a write to its rows failed
+                error = self._optuna_deleted_error()
+                self._stopped_by(error)
+                raise error from None
             self._stopped_by(exc)
             raise
         finally:
@@ -797,6 +802,9 @@ class Controller:
         if not lease.renew(self.db, self.study.row.id, self.owner):
             self.request_stop("lost the study's lease to another controller")
             return
+        if self._deleted_in_optuna():
+            self._fatal = self._optuna_deleted_error()
+            return
         if self.running:
             with self.db.session() as s:
                 s.execute(update(TrialRow).where(TrialRow.id.in_([r.row_id for r in self.running.values()]))
@@ -948,11 +956,30 @@ class Controller:
         sampler = self.study.optuna.sampler
         return isinstance(sampler, DecidingSampler) and sampler.settled(self.study.optuna)
 
+    def _deleted_in_optuna(self) -> bool:
+        """The study's Optuna half was deleted (optuna-dashboard, `optuna delete-study`) while this ran."""
+        if not self._optuna_gone and hasattr(self, "study"):
+            try:
+                with self.db.session() as s:
+                    self._optuna_gone = not optuna_study_ids(s, [self.study.row.optuna_study_name])
+            except SQLAlchemyError:  # the database itself is why the run stops: that error is the one to report
+                return False
+        return self._optuna_gone
+
+    def _optuna_deleted_error(self) -> OrchError:
+        return OrchError(f"study {self.name!r} was deleted from Optuna's tables while it ran (optuna-dashboard or "
+                         "`optuna delete-study`): its jobs are stopped and nothing more is recorded (fix: `orch study "
+                         f"delete {self.name} --yes` removes what orch kept of it; create it again to start over)")
+
     def _shutdown(self) -> None:
         """Stop every job still running: each becomes `lost` and is re-queued as a retry for the next run."""
         self._health.close()
         if self.keeper is not None:
             self.keeper.close()
+        if self._optuna_gone:  # no study left to record them in: the jobs are only stopped
+            for run in self.running.values():
+                run.handle.cancel("the study was deleted")
+            self.running.clear()
         if not self.running:
             return
         for run in self.running.values():

@@ -325,3 +325,23 @@ def test_drain_reason_is_shown_by_fleet_status(tmp_path):
     _ok("fleet", "undrain", "local", "--db", url, cwd=tmp_path)
     (machine,) = _json("fleet", "status", "--db", url, cwd=tmp_path)["machines"]
     assert machine["state"] == "idle" and machine["drain_reason"] is None
+
+
+def test_a_study_deleted_in_optuna_while_it_runs_stops_its_controller_clearly(tmp_path):
+    url = f"sqlite:///{tmp_path / 'orch.db'}"
+    study = stand_in_study(tmp_path, max_trials=2, parallel=1, extra_args=["--hang"])
+    _ok("study", "create", "s", "--from", str(study), "--db", url, cwd=tmp_path)
+    run = _run_in_background("s", url, tmp_path)
+    try:
+        hung = _wait_running(url, 0)
+        gone = subprocess.run([str(BIN / "optuna"), "delete-study", "--study-name", "s", "--storage", url],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert gone.returncode == 0, gone.stderr
+        out, _ = run.communicate(timeout=60)  # noticed at its next heartbeat (5 s) at the latest
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 2 and "Traceback" not in out and "KeyError" not in out, out
+    assert "study 's' was deleted from Optuna's tables while it ran" in out
+    wait_for(lambda: not process_alive(hung.pid, hung.pid_start), 15, "its job to be stopped")
+    assert _json("study", "delete", "s", "--yes", "--db", url, cwd=tmp_path)["trials"] == 1
