@@ -33,10 +33,19 @@ class Outcome:
 FAILURE_KINDS = {"diverged": "diverged", "crashed": "crashed", "incomplete": "crashed"}
 
 
+#: samplers that read a failed trial's exit reason themselves (orch:exit_reason) and count it as evidence
+READS_EXIT_REASONS = ("frontier", "bisection")
+
+
 def failure_policy(spec: StudySpec, exit_reason: str | None) -> str:
-    """`fail`, `infeasible` or `retry` for a failed trial with this exit reason (others: `fail`)."""
+    """`fail`, `infeasible` or `retry` for a failed trial with this exit reason (others: `fail`); `auto`
+    resolves so that the failure reaches the study's sampler as information (see config.study.OnFailure)."""
     kind = FAILURE_KINDS.get(exit_reason or "")
-    return getattr(spec.on_failure, kind) if kind else "fail"
+    policy = getattr(spec.on_failure, kind) if kind else "fail"
+    if policy == "auto":
+        reads_itself = spec.sampler.name in READS_EXIT_REASONS
+        policy = "fail" if reads_itself or not spec.objective.constraints else "infeasible"
+    return policy
 
 
 def failure_constraints(spec: StudySpec) -> dict[str, float]:

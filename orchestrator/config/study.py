@@ -362,12 +362,14 @@ class Budget(_Strict):
 
 class OnFailure(_Strict):
     """How a trial that failed by itself (not by a machine or controller fault) reaches the sampler:
-    `fail` (Optuna FAIL: the sampler ignores the point), `infeasible` (a complete trial violating every
-    constraint: the sampler learns to avoid the region) or `retry` (re-run with the same values, at most
-    `retries` times; the row says `retry_of`)."""
+    `fail` (Optuna FAIL with its exit reason: a sampler that reads exit reasons, the frontier sampler, takes it
+    as evidence; Optuna's own samplers ignore the point), `infeasible` (a complete trial violating every
+    constraint: any constrained sampler learns to avoid the region), `retry` (re-run with the same values, at
+    most `retries` times; the row says `retry_of`), or `auto` (the default: `fail` for the frontier sampler and
+    for a study without constraints, `infeasible` otherwise, so the failure is information to every sampler)."""
 
-    diverged: Literal["fail", "infeasible", "retry"] = "fail"  # the trainer reported a non-finite loss
-    crashed: Literal["fail", "infeasible", "retry"] = "fail"  # it ended without its final line (crash, incomplete)
+    diverged: Literal["auto", "fail", "infeasible", "retry"] = "auto"  # the trainer reported a non-finite loss
+    crashed: Literal["auto", "fail", "infeasible", "retry"] = "auto"  # it ended without its final line
 
 
 class Resources(_Strict):

@@ -159,3 +159,30 @@ budget: {{max_trials: {len(choices)}}}
 """
     spec, _ = _study(tmp_path, text)
     assert spec.sampler.name == "grid"
+
+
+@pytest.mark.parametrize("sampler, constraint, expected", [
+    ("frontier", True, "fail"),  # the frontier sampler reads the exit reason itself
+    ("tpe", True, "infeasible"),  # Optuna's samplers learn from a violated constraint, not from a FAIL
+    ("gp", True, "infeasible"),
+    ("tpe", False, "fail"),  # nothing to violate
+])
+def test_a_crash_or_divergence_reaches_every_sampler_as_information_by_default(tmp_path, sampler, constraint, expected):
+    from orchestrator.outcomes import failure_policy
+
+    subject = ', subject_to: ["val_loss <= 3.28"]' if constraint else ""
+    text = f"""\
+trainer:
+  command: ["{{python}}", "-c", "pass"]
+parameters:
+  stage1: {{type: float, low: 0.28, high: 0.42, step: 0.01, flag: --s1}}
+objective: {{minimize: train_time_s{subject}}}
+sampler: {{name: {sampler}}}
+budget: {{max_trials: 4}}
+"""
+    spec, _ = _study(tmp_path, text)
+    assert spec.on_failure.crashed == "auto" and spec.on_failure.diverged == "auto"
+    assert failure_policy(spec, "crashed") == failure_policy(spec, "diverged") == expected
+    assert failure_policy(spec, "timeout") == "fail"  # a timeout or a lost machine says nothing about the schedule
+    explicit, _ = _study(tmp_path, text + "on_failure: {crashed: retry}\n")
+    assert failure_policy(explicit, "crashed") == "retry"

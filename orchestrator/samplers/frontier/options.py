@@ -76,6 +76,8 @@ def pick_setting(spec: Any, options: FrontierOptions | None = None) -> tuple[Sea
     (write-up, status, benchmark): the frontier sampler's own options when the study uses it, else defaults."""
     options = options or FrontierOptions()
     params, start = _searched(spec, options)
+    if not params:
+        raise ValueError("the study has no float or int parameter: the rule's model has nothing to model")
     first = next(iter(spec.objective.constraints), None)
     space = SearchSpace([Param(p["name"], p["low"], p["high"], p["step"], p["log"], p["int"]) for p in params],
                         allowed=_derived_bounds(spec))
