@@ -39,6 +39,7 @@ class MachineKeeper:
         self.guard = GpuGuard(fleet, launcher_for)
         self.board = RefusalBoard()
         self._busy: dict[str, Refusal] = {}  # the last screen's refusals
+        self._verdicts: dict[str, tuple[bool, str | None]] = {}  # machine -> its last check's (ok, reason) reported
 
     # ---- health checks ------------------------------------------------------------------------------------------
     def admit(self, machine: Machine, info: MachineInfo) -> None:
@@ -67,6 +68,15 @@ class MachineKeeper:
         return bool(results)
 
     def _record(self, results: list[CheckResult]) -> None:
+        fresh = []
+        for result in results:  # a sick machine checked again in the background is reported once, not every time
+            verdict = (result.ok, result.reason)
+            if result.slot is None and not result.ok and self._verdicts.get(result.machine) == verdict:
+                continue
+            if result.slot is None:
+                self._verdicts[result.machine] = verdict
+            fresh.append(result)
+        results = fresh
         if not results:
             return
         now = datetime.now(timezone.utc)
