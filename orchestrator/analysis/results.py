@@ -36,6 +36,7 @@ from sqlalchemy import select
 from db import Database, StudyRow, TrialRow
 
 from ..config.study import Constraint, StudySpec
+from ..outcomes import named_constraints
 from .variants import VariantStats, rank_for_confirmation, variant_stats
 
 STATS_KINDS = ("search", "baseline", "confirmation")  # runs that count for per-variant statistics
@@ -137,7 +138,7 @@ def full_records(db: Database, study: StudyRow, trials: dict[int, Any] | None = 
         rec["optuna_state"] = frozen.state.name if frozen is not None else None
         for k, v in sorted(user_attrs.items()):
             rec[f"user_attrs.{k}"] = _jsonable(v)
-        for k, v in sorted((frozen.constraints if frozen is not None else {}).items()):
+        for k, v in sorted((named_constraints(frozen) if frozen is not None else {}).items()):  # not the list twin
             rec[f"constraints.{k}"] = v
         role = system_attrs.get("bisection:role")
         if role is not None:
