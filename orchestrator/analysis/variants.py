@@ -32,7 +32,6 @@ import math
 from typing import Any
 import warnings
 
-import scipy.stats
 
 
 __all__ = [
@@ -207,6 +206,7 @@ def ttest_1samp_pvalue(
     for fewer than two values; with zero spread (where scipy has no t statistic) it returns 0 or 1
     when the mean differs from ``popmean`` in the tested way or the other, and ``nan`` when equal.
     """
+    import scipy.stats  # here, not at the top: it costs ~0.5 s of every orch command's start
     if alternative not in ("less", "greater", "two-sided"):
         raise ValueError(f"alternative must be 'less', 'greater' or 'two-sided', got {alternative!r}")
     xs = [float(x) for x in sample]
@@ -225,6 +225,7 @@ def ttest_1samp_pvalue(
 
 def student_t_cdf(t: float, df: float) -> float:
     """CDF of Student's t distribution with ``df`` > 0 degrees of freedom (``scipy.stats.t.cdf``)."""
+    import scipy.stats  # here, not at the top: it costs ~0.5 s of every orch command's start
     if df <= 0:
         raise ValueError("df must be > 0")
     return float(scipy.stats.t.cdf(t, df))

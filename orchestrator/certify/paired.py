@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.stats
 
 ABBA = ("A", "B", "B", "A")
 LEVEL = 0.95
@@ -100,6 +99,7 @@ def paired_runs(records: list[dict[str, Any]], batch: int, metric: str, cmetric:
 
 def blocked_difference(runs: list[PairedRun], level: float = LEVEL) -> tuple[float, tuple[float, float] | None, int | None]:
     """(candidate - baseline, its interval, residual df) by least squares with block effects and a trend."""
+    import scipy.stats  # here, not at the top: it costs ~0.5 s of every orch command's start
     use = [r for r in runs if r.time is not None]
     blocks = sorted({r.block for r in use})
     with_trend = len(use) - len(blocks) - 2 >= 1
@@ -124,6 +124,7 @@ def blocked_difference(runs: list[PairedRun], level: float = LEVEL) -> tuple[flo
 
 
 def paired_timing(records: list[dict[str, Any]], batch: int, metric: str, cmetric: str | None) -> PairedTiming:
+    import scipy.stats  # here, not at the top: it costs ~0.5 s of every orch command's start
     runs = paired_runs(records, batch, metric, cmetric)
     timed = [r for r in runs if r.time is not None]
     a = [r.time for r in timed if r.role == "A"]

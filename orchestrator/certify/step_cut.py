@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.stats
 
 LEVEL = 0.95
 #: planned step counts around the one whose time matches the candidate's: -4%, 0, +4% of it
@@ -98,6 +97,7 @@ def step_cut(records: list[dict[str, Any]], candidate: str, baseline: str, metri
              below: bool = True, level: float = LEVEL) -> StepCut | None:
     """The comparison, from complete runs: the baseline variant's full runs (search, baseline, confirmation kinds)
     and its step-cut runs, and the candidate's runs of those kinds. None when the study has no step-cut run."""
+    import scipy.stats  # here, not at the top: it costs ~0.5 s of every orch command's start
     done = [r for r in records if r["state"] == "complete" and r.get("value") is not None
             and r.get(f"metrics.{metric}") is not None]
     cut = [r for r in done if r["kind"] == "step_cut" and r["variant"] == baseline]
