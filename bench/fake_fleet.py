@@ -23,6 +23,7 @@ from pathlib import Path
 from orchestrator.config.fleet import Machine
 from orchestrator.jobs import JobSpec
 from orchestrator.launchers.base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot
+from orchestrator.launchers.local import LocalMachine
 
 GPU_NAME = "NVIDIA H100 80GB HBM3 (simulated)"
 VAL_POINTS = 4  # val lines per job, evenly spread over its run
@@ -74,6 +75,7 @@ class FakeFleetLauncher(Launcher):
     """`durations[trial % len(durations)]` is how long trial number `trial` runs."""
 
     name = "fake"
+    machine_type = LocalMachine  # bench/dispatch.py's fleet declares its simulated machines `launcher: local`
 
     def __init__(self, durations: list[float], gpus_per_machine: int = 8) -> None:
         self.durations = durations

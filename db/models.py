@@ -105,6 +105,9 @@ class TrialRow(Base):
     log_path: Mapped[str | None] = mapped_column(Text)
     pid: Mapped[int | None] = mapped_column(Integer)
     pid_start: Mapped[str | None] = mapped_column(String(32))  # process start time, guards against pid reuse
+    #: the launcher's reference to find the job again after a controller restart (a Slurm job id); None: the job
+    #: ends with its controller (local, ssh, ray) or was never seen started
+    job_ref: Mapped[str | None] = mapped_column(String(255))
     controller: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -37,7 +37,7 @@ from .config.fleet import Fleet, Machine
 from .health import HealthChecker
 from .jobs import InvalidParams, apply_injection, build_job, resolve_values, variant_key
 from .launchers import get_launcher
-from .launchers.base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot
+from .launchers.base import Event, ExitEvent, JobHandle, JobRecord, Launcher, LineEvent, MachineInfo, Slot
 from .launchers.local import DISK_FULL
 from .liveness.machines import MachineKeeper
 from .liveness.watchdog import ProgressWatchdog
@@ -245,12 +245,15 @@ class Controller:
                                     gpus_per_trial=self.spec.resources.gpus, labels=self.spec.resources.labels,
                                     say=self._say, wake=self._wake)
         try:
-            recover(self.db, opened, self.spec, self.adapter, report=lambda m: self._say(m))
+            adopted: list[tuple[TrialRow, JobHandle]] = []
+            recover(self.db, opened, self.spec, self.adapter, report=lambda m: self._say(m),
+                    reattach=lambda row: self._reattach(row, adopted))
             self.scheduler = Scheduler(self.fleet, self.spec.resources.gpus, self.spec.resources.labels)
             self.infos = self._probe_fleet()
             self.scheduler.unavailable = self._unavailable_machines()
             self._update_refusals()  # before the plan: a study no machine can take names each machine's reason
             self.scheduler.plan(self.infos)
+            self._adopt(adopted)
             for machine in self.fleet.machines:
                 if self.infos[machine.name].reachable:
                     self.keeper.admit(machine, self.infos[machine.name])
@@ -339,6 +342,60 @@ class Controller:
                 next_beat = now + self.heartbeat_s
                 changed = True
 
+    # ---- jobs that outlived their controller ---------------------------------------------------------------
+    def _reattach(self, row: TrialRow, adopted: list) -> JobHandle | None:
+        """Recovery asks: the job of an unfinished trial row, found again by its launcher (`Launcher.reattach`)."""
+        try:
+            machine = self.fleet.machine(row.machine)
+        except KeyError:
+            if row.job_ref:
+                self._say(f"recovery: trial {row.number} ran on machine {row.machine!r}, which is not in the fleet file "
+                          f"now: its job {row.job_ref} cannot be followed or stopped from here")
+            return None
+        record = JobRecord(study=self.name, trial=row.number, machine=row.machine, slot=row.slot,
+                           workdir=Path(row.workdir or "."), log_path=Path(row.log_path or "train.log"), pid=row.pid,
+                           pid_start=row.pid_start, job_ref=row.job_ref, controller=row.controller,
+                           started_at=row.started_at)
+        handle = self._launcher(machine).reattach(record, machine, self.events)
+        if handle is not None:
+            adopted.append((row, handle))
+        return handle
+
+    def _adopt(self, adopted: list[tuple[TrialRow, JobHandle]]) -> None:
+        """Follow the re-attached jobs as this controller's own: their slots are busy, their deadlines and metric points
+        go on from what was recorded, and their rows name this controller (one transaction)."""
+        if not adopted:
+            return
+        now_wall, now = _now(), time.monotonic()
+        frozen = {t.number: t for t in self.study.optuna.get_trials(deepcopy=False)}
+        with self._unit() as s:
+            for row, handle in adopted:
+                started_at = row.started_at
+                if started_at is not None and started_at.tzinfo is None:
+                    started_at = started_at.replace(tzinfo=timezone.utc)
+                elapsed = max(0.0, (now_wall - started_at).total_seconds()) if started_at else 0.0
+                slot = next((x for x in self.scheduler.slots if x.machine == row.machine and x.label == row.slot), None)
+                run = Running(number=row.number, row_id=row.id, trial_id=row.optuna_trial_id,
+                              slot=slot or _slot_of(row.machine, row.slot), handle=handle, stream=self.adapter.stream(),
+                              deadline=now + max(0.0, self.spec.timeout_s - elapsed), started=now - elapsed)
+                run.stored_points = set(s.execute(select(MetricPointRow.kind, MetricPointRow.step).where(
+                    MetricPointRow.trial_id == row.id)).all())
+                live = s.get(TrialRow, row.id)
+                old = live.state
+                live.state, live.controller, live.heartbeat_at = "running", self.owner, now_wall
+                live.job_ref = handle.job_ref or live.job_ref
+                live.started_at = live.started_at or now_wall
+                ref = f" {handle.job_ref}" if handle.job_ref else ""
+                s.add(EventRow(study_id=self.study.row.id, trial_number=row.number, machine=row.machine,
+                               kind="trial.reattached", old=old, new="running",
+                               message=f"re-attached to its job{ref} after a controller restart"))
+                self.running[row.number] = run
+                self.watchdog.started(row.number)
+                self._row_states[row.id] = ("running", row.machine)
+                if row.number in frozen and is_search_trial(frozen[row.number]):
+                    self._counted_here.add(row.number)  # a lost end takes it off the budget count, as for our own
+                self._say(f"trial {row.number}: re-attached to its running job on {row.machine} {row.slot or ''}".rstrip())
+
     def _slots_to_fill(self) -> int:
         if self.max_new_trials is not None and self.dispatched >= self.max_new_trials:
             return 0
@@ -421,7 +478,7 @@ class Controller:
                     self._writes.add(_UPDATE_RUNNING, dict(
                         id_=run.row_id, state="running", pid=run.handle.pid, pid_start=run.handle.pid_start,
                         started_at=now, heartbeat_at=now, command=run.handle.command,
-                        container_image_id=run.handle.container_image_id))
+                        container_image_id=run.handle.container_image_id, job_ref=run.handle.job_ref))
                     self._trial_event(run.number, run.slot.machine, "pending", "running")
         for run in started:
             self.running[run.number] = run
@@ -1014,6 +1071,15 @@ def cancel_queued(session, study: OpenStudy, frozen: optuna.trial.FrozenTrial, n
                          repeat_index=int(attrs.get("repeat_index", 0)), ended_at=_now()))
     session.add(EventRow(study_id=study.row.id, trial_number=frozen.number, kind="trial.state", old="queued",
                          new="cancelled", message=note))
+
+
+def _slot_of(machine: str, label: str | None) -> Slot:
+    """A slot from its recorded label (`gpu:0,1`, `cpu:3`), for a re-attached trial whose machine has no such slot
+    in this run's plan."""
+    if label and label.startswith("gpu:"):
+        return Slot(machine, -1, gpu_ids=tuple(int(g) for g in label[4:].split(",") if g.isdigit()))
+    index = label.split(":", 1)[1] if label and ":" in label else ""
+    return Slot(machine, int(index) if index.isdigit() else -1)
 
 
 def install_signal_handlers(controller: Controller) -> None:

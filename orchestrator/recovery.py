@@ -3,8 +3,9 @@
 | found | meaning | action |
 | --- | --- | --- |
 | Optuna trial RUNNING, no row of ours | asked, never dispatched | row `lost`, Optuna FAIL, retry queued |
+| row `pending` or `running`, its launcher re-attaches to the job (`Launcher.reattach`: a Slurm job outlives its controller) | the job runs on, or ended while no controller watched | kept `running`: this controller follows it (its log from the start, then its exit) |
 | row `pending` | never started | `lost`, Optuna FAIL, retry queued |
-| row `running` | its job died with the controller (PR_SET_PDEATHSIG) | if the log has a final line, the outcome is recorded from it; else `lost` and a retry is queued |
+| row `running` | its job died with the controller (PR_SET_PDEATHSIG; the launcher killed what was left of it) | if the log has a final line, the outcome is recorded from it; else `lost` and a retry is queued |
 | row finished, Optuna RUNNING | died between our commit and Optuna's tell | tell Optuna now |
 | row `lost` with no retry | died between marking and queueing | queue the retry |
 | row `failed`, study says `on_failure: retry`, no retry | the same | queue the retry |
@@ -15,8 +16,6 @@ twice without being recorded as a retry.
 
 from __future__ import annotations
 
-import signal
-import socket
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -29,7 +28,6 @@ from db import Database, EventRow, MetricPointRow, TrialRow
 
 from .config.study import StudySpec
 from .jobs import variant_key
-from .launchers.local import kill_group, process_alive
 from .outcomes import curve_value, decide, failure_constraints, failure_policy, tell
 from .parsers import LogAdapter
 from .studies import OpenStudy
@@ -70,8 +68,8 @@ def enqueue_retry(study: optuna.Study, row: TrialRow, max_retries: int, spec: St
     return True
 
 
-def _same_host(controller: str | None) -> bool:
-    return bool(controller) and controller.split(":", 1)[0] == socket.gethostname()
+#: asks the trial's launcher for its job (`Launcher.reattach`): a handle the caller now follows, or None
+Reattach = Callable[[TrialRow], object | None]
 
 
 def _parse_log(adapter: LogAdapter, path: str | None):
@@ -82,8 +80,9 @@ def _parse_log(adapter: LogAdapter, path: str | None):
 
 
 def recover(db: Database, opened: OpenStudy, spec: StudySpec, adapter: LogAdapter,
-            report: Callable[[str], None] = lambda m: None) -> int:
-    """Reconcile; returns how many trials were touched."""
+            report: Callable[[str], None] = lambda m: None, reattach: Reattach | None = None) -> int:
+    """Reconcile; returns how many trials were touched. `reattach(row)` is asked first for every `pending` or
+    `running` row: a job it returns is the caller's to follow (the row is left as it is)."""
     study, sid = opened.optuna, opened.row.id
     frozen_by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     touched = 0
@@ -110,6 +109,10 @@ def recover(db: Database, opened: OpenStudy, spec: StudySpec, adapter: LogAdapte
         frozen = frozen_by_number.get(number)
         if row.state in ("pending", "running"):
             touched += 1
+            if reattach is not None and reattach(row) is not None:
+                report(f"recovery: trial {number}'s job is still there (its launcher re-attached to it): followed, "
+                       "not run again")
+                continue
             _recover_unfinished(db, study, spec, adapter, row, report)
         elif frozen is not None and frozen.state == TrialState.RUNNING:
             touched += 1
@@ -133,8 +136,6 @@ def _constraints_of(spec: StudySpec, row: TrialRow) -> dict[str, float]:
 
 def _recover_unfinished(db: Database, study: optuna.Study, spec: StudySpec, adapter: LogAdapter, row: TrialRow,
                         report: Callable[[str], None]) -> None:
-    if row.state == "running" and _same_host(row.controller) and process_alive(row.pid, row.pid_start):
-        kill_group(row.pid, signal.SIGKILL)  # an orphan: its controller is gone, its result cannot be trusted live
     parsed = _parse_log(adapter, row.log_path) if row.state == "running" else None
     outcome = decide(spec, parsed, None) if parsed is not None and parsed.complete else None
     with db.session() as s:

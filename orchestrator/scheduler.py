@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from .config.errors import OrchError
-from .config.fleet import Fleet, Machine
+from .config.fleet import Capability, Fleet, Machine
 from .launchers.base import MachineInfo, Slot
 
 
@@ -25,10 +25,10 @@ def machine_slots(machine: Machine, info: MachineInfo, gpus_per_trial: int) -> l
         return [Slot(machine.name, i, gpu_ids=tuple(range(i * gpus_per_trial, (i + 1) * gpus_per_trial)))
                 for i in range(info.gpu_count // gpus_per_trial)]
     count = machine.resolved_cpu_slots(info.cpu_count)  # `auto`: the machine's own cores, as its probe saw them
-    cores = sorted(os.sched_getaffinity(0)) if machine.launcher == "local" else []
+    cores = sorted(os.sched_getaffinity(0)) if machine.has(Capability.CPU_AFFINITY) else []
     slots = []
     for i in range(count):
-        # spread the machine's cores over its CPU slots (local machines only: we know their cores)
+        # spread the machine's cores over its CPU slots (machines on this host only: we know their cores)
         share = tuple(cores[j] for j in range(len(cores)) if j % count == i) if len(cores) >= count else ()
         slots.append(Slot(machine.name, i, cpu_ids=share))
     return slots

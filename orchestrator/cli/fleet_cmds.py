@@ -61,6 +61,7 @@ def fleet_trust(name: str, fleet: Optional[Path] = FleetOption,
                 expect: Optional[str] = typer.Option(None, "--expect", help="record only if the key has this SHA256:... fingerprint")) -> None:
     """Record ssh machine NAME's host key in its known_hosts file (prints the fingerprint)."""
     from ..config.errors import ConfigError
+    from ..config.fleet import Capability
     from ..launchers.ssh import trust_host
 
     inventory = load_inventory(fleet)
@@ -69,7 +70,7 @@ def fleet_trust(name: str, fleet: Optional[Path] = FleetOption,
     except KeyError:
         raise ConfigError(f"no machine named {name!r}", file=inventory.source, field="machines",
                           fix=f"use one of {', '.join(m.name for m in inventory.machines)}") from None
-    if machine.launcher != "ssh" or not machine.known_hosts:
+    if not machine.has(Capability.HOST_KEYS) or not getattr(machine, "known_hosts", None):
         raise ConfigError(f"machine {name!r} is not an ssh machine with a known_hosts file", file=inventory.source,
                           field="known_hosts", fix="set `launcher: ssh` and `known_hosts: PATH` on the machine")
     result = trust_host(machine, replace=replace, expect=expect)
@@ -79,18 +80,30 @@ def fleet_trust(name: str, fleet: Optional[Path] = FleetOption,
 @fleet_app.command("up")
 def fleet_up(fleet: Optional[Path] = FleetOption,
              timeout: float = typer.Option(90.0, "--timeout", min=1, help="seconds to wait for every node to join")) -> None:
-    """Start the Ray nodes of the fleet's `launcher: ray` machines (head first); nodes already up are left alone."""
-    from ..launchers.ray_cluster import fleet_up as start_nodes
-
-    start_nodes(load_inventory(fleet), timeout_s=timeout,
-                report=lambda r: typer.echo(f"{r.machine}: {r.role} node {r.action} (pid {r.pid}, {r.where})"))
-    typer.echo("every ray machine's node has joined the cluster")
+    """Start the cluster nodes of the fleet's machines (Ray: head first); nodes already up are left alone."""
+    inventory = load_inventory(fleet)
+    for launcher in _cluster_launchers(inventory):
+        launcher.cluster_up(inventory, timeout, typer.echo)
 
 
 @fleet_app.command("down")
 def fleet_down(fleet: Optional[Path] = FleetOption) -> None:
-    """Stop the Ray nodes `orch fleet up` started (SIGTERM to each recorded PID; never `ray stop`)."""
-    from ..launchers.ray_cluster import fleet_down as stop_nodes
+    """Stop the cluster nodes `orch fleet up` started (Ray: SIGTERM to each recorded PID; never `ray stop`)."""
+    inventory = load_inventory(fleet)
+    for launcher in _cluster_launchers(inventory):
+        launcher.cluster_down(inventory, typer.echo)
 
-    stop_nodes(load_inventory(fleet),
-               report=lambda r: typer.echo(f"{r.machine}: {r.role} node {r.action}" + (f" (pid {r.pid})" if r.pid else "")))
+
+def _cluster_launchers(inventory) -> list:
+    """The launchers of the fleet's machines that start and stop cluster nodes (Capability.CLUSTER_UP_DOWN)."""
+    from ..config.errors import ConfigError
+    from ..config.fleet import Capability
+    from ..launchers.registry import LAUNCHERS, capabilities, launcher_class
+
+    names = sorted({m.launcher for m in inventory.machines if m.has(Capability.CLUSTER_UP_DOWN)})
+    if not names:
+        able = [n for n in LAUNCHERS if Capability.CLUSTER_UP_DOWN in capabilities(n)]
+        raise ConfigError(f"the fleet has no `launcher: {' or '.join(able)}` machine, so there is no cluster node to "
+                          "start or stop", file=inventory.source, field="machines",
+                          fix=f"set `launcher: {able[0]}` on the machines that form the cluster (docs/fleet.md)")
+    return [launcher_class(name) for name in names]

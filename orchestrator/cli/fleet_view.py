@@ -5,10 +5,11 @@ and count with per-GPU utilisation / memory / temperature (nvidia-smi, through S
 there is none), the trials running there (elapsed time, latest val_loss), the last heartbeat the controller
 recorded, and the state:
 
-  down       the probe failed (unreachable, refused host key, no answer in time)
+  down       the probe failed (unreachable, refused host key, no answer in time, a Slurm node down)
   sick       a controller's health check failed there (liveness/health_check.py): no trials until one passes
   draining   `orch fleet drain` and trials still running there
   drained    `orch fleet drain` and nothing running
+             (draining and drained also name a machine its resource manager drained: Slurm, with its reason)
   gpus_busy  processes no running trial accounts for hold some of its GPUs (nvidia-smi, read now)
   busy       trials running
   idle       reachable, nothing running
@@ -33,7 +34,7 @@ from db import Database, MachineRow, TrialRow
 
 from ..config.fleet import Fleet, Machine
 from ..health import HealthChecker
-from ..launchers import get_launcher
+from ..launchers.registry import launcher_class
 from ..launchers.base import Launcher, MachineInfo, Slot
 from ..liveness.gpu_guard import busy_refusal, gpu_processes
 from ..liveness.refusals import Refusal, probe_refusal, split_fix
@@ -50,17 +51,10 @@ class FleetProber:
         self.launchers: dict[str, Launcher] = {}
         for machine in fleet.machines:
             if machine.launcher not in self.launchers:
-                self.launchers[machine.launcher] = self._make_launcher(machine.launcher)
+                self.launchers[machine.launcher] = launcher_class(machine.launcher).for_status(probe_timeout_s)
         self.checker = HealthChecker(self._probe, max_workers=max(1, min(32, len(fleet.machines))))
         self.probe_ms: dict[str, int] = {}  # how long each machine's last finished probe took
         self.processes: dict[str, list] = {}  # per machine whose nvidia-smi lists GPUs: the processes on them
-
-    def _make_launcher(self, name: str) -> Launcher:
-        if name == "ssh":
-            from ..launchers.ssh import SshLauncher
-
-            return SshLauncher(connect_timeout_s=self.timeout_s, probe_timeout_s=self.timeout_s)
-        return get_launcher(name)
 
     def _probe(self, machine: Machine) -> MachineInfo:
         started = time.monotonic()
@@ -93,9 +87,10 @@ def _iso(when: datetime | None) -> str | None:
     return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).isoformat(timespec="seconds")
 
 
-def _state(reachable: bool, drain: bool, running: list, sick: bool = False, foreign: bool = False) -> str:
+def _state(reachable: bool, drain: bool, running: list, sick: bool = False, foreign: bool = False,
+           node_state: str | None = None) -> str:
     if not reachable:
-        return "down"
+        return node_state or "down"  # a resource manager's word for it (a drained Slurm node), else down
     if sick:
         return "sick"
     if drain:
@@ -109,7 +104,10 @@ def _refusals(machine: Machine, info: MachineInfo, row: MachineRow | None, forei
     """Why the machine gets no trials now (or some of its GPUs none)."""
     out = []
     if not info.reachable:
-        out.append(probe_refusal(machine.name, info.error))
+        refusal = probe_refusal(machine.name, info.error)
+        if info.node_state in ("drained", "draining"):  # drained by its resource manager (Capability.NODE_STATE)
+            refusal = Refusal(machine.name, "drained", refusal.reason, refusal.fix)
+        out.append(refusal)
     elif row is not None and row.state == "sick":
         out.append(Refusal(machine.name, "sick", *split_fix(row.note or "its health check failed",
                                                             "repair the machine; controllers check it again")))
@@ -160,7 +158,7 @@ def fleet_status(db: Database, fleet: Fleet, prober: FleetProber | None = None) 
         sick = info.reachable and row is not None and row.state == "sick"
         machines.append({
             "name": machine.name, "host": machine.host, "launcher": machine.launcher, "reachable": info.reachable,
-            "state": _state(info.reachable, drain, busy, sick, bool(foreign)), "drain": drain,
+            "state": _state(info.reachable, drain, busy, sick, bool(foreign), info.node_state), "drain": drain,
             "drain_reason": row.drain_reason if drain else None,  # `orch fleet drain --reason`
             "controller_state": row.state if row is not None else None,
             "gpu_count": info.gpu_count, "gpu_type": info.gpu_type if info.gpu_count else "no GPU",

@@ -1,25 +1,33 @@
-"""The fleet inventory (`fleet.yaml`): typed models, defaults inheritance, validation with line numbers.
+"""The fleet inventory (`fleet.yaml`): the machine fields every launcher shares, defaults inheritance, validation
+with line numbers.
 
-A fleet is a list of machines. Fields under `defaults:` apply to every machine that does not set them
-(`container`, `env`, `labels`, `ray` and `health_check` merge key by key). `gpus: auto` is resolved when a launcher first
-talks to the machine (nvidia-smi); a machine without GPUs offers `cpu_slots` CPU slots instead.
+A fleet is a list of machines. Each machine names its `launcher`; the launcher's module owns the machine's model
+(a subclass of `Machine` with the launcher's own fields and `capabilities`, e.g. `launchers/ssh.py`'s `SshMachine`),
+and `orchestrator.launchers.registry` builds the discriminated union of those models that every machine entry is
+validated through: a new launcher adds no field, `Literal` or branch here. Fields under `defaults:` apply to every
+machine whose launcher has them (`container`, `env`, `labels` and the launchers' nested settings such as `ray:`
+merge key by key). `gpus: auto` is resolved when a launcher first talks to the machine (nvidia-smi); a machine
+without GPUs offers `cpu_slots` CPU slots instead.
+
+The registry is imported inside functions (`_registry()`): the launchers import this module for the shared base,
+and the fleet file is the one place where the configuration reads the launchers' settings models.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from .images import IMAGE_FIX, image_reference_problem
-from .validation import FIX_MARK, validate_doc
+from .validation import FIX_MARK, raise_config_errors, validate_doc
 from .yaml_source import YamlDoc, load_yaml_file, load_yaml_text
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-LAUNCHERS = ("local", "ssh", "ray")
 RUNTIMES = ("docker", "podman", "none")
 #: a host name (RFC 1123 labels), an IPv4 address, or an IPv6 address (optionally in brackets); nothing a shell,
 #: ssh or a known_hosts line would read as more than one word or as an option
@@ -27,6 +35,24 @@ HOST_PATTERN = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?
                           r"[A-Za-z0-9_])?)*\.?$|^\[?[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?\]?$")
 USER_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Capability(str, Enum):
+    """What a launcher can do, declared by its machine model (`Machine.capabilities`); the parts that differ by
+    backend ask for a capability, never for a launcher's name."""
+
+    #: a job keeps running when the controller dies; `Launcher.reattach` finds it again (no second copy is started)
+    OUTLIVES_CONTROLLER = "outlives_controller"
+    #: the machine is reached over SSH with verified host keys (`orch fleet trust NAME` records one)
+    HOST_KEYS = "host_keys"
+    #: `orch fleet up` / `orch fleet down` start and stop the machines' cluster nodes (`Launcher.cluster_up/down`)
+    CLUSTER_UP_DOWN = "cluster_up_down"
+    #: CPU slots are pinned to cores of the controller's own host (the scheduler spreads its cores over them)
+    CPU_AFFINITY = "cpu_affinity"
+    #: short commands run on the machine itself (`Launcher.run_command`: nvidia-smi's process list, health checks)
+    RUN_COMMAND = "run_command"
+    #: a resource manager reports the machine drained or down (`MachineInfo.node_state`, shown by `orch fleet status`)
+    NODE_STATE = "node_state"
 
 
 def _env_names(env: dict[str, str] | None) -> dict[str, str] | None:
@@ -70,33 +96,6 @@ class ContainerSpec(_Strict):
         return mounts
 
 
-ADDRESS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.-]*:[0-9]{1,5}$"
-
-
-class RaySpec(_Strict):
-    """How a `launcher: ray` machine's node joins the cluster (usually set once under `defaults:`)."""
-
-    address: str | None = None  # the head's GCS address HOST:PORT
-    auth: Literal["token", "disabled"] = "token"
-    token_file: str | None = None  # RAY_AUTH_TOKEN_PATH on every node and the controller (default ~/.ray/auth_token)
-    start: Literal["auto", "local", "ssh"] = "auto"  # how `orch fleet up` starts the node: auto = local on loopback
-    ray_command: list[str] | None = None  # the `ray` executable on the node (default: beside this Python, or `ray`)
-    temp_dir: str | None = None  # `ray start --temp-dir` (keep it short: Ray's socket paths must fit 107 bytes)
-    start_args: list[str] = Field(default_factory=list)  # more `ray start` flags, e.g. --object-store-memory=...
-    env: dict[str, str] = Field(default_factory=dict)  # environment of `ray start` on the node
-    dead_after_s: float = Field(default=15.0, gt=0, le=86400)  # a trial whose node does not answer this long is lost
-
-    _check_env = field_validator("env")(classmethod(lambda cls, env: _env_names(env)))
-
-    @field_validator("address")
-    @classmethod
-    def _address_form(cls, value: str | None) -> str | None:
-        if value is not None and (not re.match(ADDRESS_PATTERN, value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536):
-            raise ValueError(f"address {value!r} is not HOST:PORT{FIX_MARK}write the head node's IP and GCS port, "
-                             "e.g. 10.0.0.11:6379")
-        return value
-
-
 #: a command on the machine, named as an executable or a path: one argv word, nothing a shell reads as more
 COMMAND_PATTERN = re.compile(r"^[A-Za-z0-9_./~+][A-Za-z0-9_./~+-]{0,1023}$")
 
@@ -133,6 +132,7 @@ class HealthCheckSpec(_Strict):
         return self
 
 
+# ---- field types with their checks (Annotated, so `defaults:` validates a field as the machines do) -------------
 def _gpus(value: object) -> int | Literal["auto", "none"]:
     if value in ("auto", "none"):
         return value  # type: ignore[return-value]
@@ -144,88 +144,75 @@ def _gpus(value: object) -> int | Literal["auto", "none"]:
     return value
 
 
-class MachineFields(_Strict):
-    """Every field a machine may set; also the shape of `defaults:` (where all are optional)."""
-
-    host: str | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
-    user: str | None = None
-    identity_file: str | None = None
-    known_hosts: str | None = None
-    launcher: Literal["local", "ssh", "ray"] | None = None
-    gpus: int | str | None = None
-    gpu_type: str | None = None
-    cpu_slots: int | Literal["auto"] | None = None
-    labels: dict[str, str] | None = None
-    workdir: str | None = None
-    data_path: str | None = None
-    container: ContainerSpec | None = None
-    env: dict[str, str] | None = None
-    ray: RaySpec | None = None
-    nvidia_smi: str | None = None  # nvidia-smi on the machine (default: `nvidia-smi` on its PATH)
-    health_check: HealthCheckSpec | None = None
-
-    _check_nvidia_smi = field_validator("nvidia_smi")(classmethod(
-        lambda cls, v: _command_word(v, "nvidia_smi", "/usr/bin/nvidia-smi")))
-
-    @field_validator("gpus", mode="before")
-    @classmethod
-    def _check_gpus(cls, value: object) -> object:
-        return None if value is None else _gpus(value)
-
-    _check_env = field_validator("env")(classmethod(lambda cls, env: _env_names(env)))
-
-    @field_validator("host")
-    @classmethod
-    def _check_host(cls, host: str | None) -> str | None:
-        if host is not None and (len(host) > 253 or not HOST_PATTERN.match(host)):
-            raise ValueError(f"{host!r} is not a host name or IP address{FIX_MARK}write a name like gpu-01.lab.example "
-                             "or an address like 10.0.0.11 (put the user in `user:` and the port in `port:`)")
-        return host
-
-    @field_validator("user")
-    @classmethod
-    def _check_user(cls, user: str | None) -> str | None:
-        if user is not None and not USER_PATTERN.match(user):
-            raise ValueError(f"{user!r} is not a user name{FIX_MARK}use letters, digits, '.', '_' and '-', not starting with '-'")
-        return user
-
-    @field_validator("cpu_slots", mode="before")
-    @classmethod
-    def _check_cpu_slots(cls, value: object) -> object:
-        if value is None or value == "auto":
-            return value
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"cpu_slots must be a positive integer or `auto`, got {value!r}{FIX_MARK}write a count like 2, or auto for one per core")
+def _cpu_slots(value: object) -> object:
+    if value == "auto":
         return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"cpu_slots must be a positive integer or `auto`, got {value!r}{FIX_MARK}write a count like 2, "
+                         "or auto for one per core")
+    return value
 
 
-class Machine(MachineFields):
+def _host(host: str) -> str:
+    if len(host) > 253 or not HOST_PATTERN.match(host):
+        raise ValueError(f"{host!r} is not a host name or IP address{FIX_MARK}write a name like gpu-01.lab.example "
+                         "or an address like 10.0.0.11 (put the user in `user:` and the port in `port:`)")
+    return host
+
+
+def _user(user: str) -> str:
+    if not USER_PATTERN.match(user):
+        raise ValueError(f"{user!r} is not a user name{FIX_MARK}use letters, digits, '.', '_' and '-', not starting with '-'")
+    return user
+
+
+Gpus = Annotated[int | str, BeforeValidator(_gpus)]
+CpuSlots = Annotated[int | Literal["auto"], BeforeValidator(_cpu_slots)]
+Host = Annotated[str, AfterValidator(_host)]
+User = Annotated[str, AfterValidator(_user)]
+EnvMap = Annotated[dict[str, str], AfterValidator(_env_names)]
+NvidiaSmi = Annotated[str, AfterValidator(lambda v: _command_word(v, "nvidia_smi", "/usr/bin/nvidia-smi"))]
+
+
+class Machine(_Strict):
+    """The fields every machine has, whatever its launcher. Each launcher subclasses it in its own module with
+    `launcher: Literal["NAME"]`, its own fields and its `capabilities`; `Machine(**fields)` builds the subclass of
+    the launcher `fields` name (default `local`)."""
+
+    #: what the machine's launcher can do (see `Capability`); each launcher's model sets its own
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+
     name: str = Field(pattern=NAME_PATTERN)
-    host: str = "localhost"
-    port: int = Field(default=22, ge=1, le=65535)
-    launcher: Literal["local", "ssh", "ray"] = "local"
-    gpus: int | str = "auto"
-    cpu_slots: int | Literal["auto"] = "auto"
+    launcher: str = "local"
+    host: Host = "localhost"
+    gpus: Gpus = "auto"
+    gpu_type: str | None = None
+    cpu_slots: CpuSlots = "auto"
     labels: dict[str, str] = Field(default_factory=dict)
     workdir: str = "runs"
+    data_path: str | None = None
     container: ContainerSpec = Field(default_factory=ContainerSpec)
-    env: dict[str, str] = Field(default_factory=dict)
-    nvidia_smi: str = "nvidia-smi"
+    env: EnvMap = Field(default_factory=dict)
+    nvidia_smi: NvidiaSmi = "nvidia-smi"  # nvidia-smi on the machine (default: `nvidia-smi` on its PATH)
     health_check: HealthCheckSpec = Field(default_factory=HealthCheckSpec)
 
-    @model_validator(mode="after")
-    def _ssh_needs_user(self) -> "Machine":
-        if self.launcher == "ssh" and not self.known_hosts:
-            raise ValueError(f"an ssh machine needs known_hosts: host keys are always verified{FIX_MARK}add `known_hosts: PATH` (`orch fleet trust NAME` records a key)")
-        return self
+    def __new__(cls, *args: Any, **data: Any) -> "Machine":
+        if cls is Machine:  # `Machine(launcher="ssh", ...)`: the ssh launcher's model (pydantic then validates it)
+            kind = machine_kinds().get(data.get("launcher", "local"))
+            if kind is not None:
+                return super().__new__(kind)
+        return super().__new__(cls)
 
-    @model_validator(mode="after")
-    def _ray_needs_address(self) -> "Machine":
-        if self.launcher == "ray" and (self.ray is None or not self.ray.address):
-            raise ValueError(f"a ray machine needs the cluster's address{FIX_MARK}add `ray: {{address: HEAD_HOST:PORT}}` "
-                             "(under `defaults:` for every machine)")
-        return self
+    @field_validator("launcher")
+    @classmethod
+    def _known_launcher(cls, value: str) -> str:
+        names = machine_kinds()
+        if value not in names:
+            raise ValueError(f"unknown launcher, got {value!r}{FIX_MARK}use one of {', '.join(sorted(names))}")
+        return value
+
+    def has(self, capability: Capability) -> bool:
+        return capability in self.capabilities
 
     def resolved_cpu_slots(self, cpu_count: int | None = None) -> int:
         """`cpu_slots`; `auto` is one per core of the machine (`cpu_count` as its probe reported it, else this
@@ -233,6 +220,11 @@ class Machine(MachineFields):
         if self.cpu_slots != "auto":
             return int(self.cpu_slots)
         return cpu_count or os.cpu_count() or 1
+
+    @classmethod
+    def check_fleet(cls, doc: YamlDoc, entries: list[tuple[int, "Machine", dict]], defaults: dict) -> None:
+        """Checks across this launcher's machines of one fleet file, or of files the controller reads for them
+        (entries: index in `machines:`, the machine, its raw mapping). Raise `doc.error(...)`."""
 
 
 class Fleet(BaseModel):
@@ -246,26 +238,29 @@ class Fleet(BaseModel):
         raise KeyError(name)
 
 
-_MERGED_DICTS = ("env", "labels")
+def machine_kinds() -> dict[str, type[Machine]]:
+    """Launcher name -> its machine model, from the launcher registry."""
+    from ..launchers import registry  # the launchers own their models (see the module docstring)
+
+    return registry.machine_kinds()
 
 
-def _merge(defaults: dict, machine: dict) -> dict:
-    merged = {**defaults, **machine}
-    for key in _MERGED_DICTS:
-        if isinstance(defaults.get(key), dict) and isinstance(machine.get(key), dict):
-            merged[key] = {**defaults[key], **machine[key]}
-    for key in ("ray", "health_check"):
-        if isinstance(defaults.get(key), dict) and isinstance(machine.get(key), dict):
-            merged[key] = {**defaults[key], **machine[key]}
+def _merge(defaults: dict, machine: dict, fields: set[str]) -> dict:
+    """The machine's mapping over the defaults that its launcher's model has; mappings merge key by key (and a
+    container's env one level deeper)."""
+    merged = {**{k: v for k, v in defaults.items() if k in fields}, **machine}
+    for key, value in defaults.items():
+        if key in fields and isinstance(value, dict) and isinstance(machine.get(key), dict):
+            merged[key] = {**value, **machine[key]}
     if isinstance(defaults.get("container"), dict) and isinstance(machine.get("container"), dict):
-        container = {**defaults["container"], **machine["container"]}
         if isinstance(defaults["container"].get("env"), dict) and isinstance(machine["container"].get("env"), dict):
-            container["env"] = {**defaults["container"]["env"], **machine["container"]["env"]}
-        merged["container"] = container
+            merged["container"]["env"] = {**defaults["container"]["env"], **machine["container"]["env"]}
     return merged
 
 
 def parse_fleet(doc: YamlDoc) -> Fleet:
+    from ..launchers import registry
+
     data = doc.data
     if not isinstance(data, dict):
         raise doc.error((), "a fleet file is a mapping with `machines:` (and optional `defaults:`)",
@@ -278,59 +273,56 @@ def parse_fleet(doc: YamlDoc) -> Fleet:
         raise doc.error(("defaults",), "must be a mapping of machine fields", fix="write `defaults:` then indented `key: value` lines")
     if "name" in defaults_raw:
         raise doc.error(("defaults", "name"), "a default name makes no sense", fix="give each machine its own name")
-    validate_doc(MachineFields, doc, defaults_raw, prefix=("defaults",))
+    kinds = registry.machine_kinds()
+    validate_doc(registry.defaults_model(), doc, defaults_raw, prefix=("defaults",))
     machines_raw = data.get("machines")
     if not isinstance(machines_raw, list) or not machines_raw:
         raise doc.error(("machines",), "must be a non-empty list of machines",
                         fix="add `machines:` with at least one `- name: ...` entry")
     machines: list[Machine] = []
     seen: dict[str, int] = {}
+    by_kind: dict[str, list[tuple[int, Machine, dict]]] = {}
     for index, raw in enumerate(machines_raw):
         if not isinstance(raw, dict):
             raise doc.error(("machines", index), "each machine must be a mapping", fix="write `- name: NAME` and its fields")
         if "name" not in raw:
             raise doc.error(("machines", index), "machine has no name", fix="add `name: NAME` (unique in the fleet)")
-        machine = validate_doc(Machine, doc, _merge(defaults_raw, raw), prefix=("machines", index))
+        launcher = raw.get("launcher", defaults_raw.get("launcher", "local"))
+        if launcher not in kinds:  # (defaults were checked above: here it is the machine's own)
+            raise doc.error(("machines", index, "launcher"), f"unknown launcher, got {launcher!r}",
+                            fix=f"use one of {', '.join(sorted(kinds))}")
+        kind = kinds[launcher]
+        merged = {**_merge(defaults_raw, raw, set(kind.model_fields)), "launcher": launcher}
+        machine = _validate_machine(doc, registry, merged, index, launcher)
         if machine.name in seen:
             raise doc.error(("machines", index, "name"), f"duplicate machine name {machine.name!r} (also machines[{seen[machine.name]}])",
                             fix="give every machine a unique name")
         seen[machine.name] = index
-        _check_files(doc, machine, index, raw)
+        by_kind.setdefault(launcher, []).append((index, machine, raw))
         machines.append(machine)
-    _check_one_ray_cluster(doc, machines, machines_raw)
+    for launcher, entries in by_kind.items():
+        kinds[launcher].check_fleet(doc, entries, defaults_raw)
     return Fleet(machines=machines, source=doc.file)
 
 
-def _check_files(doc: YamlDoc, machine: Machine, index: int, raw: dict) -> None:
-    """Files the controller itself reads for a machine: a missing one is the machine's configuration error,
-    named here before anything is written, not a `no reachable machine` after probing it."""
-    if machine.identity_file and machine.launcher in ("ssh", "ray"):
-        path = Path(os.path.expanduser(machine.identity_file))
-        if not path.is_file():
-            where = ("machines", index, "identity_file") if "identity_file" in raw else ("defaults", "identity_file")
-            raise doc.error(where, f"machine {machine.name!r}: identity file {machine.identity_file} "
-                            + ("is not a file" if path.exists() else "does not exist"),
-                            fix="point identity_file at the private key whose public key is in the machine's "
-                            "authorized_keys (a path on this machine; ~ is expanded)")
+def _validate_machine(doc: YamlDoc, registry, merged: dict, index: int, launcher: str) -> Machine:
+    """One machine entry through the registry's union of machine models; errors name the entry's fields (a field
+    another launcher has gets that in its fix)."""
+    from pydantic import ValidationError
 
+    try:
+        return registry.machine_union().validate_python(merged)
+    except ValidationError as exc:
+        owners = registry.field_owners()
 
-def _check_one_ray_cluster(doc: YamlDoc, machines: list[Machine], machines_raw: list) -> None:
-    """The controller joins one Ray cluster: every ray machine names the same address, and no two share a node IP."""
-    ray_machines = [(i, m) for i, m in enumerate(machines) if m.launcher == "ray"]
-    if not ray_machines:
-        return
-    first = ray_machines[0][1]
-    hosts: dict[str, str] = {}
-    for index, machine in ray_machines:
-        path = ("machines", index, "ray", "address") if "ray" in machines_raw[index] else ("defaults", "ray", "address")
-        if machine.ray.address != first.ray.address:
-            raise doc.error(path, f"ray machine {machine.name!r} names cluster {machine.ray.address} but "
-                            f"{first.name!r} names {first.ray.address}",
-                            fix="one fleet is one Ray cluster: set `ray: {address: ...}` once under `defaults:`")
-        if machine.host in hosts:
-            raise doc.error(("machines", index, "host"), f"ray machines {hosts[machine.host]!r} and {machine.name!r} "
-                            f"are both node {machine.host}", fix="give each ray machine its own node IP as `host`")
-        hosts[machine.host] = machine.name
+        def _fix_extra(field: str) -> str | None:
+            others = sorted(owners.get(field, set()) - {launcher})
+            if not others:
+                return None
+            return (f"`{field}` is a field of the {' and '.join(others)} launcher{'s' if len(others) > 1 else ''}; "
+                    f"this machine has `launcher: {launcher}`: remove the field, or set the launcher")
+
+        raise_config_errors(exc, doc, ("machines", index), strip_first=launcher, fix_extra=_fix_extra)
 
 
 def load_fleet(path: str | Path | None) -> Fleet:

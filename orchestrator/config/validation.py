@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -54,18 +54,30 @@ def validate_doc(model: type[Model], doc: YamlDoc, data: Any = None, prefix: tup
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors: list[ConfigError] = []
-        for err in exc.errors():
-            loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-            msg, fix = err["msg"], _fix_for(err)
-            if err.get("type") == "extra_forbidden":
-                msg = "unknown field"
-            elif err.get("type") == "value_error":
-                # our own validators write "problem" or "problem: fix" after FIX_MARK
-                msg = msg.removeprefix("Value error, ")
-                if FIX_MARK in msg:
-                    msg, fix = msg.split(FIX_MARK, 1)
-            elif "input" in err and err.get("type") != "missing" and not isinstance(err["input"], (dict, list)):
-                msg = f"{msg}, got {err['input']!r}"
-            errors.append(doc.error(loc, msg, fix=fix))
-        raise (errors[0] if len(errors) == 1 else ConfigErrors(errors)) from None
+        raise_config_errors(exc, doc, prefix)
+
+
+def raise_config_errors(exc: ValidationError, doc: YamlDoc, prefix: tuple = (), strip_first: str | None = None,
+                        fix_extra: Callable[[str], str | None] | None = None) -> NoReturn:
+    """Raise `exc`'s errors as ConfigErrors at their lines. `strip_first`: the tag a discriminated union puts first
+    in each location (the fleet's launcher name); `fix_extra(field)`: a better fix for an unknown field, or None."""
+    errors: list[ConfigError] = []
+    for err in exc.errors():
+        parts = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        if strip_first is not None and parts[:1] == (strip_first,):
+            parts = parts[1:]
+        loc = prefix + parts
+        msg, fix = err["msg"], _fix_for(err)
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field"
+            better = fix_extra(str(parts[-1])) if fix_extra is not None and len(parts) == 1 else None
+            fix = better or fix
+        elif err.get("type") == "value_error":
+            # our own validators write "problem" or "problem: fix" after FIX_MARK
+            msg = msg.removeprefix("Value error, ")
+            if FIX_MARK in msg:
+                msg, fix = msg.split(FIX_MARK, 1)
+        elif "input" in err and err.get("type") != "missing" and not isinstance(err["input"], (dict, list)):
+            msg = f"{msg}, got {err['input']!r}"
+        errors.append(doc.error(loc, msg, fix=fix))
+    raise (errors[0] if len(errors) == 1 else ConfigErrors(errors)) from None

@@ -1,7 +1,13 @@
-"""The launcher plug-in interface (submitit-style): start a job on a slot, stream its log, kill it.
+"""The launcher plug-in interface (submitit-style): start a job on a slot, stream its log, kill it, find it again.
 
 A launcher pushes `LineEvent`s and one `ExitEvent` per job into the controller's queue from its own
 threads; the controller is the only writer to the database.
+
+Each launcher is one module with two classes: its machine model (a `config.fleet.Machine` subclass with
+`launcher: Literal["NAME"]`, the launcher's own fields and its `capabilities`) and the `Launcher` subclass whose
+`machine_type` names that model. `registry.py` lists the modules, one line each. What differs between backends is
+asked through capabilities (`config.fleet.Capability`), never through a launcher's name. Every launcher passes
+the contract suite in tests/launchers/test_contract.py.
 """
 
 from __future__ import annotations
@@ -9,9 +15,11 @@ from __future__ import annotations
 import queue
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Callable, ClassVar
 
-from ..config.fleet import Machine
+from ..config.fleet import Capability, Fleet, Machine
 from ..jobs import JobSpec
 
 
@@ -40,6 +48,9 @@ class MachineInfo:
     gpus: list[dict] = field(default_factory=list)  # per GPU: index, name, util %, memory used/total MiB, temp C
     error: str | None = None
     cpu_count: int | None = None  # usable cores on the machine itself (remote `nproc`); None: unknown
+    #: what a resource manager says of a machine that takes no jobs (`drained`, `draining`, `down`), with
+    #: `reachable` False (Capability.NODE_STATE); `orch fleet status` shows it as the machine's state
+    node_state: str | None = None
 
 
 def machine_info(machine: Machine, gpus: list[dict], cpu_count: int | None = None) -> MachineInfo:
@@ -69,12 +80,33 @@ class ExitEvent:
 Event = LineEvent | ExitEvent
 
 
+@dataclass(frozen=True)
+class JobRecord:
+    """What the database kept of a job a controller started (its trial row): what `Launcher.reattach` gets after
+    a controller restart to find the job again."""
+
+    study: str
+    trial: int
+    machine: str
+    slot: str | None  # the slot's label, `gpu:0,1` or `cpu:0`
+    workdir: Path
+    log_path: Path
+    pid: int | None = None
+    pid_start: str | None = None
+    job_ref: str | None = None  # `JobHandle.job_ref` as it was recorded; None: the job was never seen started
+    controller: str | None = None  # host:pid of the controller that started it
+    started_at: datetime | None = None
+
+
 class JobHandle(ABC):
     key: int
     log_path: Path
     workdir: Path
-    pid: int | None = None
+    pid: int | None = None  # a process on the controller's own host (recovery kills an orphan by it)
     pid_start: str | None = None
+    #: the launcher's own reference to find the job again after a controller restart (a Slurm job id); recorded
+    #: on the trial row, handed back in `JobRecord.job_ref`
+    job_ref: str | None = None
     command: list[str]
     container_image_id: str | None = None
 
@@ -85,6 +117,12 @@ class JobHandle(ABC):
 
 class Launcher(ABC):
     name: str
+    #: the machine model of this launcher's machines (a `Machine` subclass in the launcher's module)
+    machine_type: ClassVar[type[Machine]]
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return self.machine_type.capabilities
 
     @abstractmethod
     def probe(self, machine: Machine) -> MachineInfo:
@@ -100,6 +138,29 @@ class Launcher(ABC):
         OrchError when the machine cannot be reached, NotImplementedError when this launcher cannot run commands
         (the controller then reads nothing through it, e.g. which processes hold its GPUs)."""
         raise NotImplementedError(f"launcher {self.name!r} runs no commands on its machines")
+
+    @classmethod
+    def for_status(cls, probe_timeout_s: float) -> "Launcher":
+        """A launcher for `orch fleet status`, whose probes give up after about `probe_timeout_s`."""
+        return cls()
+
+    def reattach(self, record: JobRecord, machine: Machine, events: "queue.Queue[Event]") -> JobHandle | None:
+        """After a controller restart: the job of `record`, streaming into `events` again (its whole log from the
+        start, then its exit), or None when there is nothing to attach to (the job ended with its controller, or
+        is no longer known). Launchers whose jobs die with the controller (no Capability.OUTLIVES_CONTROLLER) make
+        sure nothing of the job is left running and return None; recovery then reads the trial's log."""
+        return None
+
+    @classmethod
+    def cluster_up(cls, fleet: Fleet, timeout_s: float, report: Callable[[str], None]) -> None:
+        """`orch fleet up`: start the nodes of the fleet's machines of this launcher (Capability.CLUSTER_UP_DOWN);
+        each line of what happened goes to `report`."""
+        raise NotImplementedError(f"launcher {cls.name!r} has no cluster to start")
+
+    @classmethod
+    def cluster_down(cls, fleet: Fleet, report: Callable[[str], None]) -> None:
+        """`orch fleet down`: stop the nodes `cluster_up` started (Capability.CLUSTER_UP_DOWN)."""
+        raise NotImplementedError(f"launcher {cls.name!r} has no cluster to stop")
 
     def close(self) -> None:
         """Release connections; jobs still running are the controller's to cancel first."""

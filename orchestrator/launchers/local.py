@@ -5,6 +5,8 @@
   controller's queue (metric points reach the database while the run goes).
 - The job's process group is killed on cancel or timeout; PR_SET_PDEATHSIG makes the job receive SIGTERM
   if the controller dies, even by SIGKILL (the trainer, or torchrun, then ends its own workers).
+- Jobs die with their controller, so `reattach` finds nothing to attach to: it kills what a job that ignored
+  SIGTERM left running on this host (by pid and start time, never a reused pid) and returns None.
 """
 
 from __future__ import annotations
@@ -15,17 +17,19 @@ import errno
 import os
 import queue
 import signal
+import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import psutil
 
-from ..config.fleet import Machine
+from ..config.fleet import Capability, Machine
 from ..gpu import local_gpus
 from ..jobs import JobSpec
-from .base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot, machine_info
+from .base import Event, ExitEvent, JobHandle, JobRecord, Launcher, LineEvent, MachineInfo, Slot, machine_info
 from .containers import local_container
 
 KILL_GRACE_S = 5.0
@@ -94,8 +98,10 @@ def terminate_tree(proc: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> Non
 class LocalJob(JobHandle):
     cleanup: list[str] | None = None  # removes the job's container: killing its client can leave it running
 
-    def __init__(self, key: int, proc: subprocess.Popen, workdir: Path, log_path: Path, command: list[str]) -> None:
+    def __init__(self, key: int, proc: subprocess.Popen, workdir: Path, log_path: Path, command: list[str],
+                 kill_grace_s: float = KILL_GRACE_S) -> None:
         self.key, self.proc, self.workdir, self.log_path, self.command = key, proc, workdir, log_path, command
+        self.kill_grace_s = kill_grace_s
         self.pid = proc.pid
         self.pid_start = process_start_time(proc.pid)
         self._cancelled = threading.Event()
@@ -106,7 +112,7 @@ class LocalJob(JobHandle):
         self._cancelled.set()
 
         def _stop() -> None:
-            terminate_tree(self.proc)
+            terminate_tree(self.proc, self.kill_grace_s)
             if self.cleanup:
                 subprocess.run(self.cleanup, capture_output=True, timeout=60)
 
@@ -150,8 +156,19 @@ def _pump(job: LocalJob, log_file, events: "queue.Queue[Event]") -> None:
         events.put(ExitEvent(job.key, returncode, error))
 
 
+class LocalMachine(Machine):
+    """A `launcher: local` machine: the controller's own host (no fields beyond the shared ones)."""
+
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.CPU_AFFINITY, Capability.RUN_COMMAND})
+    launcher: Literal["local"] = "local"
+
+
 class LocalLauncher(Launcher):
     name = "local"
+    machine_type = LocalMachine
+
+    def __init__(self, *, kill_grace_s: float = KILL_GRACE_S) -> None:
+        self.kill_grace_s = kill_grace_s
 
     def probe(self, machine: Machine) -> MachineInfo:
         return machine_info(machine, local_gpus(nvidia_smi=machine.nvidia_smi), cpu_count=len(os.sched_getaffinity(0)))
@@ -162,6 +179,14 @@ class LocalLauncher(Launcher):
         except (OSError, subprocess.TimeoutExpired) as exc:
             return 127, str(exc)
         return result.returncode, result.stdout + result.stderr
+
+    def reattach(self, record: JobRecord, machine: Machine, events: "queue.Queue[Event]") -> None:
+        """A job outlives its controller only if it ignored SIGTERM (PR_SET_PDEATHSIG): its output went nowhere since,
+        so it is killed (its group, SIGKILL), on the controller's own host only; nothing to attach to."""
+        same_host = bool(record.controller) and record.controller.split(":", 1)[0] == socket.gethostname()
+        if same_host and process_alive(record.pid, record.pid_start):
+            kill_group(record.pid, signal.SIGKILL)
+        return None
 
     def start(self, job: JobSpec, machine: Machine, slot: Slot, workdir: Path,
               events: "queue.Queue[Event]") -> LocalJob:
@@ -191,7 +216,7 @@ class LocalLauncher(Launcher):
             log_file.write(f"orch: cannot start {job.argv[0]!r}: {exc}\n".encode())
             log_file.close()
             raise
-        handle = LocalJob(job.trial, proc, workdir, log_path, list(launch.argv))
+        handle = LocalJob(job.trial, proc, workdir, log_path, list(launch.argv), self.kill_grace_s)
         handle.container_image_id, handle.cleanup = launch.image_id, launch.cleanup
         threading.Thread(target=_pump, args=(handle, log_file, events), daemon=True, name=f"log-{job.trial}").start()
         return handle

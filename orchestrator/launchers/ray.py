@@ -15,6 +15,10 @@
   to the local `train.log` as they arrive. A runner that dies (its node died) or does not answer within
   `ray.dead_after_s` ends the trial with `ExitEvent(error="connection lost: ...")`: the controller marks the
   machine down and re-queues the trial elsewhere.
+- Machine fields (`RayMachine`): the ssh ones (`orch fleet up` may start a node over SSH) and `ray:` (`RaySpec`,
+  the cluster's address, required). A fleet's ray machines form one cluster (`RayMachine.check_fleet`).
+- Jobs die with the controller's driver (the runner actor ends with it), so `reattach` returns None.
+- `ray` itself is imported on first use (`_ray`): loading a fleet file reads this module's models without it.
 """
 
 from __future__ import annotations
@@ -22,23 +26,105 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import signal
 import socket
 import threading
 import time
 from pathlib import Path
+from typing import Callable, ClassVar, Literal
 
-import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from pydantic import Field, field_validator, model_validator
 
 from ..config.errors import OrchError
-from ..config.fleet import Machine, RaySpec
+from ..config.fleet import Capability, EnvMap, Fleet, Machine, _Strict
+from ..config.validation import FIX_MARK
+from ..config.yaml_source import YamlDoc
 from ..gpu import gpu_query_argv, parse_nvidia_smi
 from ..jobs import JobSpec
 from . import ray_runner
 from .base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot, machine_info
 from .containers import PodmanOptions, container_command, containerized_env, job_env, parse_image_id
 from .remote_script import ScriptError, bootstrap_command, job_script, remote_workdir
+from .ssh import SshAccess
+
+
+class _LazyRay:
+    """Stands for the `ray` module until its first use, then puts the real one in its place (importing Ray takes
+    about 0.6 s; a fleet file, `orch fleet status` of other launchers and the CLI need only the models below)."""
+
+    def __getattr__(self, name: str):
+        import ray as module
+
+        globals()["ray"] = module
+        return getattr(module, name)
+
+
+ray = _LazyRay()
+
+
+def _node_affinity(node_id: str):
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id, soft=False)
+
+
+ADDRESS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.-]*:[0-9]{1,5}$"
+
+
+class RaySpec(_Strict):
+    """How a `launcher: ray` machine's node joins the cluster (usually set once under `defaults:`)."""
+
+    address: str | None = None  # the head's GCS address HOST:PORT
+    auth: Literal["token", "disabled"] = "token"
+    token_file: str | None = None  # RAY_AUTH_TOKEN_PATH on every node and the controller (default ~/.ray/auth_token)
+    start: Literal["auto", "local", "ssh"] = "auto"  # how `orch fleet up` starts the node: auto = local on loopback
+    ray_command: list[str] | None = None  # the `ray` executable on the node (default: beside this Python, or `ray`)
+    temp_dir: str | None = None  # `ray start --temp-dir` (keep it short: Ray's socket paths must fit 107 bytes)
+    start_args: list[str] = Field(default_factory=list)  # more `ray start` flags, e.g. --object-store-memory=...
+    env: EnvMap = Field(default_factory=dict)  # environment of `ray start` on the node
+    dead_after_s: float = Field(default=15.0, gt=0, le=86400)  # a trial whose node does not answer this long is lost
+
+    @field_validator("address")
+    @classmethod
+    def _address_form(cls, value: str | None) -> str | None:
+        if value is not None and (not re.match(ADDRESS_PATTERN, value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536):
+            raise ValueError(f"address {value!r} is not HOST:PORT{FIX_MARK}write the head node's IP and GCS port, "
+                             "e.g. 10.0.0.11:6379")
+        return value
+
+
+class RayMachine(SshAccess):
+    """A `launcher: ray` machine: one node of the fleet's Ray cluster, whose IP is `host`."""
+
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.CLUSTER_UP_DOWN, Capability.RUN_COMMAND})
+    launcher: Literal["ray"] = "ray"
+    ray: RaySpec | None = None
+
+    @model_validator(mode="after")
+    def _address_needed(self) -> "RayMachine":
+        if self.ray is None or not self.ray.address:
+            raise ValueError(f"a ray machine needs the cluster's address{FIX_MARK}add `ray: {{address: HEAD_HOST:PORT}}` "
+                             "(under `defaults:` for every machine)")
+        return self
+
+    @classmethod
+    def check_fleet(cls, doc: YamlDoc, entries: list[tuple[int, Machine, dict]], defaults: dict) -> None:
+        """The controller joins one Ray cluster: every ray machine names the same address, and no two share a node
+        IP; and their identity files exist (SshAccess)."""
+        super().check_fleet(doc, entries, defaults)
+        first = entries[0][1]
+        hosts: dict[str, str] = {}
+        for index, machine, raw in entries:
+            path = ("machines", index, "ray", "address") if "ray" in raw else ("defaults", "ray", "address")
+            if machine.ray.address != first.ray.address:
+                raise doc.error(path, f"ray machine {machine.name!r} names cluster {machine.ray.address} but "
+                                f"{first.name!r} names {first.ray.address}",
+                                fix="one fleet is one Ray cluster: set `ray: {address: ...}` once under `defaults:`")
+            if machine.host in hosts:
+                raise doc.error(("machines", index, "host"), f"ray machines {hosts[machine.host]!r} and {machine.name!r} "
+                                f"are both node {machine.host}", fix="give each ray machine its own node IP as `host`")
+            hosts[machine.host] = machine.name
 
 START_TIMEOUT_S = float(os.environ.get("ORCH_RAY_START_TIMEOUT_S", "60"))
 PROBE_TIMEOUT_S = 30.0
@@ -246,6 +332,7 @@ def _first_line(exc: BaseException) -> str:
 
 class RayLauncher(Launcher):
     name = "ray"
+    machine_type = RayMachine
 
     def __init__(self, *, start_timeout_s: float = START_TIMEOUT_S, kill_grace_s: float = KILL_GRACE_S,
                  probe_timeout_s: float = PROBE_TIMEOUT_S, podman: PodmanOptions | None = None) -> None:
@@ -253,6 +340,21 @@ class RayLauncher(Launcher):
         self.podman = podman or PodmanOptions.from_env()
         self._runner_class = None
         self._cores: dict[str, int] = {}  # per machine: usable cores its last probe found
+
+    @classmethod
+    def cluster_up(cls, fleet: Fleet, timeout_s: float, report: Callable[[str], None]) -> None:
+        from .ray_cluster import fleet_up
+
+        fleet_up(fleet, timeout_s=timeout_s,
+                 report=lambda r: report(f"{r.machine}: {r.role} node {r.action} (pid {r.pid}, {r.where})"))
+        report("every ray machine's node has joined the cluster")
+
+    @classmethod
+    def cluster_down(cls, fleet: Fleet, report: Callable[[str], None]) -> None:
+        from .ray_cluster import fleet_down
+
+        fleet_down(fleet, report=lambda r: report(f"{r.machine}: {r.role} node {r.action}"
+                                                  + (f" (pid {r.pid})" if r.pid else "")))
 
     def _runner(self):
         if self._runner_class is None:
@@ -269,7 +371,7 @@ class RayLauncher(Launcher):
                 return MachineInfo(reachable=False, error=f"{_where(machine)}: no live node offers "
                                    f"{machine_resource(machine)} (fix: `orch fleet up`)")
             facts_task = ray.remote(ray_runner.node_facts).options(
-                num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+                num_cpus=0, max_retries=0, scheduling_strategy=_node_affinity(node["NodeID"]))
             facts = ray.get(facts_task.remote(gpu_query_argv(machine.nvidia_smi), self.probe_timeout_s / 2),
                             timeout=self.probe_timeout_s)
         except ray.exceptions.GetTimeoutError:
@@ -295,7 +397,7 @@ class RayLauncher(Launcher):
             if node is None:
                 raise RayError(f"{_where(machine)}: no live node offers {machine_resource(machine)} (fix: `orch fleet up`)")
             task = ray.remote(ray_runner.run_argv).options(
-                num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+                num_cpus=0, max_retries=0, scheduling_strategy=_node_affinity(node["NodeID"]))
             return ray.get(task.remote(argv, timeout_s), timeout=timeout_s + 10)
         except ray.exceptions.GetTimeoutError:
             raise RayError(f"{_where(machine)}: the node did not answer within {timeout_s + 10:g} s") from None
@@ -358,5 +460,5 @@ class RayLauncher(Launcher):
         return cc.argv, exports, image_id, cc.cleanup
 
 
-__all__ = ["RayLauncher", "RayJob", "RayError", "RayResourceError", "connect", "node_of", "trial_request",
+__all__ = ["RayLauncher", "RayMachine", "RaySpec", "RayJob", "RayError", "RayResourceError", "connect", "node_of", "trial_request",
            "check_feasible", "machine_resource", "auth_env"]

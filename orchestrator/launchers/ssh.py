@@ -13,6 +13,10 @@
 - Logs: the job's merged stdout/stderr stream to the controller's queue line by line, to the local
   `train.log` in the trial directory the controller passes (recovery parses it), and to `job.log` in the
   remote trial directory (`machine.workdir/STUDY/trial-NNNN`, relative paths are under the remote $HOME).
+- Machine fields (`SshMachine`): `host`, `port`, `user`, `identity_file`, `known_hosts` (required); the ray
+  launcher's machines have the same ones (`SshAccess`: `orch fleet up` starts their nodes over SSH).
+- Jobs die with their controller (the channel closes: the remote watcher kills the group), so there is nothing to
+  re-attach to after a restart (`reattach` returns None).
 """
 
 from __future__ import annotations
@@ -28,11 +32,15 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import paramiko
+from pydantic import Field, model_validator
 
 from ..config.errors import OrchError
-from ..config.fleet import Machine
+from ..config.fleet import Capability, Machine, User
+from ..config.validation import FIX_MARK
+from ..config.yaml_source import YamlDoc
 from ..gpu import gpu_query_argv, parse_nvidia_smi
 from ..jobs import JobSpec
 from .base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot, machine_info
@@ -45,6 +53,45 @@ DEAD_AFTER_S = float(os.environ.get("ORCH_SSH_DEAD_AFTER_S", "10"))
 CONNECT_TIMEOUT_S = 15.0
 PROBE_TIMEOUT_S = 30.0
 KILL_GRACE_S = 5.0
+
+
+class SshAccess(Machine):
+    """How a machine is reached over SSH: address, user, key, and the known_hosts file its host key is checked
+    against (host keys are always verified)."""
+
+    port: int = Field(default=22, ge=1, le=65535)
+    user: User | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = None
+
+    @classmethod
+    def check_fleet(cls, doc: YamlDoc, entries: list[tuple[int, Machine, dict]], defaults: dict) -> None:
+        """The identity file the controller itself reads for a machine: a missing one is the machine's configuration
+        error, named when the fleet loads (before anything is written), not `no reachable machine` after probing."""
+        for index, machine, raw in entries:
+            if not machine.identity_file:
+                continue
+            path = Path(os.path.expanduser(machine.identity_file))
+            if not path.is_file():
+                where = ("machines", index, "identity_file") if "identity_file" in raw else ("defaults", "identity_file")
+                raise doc.error(where, f"machine {machine.name!r}: identity file {machine.identity_file} "
+                                + ("is not a file" if path.exists() else "does not exist"),
+                                fix="point identity_file at the private key whose public key is in the machine's "
+                                "authorized_keys (a path on this machine; ~ is expanded)")
+
+
+class SshMachine(SshAccess):
+    """A `launcher: ssh` machine."""
+
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.HOST_KEYS, Capability.RUN_COMMAND})
+    launcher: Literal["ssh"] = "ssh"
+
+    @model_validator(mode="after")
+    def _known_hosts_needed(self) -> "SshMachine":
+        if not self.known_hosts:
+            raise ValueError(f"an ssh machine needs known_hosts: host keys are always verified{FIX_MARK}add "
+                             "`known_hosts: PATH` (`orch fleet trust NAME` records a key)")
+        return self
 
 
 def probe_command(nvidia_smi: str = "nvidia-smi") -> str:
@@ -369,6 +416,7 @@ def _pump(job: SshJob, log_file, events: "queue.Queue[Event]") -> None:
 
 class SshLauncher(Launcher):
     name = "ssh"
+    machine_type = SshMachine
 
     def __init__(self, *, keepalive_s: float = KEEPALIVE_S, dead_after_s: float = DEAD_AFTER_S,
                  connect_timeout_s: float = CONNECT_TIMEOUT_S, kill_grace_s: float = KILL_GRACE_S,
@@ -380,6 +428,10 @@ class SshLauncher(Launcher):
         self._lock = threading.Lock()
         self._machine_locks: dict[str, threading.Lock] = {}
         self._connections: dict[str, _Connection] = {}
+
+    @classmethod
+    def for_status(cls, probe_timeout_s: float) -> "SshLauncher":
+        return cls(connect_timeout_s=probe_timeout_s, probe_timeout_s=probe_timeout_s)
 
     # -- connections
     def connection(self, machine: Machine) -> _Connection:
@@ -467,5 +519,5 @@ class SshLauncher(Launcher):
         return handle
 
 
-__all__ = ["SshLauncher", "SshJob", "SshError", "HostKeyError", "UnknownHostKey", "ChangedHostKey", "TrustResult",
+__all__ = ["SshLauncher", "SshMachine", "SshAccess", "SshJob", "SshError", "HostKeyError", "UnknownHostKey", "ChangedHostKey", "TrustResult",
            "connect", "fetch_host_key", "fingerprint", "host_entry", "trust_host"]

@@ -213,3 +213,21 @@ def podman_image():
         subprocess.run([*prefix, "rm", "-a", "-f"], capture_output=True, timeout=120)
         subprocess.run([*prefix, "system", "reset", "-f"], capture_output=True, timeout=120)
         shutil.rmtree(base, ignore_errors=True)
+
+
+# ---- Slurm -----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def slurm_lab():
+    """A real two-node Slurm cluster (munged, slurmctld, two slurmd, 4 fake GPUs a node), once per session
+    (tests/helpers/slurm_lab.py); skipped with the install command when Slurm's packages are missing."""
+    from tests.helpers.slurm_lab import INSTALL, SlurmLab, missing_tools
+
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: {INSTALL}")
+    lab = SlurmLab()
+    try:
+        lab.start()
+        yield lab
+    finally:
+        lab.stop()

@@ -56,11 +56,19 @@ def test_embedded_default_is_this_machine_only():
     ("machines:\n  - name: a\n    gpus: eight\n", 3, "machines[0].gpus", "positive integer"),
     ("machines:\n  - name: a\n    gpus: 0\n", 3, "machines[0].gpus", "positive integer"),
     ("machines:\n  - name: a\n    gpus: -8\n", 3, "machines[0].gpus", "positive integer"),
-    ("machines:\n  - name: a\n    launcher: slurm\n", 3, "machines[0].launcher", "'local', 'ssh' or 'ray'"),
+    ("machines:\n  - name: a\n    launcher: kubernetes\n", 3, "machines[0].launcher", "got 'kubernetes'"),
+    ("defaults:\n  launcher: k8s\nmachines:\n  - name: a\n", 2, "defaults.launcher", "got 'k8s'"),
     ("machines:\n  - name: a\n    container: {runtime: lxc, image: x}\n", 3, "machines[0].container.runtime", "docker"),
     ("machines:\n  - name: a\n    container: {runtime: podman}\n", 3, "machines[0].container", "needs an image"),
     ("machines:\n  - name: a\n    launcher: ssh\n", 2, "machines[0]", "known_hosts"),
-    ("machines:\n  - name: a\n    port: 70000\n", 3, "machines[0].port", "65535"),
+    ("machines:\n  - name: a\n    launcher: ssh\n    known_hosts: k\n    port: 70000\n", 5, "machines[0].port", "65535"),
+    # a field of another launcher: the fix names the launchers that have it
+    ("machines:\n  - name: a\n    port: 22\n", 3, "machines[0].port", "a field of the ray and ssh launchers"),
+    ("machines:\n  - name: a\n    launcher: slurm\n    ray: {address: 'h:1'}\n", 4, "machines[0].ray", "a field of the ray launcher"),
+    ("machines:\n  - name: a\n    launcher: slurm\n    slurm: {sbatch_args: [--output=x]}\n", 4, "machines[0].slurm.sbatch_args",
+     "set by the launcher itself"),
+    ("machines:\n  - name: a\n    launcher: slurm\n  - name: b\n    launcher: slurm\n    slurm: {node: a}\n", 4,
+     "machines[1]", "both node a"),
     ("machines: []\n", 1, "machines", "non-empty"),
     ("defaults:\n  gpus: many\nmachines:\n  - name: a\n", 2, "defaults.gpus", "positive integer"),
     ("machine:\n  - name: a\n", 1, "machine", "unknown field"),
@@ -186,3 +194,15 @@ budget: {{max_trials: 4}}
     assert failure_policy(spec, "timeout") == "fail"  # a timeout or a lost machine says nothing about the schedule
     explicit, _ = _study(tmp_path, text + "on_failure: {crashed: retry}\n")
     assert failure_policy(explicit, "crashed") == "retry"
+
+
+def test_defaults_apply_to_the_machines_whose_launcher_has_the_field():
+    """`defaults:` may hold any launcher's fields; each machine takes those its launcher's model has."""
+    fleet = _fleet("defaults:\n  user: speedrun\n  known_hosts: k\n  slurm: {partition: gpu}\n  gpus: 8\n"
+                   "machines:\n  - name: here\n  - name: there\n    launcher: ssh\n"
+                   "  - name: node1\n    launcher: slurm\n    slurm: {account: lab}\n")
+    here, there, node1 = fleet.machines
+    assert (type(here).__name__, type(there).__name__, type(node1).__name__) == ("LocalMachine", "SshMachine",
+                                                                                 "SlurmMachine")
+    assert not hasattr(here, "user") and there.user == "speedrun" and here.gpus == there.gpus == node1.gpus == 8
+    assert (node1.slurm.partition, node1.slurm.account, node1.node) == ("gpu", "lab", "node1")  # merged key by key
