@@ -3,12 +3,14 @@
 Per world, method and seed: a fleet of 4 machines runs rounds of 4 trials (4 asks, then 4 tells) up to
 ``--budget``, every method an Optuna sampler driven the same way (``suggest_float(name, low, high,
 step=0.01)``; ``val_loss`` user attr, ``orch:machine`` system attr, ``set_constraint("val_loss", v - 3.28)``;
-a crashed run is told as FAIL with ``orch:exit_reason = crashed`` and counts against the budget).
+a crashed run is told as FAIL with ``orch:exit_reason = crashed`` and counts against the budget).  Every
+method's first run is the baseline (equal thirds), as a team starts; the frontier sampler is also told
+the baseline (``start``), which a user knows.
 
 After every round ONE pick rule, the same for all methods and blind to the truth, reads the study's
-finished runs: ``orchestrator.samplers.frontier.recommend(observations, space, target=3.28, level=0.8,
-noise_hint=HINT)`` (fallback while that module does not import: bench/_sim.py's ``model`` rule at
-P >= 0.8).  The pick is judged against the world's truth:
+finished runs: ``orchestrator.samplers.frontier.recommend(observations, space, target=3.28,
+level=LEVEL, noise_hint=HINT)`` with LEVEL = 0.9, the level a study gets by default.  The pick is judged
+against the world's truth:
 
 * feasible / wrong / none: the pick's true mean val_loss <= target / > target / no pick;
 * regret: true expected time of the pick minus the best feasible variant's (s); a None pick scores the
@@ -16,7 +18,7 @@ P >= 0.8).  The pick is judged against the world's truth:
 * right: feasible and within 0.15 s of the best; trials until right: the first checkpoint after which every
   pick up to the budget is right (``>B`` when never);
 * ours: trials at ``FrontierSampler.settled()`` and the pick there;
-* noise floor (uses the truth; a reference): runs at the best variant for P(mean <= target) >= 0.8 and at
+* noise floor (uses the truth; a reference): runs at the best variant for P(mean <= target) >= LEVEL and at
   its faster neighbour to call it infeasible (one-sided normal, the world's noise there).
 
 Usage::
@@ -53,8 +55,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import _sim  # noqa: E402
 import worlds as W  # noqa: E402
+from orchestrator.samplers import _tpe  # noqa: E402
+from orchestrator.samplers import frontier as fr  # noqa: E402
 
 
 BEGIN = "<!-- search-efficiency:begin -->"
@@ -65,48 +68,26 @@ TOLERANCE = 0.15  # s: "right" = feasible and within this of the best feasible v
 METHODS = ("ours", "tpe", "gp", "random", "oracle")
 
 
-def frontier() -> Any | None:
-    """The lead's module, or None while it does not import."""
-    try:
-        from orchestrator.samplers import frontier as fr
-
-        for name in ("Param", "SearchSpace", "Observation", "recommend", "FrontierSampler"):
-            getattr(fr, name)
-        return fr
-    except Exception:  # noqa: BLE001 - any import-time failure means "not there yet"
-        return None
-
-
 # ----------------------------------------------------------------------------- the one pick rule
-def pick(obs: list[dict[str, Any]], world: W.WorldDraw, fr: Any | None) -> int | None:
+def pick(obs: list[dict[str, Any]], world: W.WorldDraw) -> int | None:
     """The variant index the rule picks from finished runs (never reads the truth)."""
     spec = world.spec
-    if fr is not None:
-        space = fr.SearchSpace([fr.Param(a.name, a.low, a.high, W.STEP) for a in spec.axes])
-        observations = [fr.Observation(params=o["params"], objective=o["time"], metric=o["loss"],
-                                       machine=o["machine"], status=o["status"]) for o in obs]
-        rec = fr.recommend(observations, space, target=W.TARGET, level=W.LEVEL, noise_hint=spec.hint)
-        return None if rec.params is None else world.key(rec.params)
-    a, b = spec.names
-    runs = [(o["params"][a], o["params"][b], o["time"], o["loss"]) for o in obs if o["status"] == "ok"]
-    v = _sim.model_variant(runs, noise=spec.hint, confidence=W.LEVEL)
-    return None if v is None else world.key({a: v[0], b: v[1]})
+    space = fr.SearchSpace([fr.Param(a.name, a.low, a.high, W.STEP) for a in spec.axes])
+    observations = [fr.Observation(params=o["params"], objective=o["time"], metric=o["loss"],
+                                   machine=o["machine"], status=o["status"]) for o in obs]
+    rec = fr.recommend(observations, space, target=W.TARGET, level=W.LEVEL, noise_hint=spec.hint)
+    return None if rec.params is None else world.key(rec.params)
 
 
 # ----------------------------------------------------------------------------- methods
-def make_sampler(method: str, seed: int, spec: W.WorldSpec, fr: Any | None) -> Any:
+def make_sampler(method: str, seed: int, spec: W.WorldSpec) -> Any:
     import optuna
 
     if method == "ours":
         return fr.FrontierSampler(constraint_key="val_loss", threshold=W.TARGET, noise_std=spec.hint,
-                                  level=W.LEVEL, seed=seed)
+                                  level=W.LEVEL, seed=seed, start=spec.baseline)
     if method == "tpe":
-        try:  # exactly as orch builds it
-            from orchestrator.samplers import _tpe
-
-            return _tpe(None, {}, seed)
-        except Exception:  # noqa: BLE001 - the registry is being edited: the same construction
-            return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True)
+        return _tpe(None, {}, seed)  # exactly as orch builds it
     if method == "gp":
         return optuna.samplers.GPSampler(seed=seed)  # constraints: trial.set_constraint (Optuna 5)
     if method in ("random", "oracle"):
@@ -140,11 +121,10 @@ def simulate(world_name: str, method: str, seed: int, budget: int = 40,
     import optuna
     from optuna.trial import TrialState
 
-    fr = frontier()
     world = W.draw(world_name, seed)
     spec = world.spec
     t0 = time.perf_counter()
-    sampler = make_sampler(method, seed, spec, fr)
+    sampler = make_sampler(method, seed, spec)
     study = optuna.create_study(direction="minimize", sampler=sampler)
     storage = study._storage
     res = SeedResult(world_name, method, seed)
@@ -160,6 +140,8 @@ def simulate(world_name: str, method: str, seed: int, budget: int = 40,
             if method == "oracle":  # the ideal data: best feasible and its faster neighbour, alternately
                 v = world.variants[oracle[(n + j) % len(oracle)]]
                 study.enqueue_trial(dict(zip(spec.names, v)))
+            elif n + j == 0:  # every method's first run is the baseline, as a team starts
+                study.enqueue_trial(spec.baseline)
             tr = study.ask()
             params = {a.name: tr.suggest_float(a.name, a.low, a.high, step=W.STEP) for a in spec.axes}
             trials.append((tr, params))
@@ -190,7 +172,7 @@ def simulate(world_name: str, method: str, seed: int, budget: int = 40,
 
     def at(c: int) -> int | None:
         if c not in res.picks:
-            res.picks[c] = pick(obs[:c], world, fr)
+            res.picks[c] = pick(obs[:c], world)
         return res.picks[c]
 
     for c in [*checkpoints, n, *([res.settled_at] if res.settled_at else [])]:
@@ -360,11 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="markdown file (relative to the repository) whose marked section gets the tables "
                          "('' to skip); docs/benchmarks.md gets one line per world")
     args = ap.parse_args(argv)
-    fr = frontier()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if "ours" in methods and fr is None:
-        print("orchestrator.samplers.frontier does not import: skipping `ours`; pick rule = _sim.model_variant")
-        methods.remove("ours")
     names = [w.strip() for w in args.worlds.split(",") if w.strip()]
     unknown = [n for n in names if n not in W.WORLDS]
     if unknown:
@@ -383,8 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(results, args.budget)
     given = sys.argv[1:] if argv is None else argv
     cmd = shlex.join([".venv/bin/python", "bench/search_efficiency.py", *given])
-    rule = ("`orchestrator.samplers.frontier.recommend` (level 0.8, noise hint of the world)" if fr is not None
-            else "fallback `_sim.model_variant` (P >= 0.8; the frontier module did not import)")
+    rule = f"`orchestrator.samplers.frontier.recommend` (level {W.LEVEL:g}, noise hint of the world)"
     header = (
         f"Command: `{cmd}`  \n"
         f"{args.seeds} seeds ({seeds_gp} for gp) x {len(names)} worlds x {len(methods)} methods "

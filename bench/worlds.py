@@ -15,7 +15,7 @@ Coordinates.  Two parameters on a 0.01 lattice: ``(stage1, stage3)`` (stage2 = 1
 
 Loss (all worlds but `reference`): ``3.28 + offset + f(A) + off_line * (x3 - x3_best(A))**2``, where
 ``f`` is the loss along the best line of each time level (the `curve`), and ``x3_best(A) = ridge0 + ridge1 * A``
-is where on that level the best variant lies (0: the stage3 = 0.33 line).  `reference` keeps bench/_sim.py's
+is where on that level the best variant lies (0: the stage3 = 0.33 line).  `reference` keeps bench/calibration.py's
 quadratic fitted to the 24 reference runs.
 
 Runs use common random numbers: the r-th run of a variant in a seed gets the same draws (time noise, loss
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import functools
 import math
 from pathlib import Path
+from statistics import NormalDist
 import sys
 import zlib
 
@@ -35,18 +36,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _sim  # noqa: E402
+import calibration as _cal  # noqa: E402
 
 
-TARGET = _sim.TARGET
+TARGET = _cal.TARGET
 MACHINES = 4
 MACHINE_SD = 0.007  # per-machine time multiplier N(1, 0.007): hosts of one type differ by 1-2%
 TIME_NOISE = 0.05  # s, a run's own time scatter
 HINT = 0.002  # the run-to-run std the sampler and the pick rule are told (unless a world misstates it)
-LEVEL = 0.8  # P(feasible) the pick rule needs
+LEVEL = 0.9  # P(feasible) the pick rule needs: the frontier sampler's default `level`, what a study gets
 STEP = 0.01
-PP_TIME = _sim.SCHEDULED * (_sim.STEP_COST_MS[1] - _sim.STEP_COST_MS[0]) / 1000 / 100  # s per pp of time level
-Z_LEVEL = 0.8416212335729143  # one-sided normal quantile of LEVEL
+PP_TIME = _cal.SCHEDULED * (_cal.STEP_COST_MS[1] - _cal.STEP_COST_MS[0]) / 1000 / 100  # s per pp of time level
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Axis:
     base: float  # the baseline's value (equal thirds on the lattice)
 
     def values(self) -> list[float]:
-        return _sim.lattice(self.low, self.high)
+        return _cal.lattice(self.low, self.high)
 
 
 S1 = Axis("stage1", 0.28, 0.42, 0.33)
@@ -72,7 +72,7 @@ class WorldSpec:
     name: str
     summary: str
     axes: tuple[Axis, Axis] = (S1, S3)
-    curve: str = "linear"  # f(A): linear | knee | saturating | reference (bench/_sim.py's quadratic fit)
+    curve: str = "linear"  # f(A): linear | knee | saturating | reference (bench/calibration.py's quadratic fit)
     curve_args: dict[str, float] = field(default_factory=dict)
     off_line: float = 0.0003  # loss per pp^2 away from the best stage-3 share of a time level
     ridge: tuple[float, float] = (0.0, 0.0)  # x3_best(A) = ridge[0] + ridge[1] * A
@@ -100,7 +100,7 @@ class WorldSpec:
 _LINEAR = {"b0": -0.0005, "slope": 0.00036, "curv": 0.000015}
 
 WORLDS: dict[str, WorldSpec] = {w.name: w for w in (
-    WorldSpec("reference", "bench/_sim.py's quadratic fit of the 24 reference runs, offset N(0, 0.0007), "
+    WorldSpec("reference", "bench/calibration.py's quadratic fit of the 24 reference runs, offset N(0, 0.0007), "
               "noise 0.0017", curve="reference", offset_sd=0.0007, noise=0.0017, calibrated_hit=False),
     WorldSpec("linear", "0.00036 per pp near the baseline, slowly steepening; best on stage3 = 0.33",
               curve_args=dict(_LINEAR)),
@@ -169,7 +169,7 @@ class WorldDraw:
 
     def hit_rate(self, i: int) -> float:
         """True P(one run <= target) (normal approximation for t noise)."""
-        return _sim._phi((TARGET - self.mean[i]) / self.sigma[i])
+        return _cal.phi((TARGET - self.mean[i]) / self.sigma[i])
 
     def key(self, params: dict[str, float]) -> int | None:
         a, b = self.spec.names
@@ -203,7 +203,7 @@ class WorldDraw:
     def noise_floor(self, level: float = LEVEL) -> tuple[float, float]:
         """Runs the truth says are needed: at the best variant for P(mean <= target) >= level, and at its
         faster neighbour to call it infeasible at the same level (one-sided normal, that variant's noise)."""
-        z = Z_LEVEL if level == LEVEL else _norm_ppf(level)
+        z = NormalDist().inv_cdf(level)
 
         def runs(i: int | None) -> float:
             if i is None:
@@ -218,17 +218,9 @@ def _world_id(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
-def _norm_ppf(p: float) -> float:
-    lo, hi = -10.0, 10.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _sim._phi(mid) < p else (lo, mid)
-    return (lo + hi) / 2
-
-
 @functools.lru_cache(maxsize=1)
-def _calibration() -> _sim.Calibration:
-    return _sim.calibrate()
+def _calibration() -> _cal.Calibration:
+    return _cal.calibrate()
 
 
 @functools.lru_cache(maxsize=256)
@@ -248,10 +240,10 @@ def draw(name: str, seed: int | None) -> WorldDraw:
         offset = float(rng.normal(0.0, spec.offset_sd)) if spec.offset_sd > 0 else 0.0
         jit = {k: float(rng.normal(0.0, sd)) for k, sd in sorted(spec.jitter.items())}
         mult = rng.normal(1.0, MACHINE_SD, MACHINES)
-    time = _sim._base_time(s1, s3) + cal.overhead_s
+    time = _cal.base_time(s1, s3) + cal.overhead_s
     A = 100.0 * ((s1 - S1.base) + (S3.base - s3))
     if spec.curve == "reference":
-        mean = _sim._features(s1, s3) @ cal.loss_coef + offset
+        mean = _cal.features(s1, s3) @ cal.loss_coef + offset
     else:
         args = {k: v + jit.get(k, 0.0) for k, v in spec.curve_args.items()}
         x3 = 100.0 * (S3.base - s3)

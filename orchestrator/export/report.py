@@ -166,7 +166,8 @@ def build_report(db: Database, study: StudyRow) -> Report:
     for number in sorted({r["round"] for r in round_records}):
         group = [r for r in round_records if r["round"] == number]
         done = [r for r in group if r["state"] == "complete"]
-        head = f"{len(group)} runs, {len(done)} complete, {sum(1 for r in done if r['feasible'])} met the target."
+        head = (f"{len(group)} run{'s' if len(group) != 1 else ''}, {len(done)} complete, "
+                f"{sum(1 for r in done if r['feasible'])} met the target.")
         estimate = None
         if pick is not None:
             estimate = study_pick(spec, stat_records, until_round=number)
@@ -202,7 +203,10 @@ def headline(report: Report) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": [], "sentences": []}
     b, base, c = report.best, report.baseline, report.constraint
     if b is None:
-        out["title"] = "No variant meets the target on average yet."
+        pick = report.pick
+        out["title"] = "No pick yet: no variant is shown to meet the target on average."
+        if pick is not None and pick.reason:
+            out["sentences"].append(f"The pick rule: {pick.reason}.")
     else:
         out["title"] = ("Best variant: " + ", ".join(f"{n} = {_fmt(b.params.get(n))}" for n in report.names))
         cols = ["best variant", "baseline", "change"]

@@ -33,7 +33,7 @@ def test_every_world_is_calibrated_on_the_reference(name: str) -> None:
         # the boundary sits near the baseline: in most seeds the best is at most a few pp faster
         saved = [d.time[d.base] - d.time[d.best] for d in draws]
         assert np.median(saved) <= 4 * W.PP_TIME + 1e-9 and np.mean(np.array(saved) > -1e-9) >= 0.7
-    else:  # the reference quadratic (bench/_sim.py), kept as fitted: baseline hit ~0.92, feasible beyond it
+    else:  # the reference quadratic (bench/calibration.py), kept as fitted: baseline hit ~0.92, feasible beyond it
         assert nominal.hit_rate(nominal.base) > 0.7
         assert all(d.time[d.best] <= d.time[d.base] + 1e-9 for d in draws)
     # the per-seed perturbation moves the truth: no method can memorise the boundary
@@ -91,12 +91,24 @@ def test_two_methods_asking_the_same_variant_get_the_same_draw() -> None:
     assert shared > 0
 
 
-def test_the_fallback_pick_rule_reads_only_the_runs() -> None:
+def test_the_pick_rule_reads_only_the_runs() -> None:
     se = pytest.importorskip("search_efficiency")
     d = W.draw("linear", 0)
     obs = [{"params": {"stage1": 0.30, "stage3": 0.33}, "time": 58.9, "loss": 3.2760, "machine": "m0",
             "status": "ok"} for _ in range(6)]
     obs.append({"params": {"stage1": 0.40, "stage3": 0.33}, "time": None, "loss": None, "machine": "m1",
                 "status": "crashed"})
-    assert se.pick(obs, d, None) == d.key({"stage1": 0.30, "stage3": 0.33})
-    assert se.pick([], d, None) is None
+    assert se.pick(obs, d) == d.key({"stage1": 0.30, "stage3": 0.33})
+    assert se.pick([], d) is None
+
+
+def test_the_calibration_fits_the_reference_runs() -> None:
+    import calibration
+
+    runs = calibration.reference_runs()
+    assert len(runs) == 24 and {r["round"] for r in runs} == set(range(1, 7))
+    cal = calibration.calibrate()
+    assert 0.6 <= cal.overhead_s <= 1.1  # the runs' fixed cost beyond 1490 steps at 21/38/55 ms
+    assert cal.loss_rms < 0.0015  # the quadratic explains the runs to within their noise (~0.0017)
+    base = calibration.base_time(1 / 3, 1 / 3) + cal.overhead_s
+    assert abs(base - 58.04) < 0.3  # the baseline's time in the write-up

@@ -25,18 +25,19 @@ from orchestrator.studies import create_study, load_study_row
 from tests.conftest import orch
 from tests.orch._checks import rows_of
 
-from ._helpers import TARGET, html_tables, md_tables, reference_csv, reference_rows
+from ._helpers import TARGET, campaign_rows, html_tables, md_tables, write_campaign_csv
 
 HIT, MISS = "✓", "✗"
 
 
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
-    """The reference campaign imported once; its write-up in md and html (plots inline)."""
+    """The reference campaign (and the follow-up run its pick needs) imported once; its write-up in md and
+    html (plots inline)."""
     tmp = tmp_path_factory.mktemp("campaign")
     url = f"sqlite:///{tmp / 'orch.db'}"
     db = Database(url)
-    import_csv(db, reference_csv(), "stage-shift")
+    import_csv(db, write_campaign_csv(tmp / "campaign.csv"), "stage-shift")
     row = load_study_row(db, "stage-shift")
     return {"url": url, "db": db, "row": row, "tmp": tmp, "rows": rows_of(db, "stage-shift"),
             "md": RENDERERS["md"](db, row), "html": RENDERERS["html"](db, row)}
@@ -49,7 +50,7 @@ def _num(cell: str) -> float:
 def _expected_round_rows(campaign) -> dict[int, list[list[str]]]:
     """Round tables of the record page, from the CSV itself: experiment, stages, machine, time, loss, hit, note."""
     out: dict[int, list] = {}
-    for src in reference_rows():
+    for src in campaign_rows():
         hit = HIT if float(src["val_loss"]) <= TARGET else MISS
         out.setdefault(int(src["round"]), []).append(
             [int(src["experiment"]), float(src["stage1"]), float(src["stage2"]), float(src["stage3"]), src["machine"],
@@ -81,11 +82,13 @@ def test_markdown_round_tables_reproduce_the_record_page(campaign):
         assert all(re.fullmatch(r"-{3,}", c) for c in rows[1]), heading
     rounds = {int(h.split()[1]): rows for h, rows in tables if re.fullmatch(r"Round \d+", h)}
     expected = _expected_round_rows(campaign)
-    assert sorted(rounds) == [1, 2, 3, 4, 5, 6] and sum(len(r) - 2 for r in rounds.values()) == 24
+    assert sorted(rounds) == [1, 2, 3, 4, 5, 6, 7] and sum(len(r) - 2 for r in rounds.values()) == 25
     for n, rows in rounds.items():
         _check_round_table([rows[0], *rows[2:]], expected[n], db_rows)
-    for n in range(1, 7):
-        assert f"*After round {n}:* 4 runs, 4 complete, {sum(e[7] == HIT for e in expected[n])} met the target." in md
+    for n in range(1, 8):
+        runs = len(expected[n])
+        assert (f"*After round {n}:* {runs} run{'s' if runs > 1 else ''}, {runs} complete, "
+                f"{sum(e[7] == HIT for e in expected[n])} met the target.") in md
     order = [md.index(s) for s in ("## Headline", "## Variants", "## Search progression", "## Reproduction")]
     assert order == sorted(order)
     assert "## Confirmation runs" not in md and "## Early-exit analysis" not in md and "## Plots" not in md
@@ -95,7 +98,7 @@ def test_html_round_tables_reproduce_the_record_page(campaign):
     page, db_rows = campaign["html"], {r.number: r for r in campaign["rows"]}
     tables = html_tables(page)
     expected = _expected_round_rows(campaign)
-    for n in range(1, 7):
+    for n in range(1, 8):
         _check_round_table(tables[f"round-{n}"], expected[n], db_rows)
     # one self-contained file: no network fetches, no scripts, plots inline
     assert not re.search(r'(src|href)="(https?:)?//', page) and "<script" not in page and "@import" not in page
@@ -151,7 +154,7 @@ def test_csv_and_json_carry_every_field_and_agree_with_the_database(campaign):
     db, row, rows = campaign["db"], campaign["row"], campaign["rows"]
     table = list(csv.DictReader(io.StringIO(RENDERERS["csv"](db, row))))
     data = json.loads(RENDERERS["json"](db, row))
-    assert data["best_trial"] == 20 and len(table) == len(data["trials"]) == 24
+    assert data["best_trial"] == 20 and len(table) == len(data["trials"]) == 25
     columns = {c.name for c in TrialRow.__table__.columns} - {"id", "study_id", "params", "metrics"}
     assert columns <= set(table[0]) and columns <= set(data["trials"][0])
     for r, c, j in zip(rows, table, data["trials"]):
@@ -238,6 +241,7 @@ def test_frontier_study_reports_the_pick_after_each_round(tmp_path):
                 x = t.params["stage1"]
                 loss = 3.28 + 0.1 * (x - 0.37) + 0.0005 * ((t.number % 3) - 1)
                 t.set_constraint("val_loss", loss - 3.28)
+                study._storage.set_trial_system_attr(t._trial_id, "orch:machine", f"m{t.number % 4}")  # as the controller
                 study.tell(t, 60 - 20 * x)
                 s.add(TrialRow(study_id=row.id, number=t.number, round=rnd, variant=f"v{x}", params={"stage1": x},
                                state="complete", machine=f"m{t.number % 4}", value=60 - 20 * x, feasible=loss <= 3.28,

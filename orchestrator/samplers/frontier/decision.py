@@ -9,8 +9,11 @@ a user would not know.
 - The pick is a variant that has run (a reviewer needs its runs): the best one with P(feasible) >= level.
 - Settled: the pick has >= 2 runs, P(feasible) >= ``stop_level``, and the expected regret (its objective
   minus the best feasible variant's, over joint posterior draws of every variant) is <= ``regret_tolerance``.
-- The next points (`next_points`): top-two Thompson sampling for the constrained best variant, plus
-  runs of the would-be pick until it has two, conditioned on the runs in flight.
+- The next points (`next_points`): a knowledge gradient on the pick itself (`pick_gain`): the variant whose
+  next round of runs most improves, in expectation, the objective of the variant the rule would pick
+  afterwards, with "no pick" worth the baseline's objective; the runs in flight count as done, so a batch
+  of k asks spreads or repeats as the decision needs. Top-two Thompson sampling where no run would change
+  the pick.
 """
 
 from __future__ import annotations
@@ -21,12 +24,16 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy.special import ndtr, ndtri
 
 from .model import Posterior, StudyModel, fit_model
 from .space import Observation, SearchSpace
 
 DRAWS = 512
+LOOKAHEAD = 4  # runs at a variant whose effect on the pick the acquisition weighs (one round of 4 machines)
+GAIN_FLOOR = 1e-4  # a gain below this share of the objective's range is no gain: Thompson sampling instead
+_HERMITE = tuple(np.asarray(a) for a in np.polynomial.hermite_e.hermegauss(12))
+_HERMITE = (_HERMITE[0], _HERMITE[1] / _HERMITE[1].sum())
 RECORD_ALPHA = 0.01  # modded-nanogpt's rule: one-sided t-test of the mean at p < 0.01
 RECORD_POWER = 0.8
 
@@ -72,6 +79,7 @@ class Rule:
     noise_hint: float | None = None
     max_crash_rate: float = 0.25
     min_runs: int = 8  # completed runs before the decision may be called settled
+    pick_runs: int = 2  # completed runs a variant needs to be the pick: one lucky run is never a result
 
 
 def recommend(
@@ -109,7 +117,7 @@ def decide(model: StudyModel, observations: Sequence[Observation], rule: Rule, *
     rank = post.objective_rank()
     run_idx = np.array([index[space.key(r)] for r in run_rows])
     ok_runs = np.array([run_count[space.key(r)] for r in run_rows])
-    eligible = run_idx[(p[run_idx] >= rule.level) & (ok_runs > 0)]
+    eligible = run_idx[(p[run_idx] >= rule.level) & (ok_runs >= max(rule.pick_runs, 1))]
     any_ok = np.flatnonzero(p >= rule.level)
     best_unrun = space.as_dict(rows[any_ok[np.argmin(rank[any_ok])]]) if len(any_ok) else None
     vmean, vlo, vhi = post.violation_summary()
@@ -117,17 +125,24 @@ def decide(model: StudyModel, observations: Sequence[Observation], rule: Rule, *
     to_metric = lambda v: rule.target + sign * v  # noqa: E731
     if not len(eligible):
         lead = run_idx[int(np.argmax(p[run_idx]))]
+        short = run_idx[(p[run_idx] >= rule.level) & (ok_runs < rule.pick_runs)]
+        if len(short):
+            lead = int(short[np.argmin(rank[short])])
+            why = (f"no variant with {rule.pick_runs} or more runs reaches P(feasible) >= {rule.level:g} yet (the "
+                   f"fastest that would: {_fmt(space.as_dict(rows[lead]))} at {p[lead]:.2f}, with "
+                   f"{run_count[space.key(rows[lead])]} run; it needs {rule.pick_runs})")
+        else:
+            why = (f"no run variant reaches P(feasible) >= {rule.level:g} yet (most likely: "
+                   f"{_fmt(space.as_dict(rows[lead]))} at {p[lead]:.2f})")
         return Recommendation(None, float(p[lead]), None, None, None, None, 0, False, None, None,
-                              _finite(post.noise_std), rule.level, best_unrun=best_unrun, counts=counts,
-                              reason=f"no run variant reaches P(feasible) >= {rule.level:g} yet "
-                                     f"(most likely: {_fmt(space.as_dict(rows[lead]))} at {p[lead]:.2f})")
+                              _finite(post.noise_std), rule.level, best_unrun=best_unrun, counts=counts, reason=why)
     pick = int(eligible[np.argmin(rank[eligible])])
     tol = _tolerance(rule, post)
     regret, within = _regret(post, pick, tol, rng)
     n_pick = int(run_count[space.key(rows[pick])])
     settled = bool(n_pick >= 2 and p[pick] >= rule.stop_level and regret <= tol and model.n_ok >= rule.min_runs)
     m_lo, m_hi = sorted((to_metric(vlo[pick]), to_metric(vhi[pick])))
-    half = stats.norm.ppf(0.95) * post.objective_sd[pick]
+    half = ndtri(0.95) * post.objective_sd[pick]
     rec = Recommendation(
         params=space.as_dict(rows[pick]), p_feasible=float(p[pick]), metric_mean=float(to_metric(vmean[pick])),
         metric_interval=(float(m_lo), float(m_hi)), objective_mean=float(post.objective_mean[pick]),
@@ -153,6 +168,8 @@ def confirmation_runs(margin: float, noise_std: float, max_runs: int = 200) -> i
     inside the target and runs scatter by ``noise_std`` (the noncentral t; None when out of reach)."""
     if not (margin > 0 and noise_std and math.isfinite(noise_std) and noise_std > 0):
         return None
+    from scipy import stats  # here, not at the top: scipy.stats costs ~0.5 s of every orch command's start
+
     effect = margin / noise_std
     for n in range(2, max_runs + 1):
         crit = stats.t.ppf(1 - RECORD_ALPHA, n - 1)
@@ -162,36 +179,87 @@ def confirmation_runs(margin: float, noise_std: float, max_runs: int = 200) -> i
 
 
 def next_points(model: StudyModel, observations: Sequence[Observation], pending: Sequence[Mapping[str, float]],
-                rule: Rule, rng: np.random.Generator, count: int = 1) -> list[dict[str, float]]:
-    """The next ``count`` variants to run, given the runs in flight (``pending``)."""
+                rule: Rule, rng: np.random.Generator, count: int = 1, *,
+                baseline: Mapping[str, float] | None = None, lookahead: int = LOOKAHEAD) -> list[dict[str, float]]:
+    """The next ``count`` variants to run, given the runs in flight (``pending``): each the variant whose
+    ``lookahead`` runs would most improve the pick the rule makes afterwards (`pick_gain`), the runs in
+    flight and those chosen before it in the batch counted as done; top-two Thompson sampling where no run
+    changes the pick's expected value."""
     space = model.space
     lattice = space.lattice()
-    rows, index = _union(lattice, [space.row(p) for p in pending], space)
+    extra = [space.row(p) for p in pending] + ([space.row(baseline)] if baseline is not None else [])
+    rows, index = _union(lattice, extra, space)
     post = model.posterior(rows)
     _, run_count = _run_variants(observations, space)
+    runs = np.array([run_count.get(space.key(r), 0) for r in rows], float)
+    fallback = _no_pick_value(post, index.get(space.key(space.row(baseline))) if baseline is not None else None,
+                              _tolerance(rule, post))
     in_flight = [index[space.key(space.row(p))] for p in pending]
     out: list[dict[str, float]] = []
     for _ in range(count):
         cond = post.condition_on_pending(in_flight)
-        choice = _leader_needing_runs(cond, rows, space, run_count, in_flight, rule)
-        if choice is None:
+        counted = runs + np.bincount(np.asarray(in_flight, int), minlength=len(runs))
+        gain = pick_gain(cond, counted, rule.level, lookahead, fallback, pick_runs=rule.pick_runs)
+        if gain.max() > GAIN_FLOOR * max(float(np.ptp(post.objective_rank())), 1e-12):
+            best = np.flatnonzero(gain >= gain.max() - 1e-12)
+            choice = int(best[np.argmin(post.objective_rank()[best])]) if len(best) > 1 else int(best[0])
+        else:
             choice = _top_two_thompson(cond, rng)
         in_flight.append(choice)
         out.append(space.as_dict(rows[choice]))
     return out
 
 
-def _leader_needing_runs(post: Posterior, rows: np.ndarray, space: SearchSpace, run_count: Mapping[tuple, int],
-                         in_flight: Sequence[int], rule: Rule) -> int | None:
-    """The would-be pick over all variants, while it has fewer than two runs done or in flight."""
-    p = post.p_within()
-    ok = np.flatnonzero(p >= rule.level)
-    if not len(ok):
-        return None
-    lead = int(ok[np.argmin(post.objective_rank()[ok])])
-    if run_count.get(space.key(rows[lead]), 0) + sum(1 for i in in_flight if i == lead) < 2:
-        return lead
-    return None
+def pick_gain(post: Posterior, runs: np.ndarray, level: float, lookahead: int, no_pick: float,
+              max_candidates: int = 256, pick_runs: int = 1) -> np.ndarray:
+    """For every candidate variant x, the expected improvement of the pick's objective (the rule's pick:
+    the best variant with runs and P(feasible) >= ``level``) once ``lookahead`` more runs at x have
+    reported: a knowledge gradient on the decision itself. ``runs`` counts each variant's runs (done or
+    in flight); a variant needs ``pick_runs`` of them to be the pick. The model is taken as one Gaussian over the
+    variants (the hyperparameter mixture moment-matched); the runs' mean at x is one normal draw, the update
+    a rank-one Gaussian update, integrated over the draw by Gauss-Hermite quadrature. ``no_pick`` is the
+    objective that "no pick" is worth (the baseline's). Beyond ``max_candidates`` variants (large
+    lattices) the candidates are those whose feasibility is most in doubt."""
+    rank = post.objective_rank()
+    mean, cov = post.moment_matched()
+    noise = (post.weights[:, None] * post.noise_var).sum(0)
+    C = len(rank)
+    var = np.maximum(np.diag(cov), 1e-300)
+    crash = post.crash_ok
+    p_now = ndtr(-mean / np.sqrt(var)) * crash
+    now = _pick_value(p_now[None, :], (runs >= pick_runs)[None, :], rank, level, no_pick)[0]
+    cand = np.arange(C)
+    if C > max_candidates:
+        doubt = np.abs(p_now - level) + 1e-3 * (rank - rank.min()) / max(float(np.ptp(rank)), 1e-12)
+        cand = np.sort(np.argsort(doubt)[:max_candidates])
+    X = len(cand)
+    denom = np.sqrt(np.maximum(var[cand] + noise[cand] / lookahead, 1e-300))
+    B = cov[cand, :] / denom[:, None]  # (X, C): how each variant's mean moves per unit of the draw at x
+    sd_new = np.sqrt(np.maximum(var[None, :] - B**2, 1e-300))
+    ran = np.broadcast_to((runs >= pick_runs)[None, :], (X, C)).copy()
+    ran[np.arange(X), cand] = runs[cand] + lookahead >= pick_runs
+    expected = np.zeros(X)
+    for z, w in zip(*_HERMITE):
+        p = ndtr(-(mean[None, :] + B * z) / sd_new) * crash
+        expected += w * _pick_value(p, ran, rank, level, no_pick)
+    gain = np.zeros(C)
+    gain[cand] = np.maximum(expected - now, 0.0)
+    return gain
+
+
+def _pick_value(p: np.ndarray, ran: np.ndarray, rank: np.ndarray, level: float, no_pick: float) -> np.ndarray:
+    """(rows,) minus the objective of the rule's pick in each row of P(feasible) ``p`` (rows, C)."""
+    eligible = (p >= level) & ran
+    objective = np.where(eligible, rank[None, :], np.inf).min(axis=1)
+    return -np.where(np.isfinite(objective), objective, no_pick)
+
+
+def _no_pick_value(post: Posterior, baseline: int | None, tolerance: float = 0.0) -> float:
+    """The objective that ending without a pick is worth: the baseline's (the team keeps it) plus the regret
+    tolerance (a pick the team can take to review is worth a little more than none), or the slowest
+    variant's when there is no baseline."""
+    rank = post.objective_rank()
+    return float(rank[baseline]) + tolerance if baseline is not None else float(rank.max())
 
 
 def _top_two_thompson(post: Posterior, rng: np.random.Generator, beta: float = 0.5) -> int:

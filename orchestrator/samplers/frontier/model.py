@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import math
 
 import numpy as np
-from scipy.special import expit
-from scipy.stats import norm
+from scipy.special import expit, ndtr, ndtri
 
 from . import gp
 from .space import Observation
@@ -49,7 +48,7 @@ class Posterior:
     def p_within(self) -> np.ndarray:
         """P(the variant's mean metric meets the target and its crash rate is acceptable), (C,)."""
         sd = np.sqrt(np.maximum(np.einsum("hcc->hc", self.violation_cov), 1e-300))
-        p = (self.weights[:, None] * norm.cdf(-self.violation_mean / sd)).sum(0)
+        p = (self.weights[:, None] * ndtr(-self.violation_mean / sd)).sum(0)
         return p * self.crash_ok
 
     def violation_summary(self, mass: float = 0.9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -57,8 +56,15 @@ class Posterior:
         var_h = np.einsum("hcc->hc", self.violation_cov)
         mean = (self.weights[:, None] * self.violation_mean).sum(0)
         var = (self.weights[:, None] * (var_h + self.violation_mean**2)).sum(0) - mean**2
-        half = norm.ppf(0.5 + mass / 2) * np.sqrt(np.maximum(var, 0.0))
+        half = ndtri(0.5 + mass / 2) * np.sqrt(np.maximum(var, 0.0))
         return mean, mean - half, mean + half
+
+    def moment_matched(self) -> tuple[np.ndarray, np.ndarray]:
+        """The violation's mixture as one Gaussian: its mean (C,) and covariance (C, C)."""
+        mean = np.einsum("h,hc->c", self.weights, self.violation_mean)
+        second = np.einsum("h,hcd->cd", self.weights, self.violation_cov)
+        second += np.einsum("h,hc,hd->cd", self.weights, self.violation_mean, self.violation_mean)
+        return mean, second - np.outer(mean, mean)
 
     def sample(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """Joint draws of the violation over all candidates, (count, C); each draw's hyperparameters are

@@ -42,6 +42,7 @@ class FrontierOptions(BaseModel):
     regret_tolerance: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     max_crash_rate: float = Field(default=0.25, ge=0.0, le=1.0)
     min_runs: int = Field(default=8, ge=1)
+    pick_runs: int = Field(default=2, ge=1)
     start: dict[str, float] | None = None
     n_initial: int | None = Field(default=None, ge=1)
 
@@ -66,7 +67,8 @@ def build_frontier(spec: Any, options: FrontierOptions, seed: int | None) -> Fro
         params=params, constraint_key=first.metric if first else None, threshold=first.threshold if first else None,
         sense=first.op if first else "<=", noise_std=options.noise_std, level=_level(options),
         stop_level=options.stop_level, regret_tolerance=options.regret_tolerance,
-        max_crash_rate=options.max_crash_rate, min_runs=options.min_runs, start=start or None,
+        max_crash_rate=options.max_crash_rate, min_runs=options.min_runs, pick_runs=options.pick_runs,
+        start=start or None,
         n_initial=options.n_initial, allowed=_derived_bounds(spec), seed=seed,
     )
 
@@ -84,7 +86,7 @@ def pick_setting(spec: Any, options: FrontierOptions | None = None) -> tuple[Sea
     rule = Rule(target=first.threshold if first else 0.0, sense=first.op if first else "<=",
                 minimize=spec.objective.direction == "minimize", level=_level(options), stop_level=options.stop_level,
                 regret_tolerance=options.regret_tolerance, noise_hint=options.noise_std,
-                max_crash_rate=options.max_crash_rate, min_runs=options.min_runs)
+                max_crash_rate=options.max_crash_rate, min_runs=options.min_runs, pick_runs=options.pick_runs)
     baseline = start if start and all(n in start for n in space.names) else None
     return space, rule, baseline
 

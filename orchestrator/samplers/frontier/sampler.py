@@ -48,6 +48,7 @@ class FrontierSampler(BaseSampler):
             (default 0.25% of the objective's typical value).
         max_crash_rate: a variant whose crash rate is likely above this is not feasible.
         min_runs: completed runs before the search may settle.
+        pick_runs: completed runs a variant needs to be the pick (one lucky run is never a result).
         start: the baseline variant: the first point run, and what "time saved" is measured against.
         n_initial: points of the space-filling first design (default: max(4, parameters + 2)).
         allowed: a test of a variant's values (the registry passes the study's derived-parameter bounds).
@@ -66,6 +67,7 @@ class FrontierSampler(BaseSampler):
         regret_tolerance: float | None = None,
         max_crash_rate: float = 0.25,
         min_runs: int = 8,
+        pick_runs: int = 2,
         start: Mapping[str, float] | None = None,
         n_initial: int | None = None,
         allowed: Callable[[dict[str, float]], bool] | None = None,
@@ -91,6 +93,9 @@ class FrontierSampler(BaseSampler):
         self._regret_tolerance = regret_tolerance
         self._max_crash_rate = float(max_crash_rate)
         self._min_runs = int(min_runs)
+        if not (isinstance(pick_runs, int) and pick_runs >= 1):
+            raise ValueError(f"pick_runs must be a whole number >= 1, got {pick_runs!r}")
+        self._pick_runs = pick_runs
         self._start = dict(start or {})
         self._n_initial = n_initial
         self._allowed = allowed
@@ -165,7 +170,8 @@ class FrontierSampler(BaseSampler):
         return Rule(target=self._threshold or 0.0, sense=self._sense,
                     minimize=study.direction != StudyDirection.MAXIMIZE, level=self._level,
                     stop_level=self._stop_level, regret_tolerance=self._regret_tolerance,
-                    noise_hint=self._noise, max_crash_rate=self._max_crash_rate, min_runs=self._min_runs)
+                    noise_hint=self._noise, max_crash_rate=self._max_crash_rate, min_runs=self._min_runs,
+                    pick_runs=self._pick_runs)
 
     def observations(self, trials: Sequence[FrozenTrial], space: SearchSpace) -> list[Observation]:
         """The finished trials as the model reads them."""
@@ -241,7 +247,8 @@ class FrontierSampler(BaseSampler):
         if usable == 0 or usable + len(pending) < n_initial and usable < 2:
             return self._design_point(space, [o.params for o in obs] + pending, rng)
         model = self._model(obs, space, study, others)
-        return next_points(model, obs, pending, self.rule(study), rng, count=1)[0]
+        baseline = self._start if all(n in self._start for n in space.names) else None
+        return next_points(model, obs, pending, self.rule(study), rng, count=1, baseline=baseline)[0]
 
     def _design_point(self, space: SearchSpace, used: Sequence[Mapping[str, float]], rng: np.random.Generator) -> dict[str, float]:
         """The space-filling first round: the baseline, then the variant farthest from those already used."""
