@@ -62,7 +62,8 @@ def run_variant(name, flags, a) -> dict:
     cmd = [sys.executable, "-m", "trainer", "--preset", "gpt2", "--data-dir", a.data_dir,
            "--stage-durations", "1", "--stage-seq-lens", str(a.seq_len), "--stage-batch-tokens",
            str(a.batch_tokens), "--stage-lr-mults", "1", "--stage-windows", a.window,
-           "--num-steps", str(a.steps), "--val-every", "0", "--val-tokens", str(a.val_tokens),
+           "--num-steps", str(a.steps), "--extension-steps", "0",  # --steps N runs N steps, no extension
+           "--val-every", "0", "--val-tokens", str(a.val_tokens),
            "--log-every", "5", "--micro-batch-tokens", str(a.micro_batch_tokens), *flags]
     t0 = time.time()
     try:

@@ -76,7 +76,8 @@ def our_command(flags, a, world: int) -> list[str]:
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}", "-m", "trainer"]
     return base + ["--preset", "gpt2", "--data-dir", a.data_dir, "--stage-durations", "1",
                    "--stage-seq-lens", "2048", "--stage-batch-tokens", str(a.batch_tokens), "--stage-lr-mults", "1",
-                   "--num-steps", str(a.steps), "--val-every", "0", "--val-tokens", "65536", "--log-every", "5",
+                   "--num-steps", str(a.steps), "--extension-steps", "0",  # --steps N runs N steps, no extension
+                   "--val-every", "0", "--val-tokens", "65536", "--log-every", "5",
                    "--micro-batch-tokens", "32768", "--compile", "1", *flags]  # later flags win
 
 
