@@ -83,7 +83,7 @@ def table(rows: list[dict]) -> str:
         nxt = ", ".join(_shares(p) for p in r["next"])
         theirs = ", ".join(f"{t['stage1']:.2f}/{t['stage2']:.2f}/{t['stage3']:.2f}" for t in r["theirs"]) or "-"
         if rec.params is None:
-            cells = ["none yet", "-", f"{rec.p_feasible:.2f} (best)", "-", "-", "-", "no", "-"]
+            cells = [f"none yet: {rec.reason}", "-", "-", "-", "-", "-", "no", "-"]
         else:
             lo, hi = rec.metric_interval
             slo, shi = rec.saved_interval

@@ -118,7 +118,7 @@ def test_the_acquisition_values_only_runs_that_can_move_the_pick():
     obs = [Observation({"stage1": s}, _time(s), SHAPES["linear"](s) + rng.normal(0, NOISE), f"m{k % 4}")
            for k, s in enumerate(np.repeat(slow, 4))]
     model = fit_model(obs, space, target=TARGET, noise_hint=0.002)
-    post = model.posterior(space.lattice())
+    post = model.posterior(space.lattice(), joint=True)
     _, count = _run_variants(obs, space)
     runs = np.array([count.get(space.key(r), 0) for r in space.lattice()], float)
     rec = recommend(obs, space, TARGET, level=0.9, noise_hint=0.002)
@@ -132,8 +132,9 @@ def test_the_acquisition_values_only_runs_that_can_move_the_pick():
 
 
 def test_runs_in_flight_count_as_done_in_a_batch():
-    """Four asks in one round: a run in flight counts as done, so the value of running its variant again
-    falls, and no variant is asked more often than the decision could use."""
+    """Four asks in one round: the first is the single ask's choice; runs in flight count toward the runs a
+    pick needs (a variant with P(feasible) >= level and `pick_runs` runs done or in flight is the pick
+    already, so asking for it again gains nothing)."""
     from orchestrator.samplers.frontier.decision import Rule, _no_pick_value, _run_variants, next_points, pick_gain
     from orchestrator.samplers.frontier.model import fit_model
 
@@ -143,14 +144,16 @@ def test_runs_in_flight_count_as_done_in_a_batch():
            for k, s in enumerate([0.28, 0.33, 0.38, 0.42, 0.30, 0.36])]
     model = fit_model(obs, space, target=TARGET, noise_hint=0.002)
     rule = Rule(target=TARGET, level=0.9, noise_hint=0.002)
-    post = model.posterior(space.lattice())
+    post = model.posterior(space.lattice(), joint=True)
     _, count = _run_variants(obs, space)
     runs = np.array([count.get(space.key(r), 0) for r in space.lattice()], float)
     gain = pick_gain(post, runs, rule.level, 4, _no_pick_value(post, None), pick_runs=2)
-    first = int(np.argmax(gain))
-    after = pick_gain(post.condition_on_pending([first]), runs + (np.arange(len(gain)) == first), rule.level, 4,
-                      _no_pick_value(post, None), pick_runs=2)
-    assert gain[first] > 0 and after[first] < gain[first]
     batch = next_points(model, obs, [], rule, rng, count=4)
     assert len(batch) == 4 and all(0.28 <= b["stage1"] <= 0.42 for b in batch)
-    assert batch[0]["stage1"] == pytest.approx(space.lattice()[first, 0])
+    assert batch[0]["stage1"] == pytest.approx(space.lattice()[int(np.argmax(gain)), 0])
+    # a variant the model is sure of, with two runs in flight: it is the pick now, more runs there gain nothing
+    sure = int(np.argmax(post.p_within()))
+    in_flight = runs.copy()
+    in_flight[sure] = 2
+    strict = pick_gain(post, in_flight, post.p_within()[sure] - 1e-9, 4, _no_pick_value(post, None), pick_runs=2)
+    assert strict[sure] == pytest.approx(0.0, abs=1e-9)

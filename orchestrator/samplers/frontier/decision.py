@@ -31,6 +31,7 @@ from .space import Observation, SearchSpace
 
 DRAWS = 512
 LOOKAHEAD = 4  # runs at a variant whose effect on the pick the acquisition weighs (one round of 4 machines)
+SAFE_LEVEL = 0.99  # where the baseline fails, the team falls back to the fastest variant this sure
 GAIN_FLOOR = 1e-4  # a gain below this share of the objective's range is no gain: Thompson sampling instead
 _HERMITE = tuple(np.asarray(a) for a in np.polynomial.hermite_e.hermegauss(12))
 _HERMITE = (_HERMITE[0], _HERMITE[1] / _HERMITE[1].sum())
@@ -138,7 +139,7 @@ def decide(model: StudyModel, observations: Sequence[Observation], rule: Rule, *
                               _finite(post.noise_std), rule.level, best_unrun=best_unrun, counts=counts, reason=why)
     pick = int(eligible[np.argmin(rank[eligible])])
     tol = _tolerance(rule, post)
-    regret, within = _regret(post, pick, tol, rng)
+    regret, within = _regret(model, post, pick, tol, rng)
     n_pick = int(run_count[space.key(rows[pick])])
     settled = bool(n_pick >= 2 and p[pick] >= rule.stop_level and regret <= tol and model.n_ok >= rule.min_runs)
     m_lo, m_hi = sorted((to_metric(vlo[pick]), to_metric(vhi[pick])))
@@ -189,7 +190,7 @@ def next_points(model: StudyModel, observations: Sequence[Observation], pending:
     lattice = space.lattice()
     extra = [space.row(p) for p in pending] + ([space.row(baseline)] if baseline is not None else [])
     rows, index = _union(lattice, extra, space)
-    post = model.posterior(rows)
+    post = model.posterior(rows, joint=True)
     _, run_count = _run_variants(observations, space)
     runs = np.array([run_count.get(space.key(r), 0) for r in rows], float)
     fallback = _no_pick_value(post, index.get(space.key(space.row(baseline))) if baseline is not None else None,
@@ -255,11 +256,19 @@ def _pick_value(p: np.ndarray, ran: np.ndarray, rank: np.ndarray, level: float, 
 
 
 def _no_pick_value(post: Posterior, baseline: int | None, tolerance: float = 0.0) -> float:
-    """The objective that ending without a pick is worth: the baseline's (the team keeps it) plus the regret
-    tolerance (a pick the team can take to review is worth a little more than none), or the slowest
-    variant's when there is no baseline."""
+    """The objective that ending without a pick is worth: the team keeps its baseline, which is worth the
+    baseline's objective where the baseline meets the target and, where it does not, the fastest variant the
+    model is sure of (P(feasible) >= SAFE_LEVEL; else the slowest), mixed by the baseline's P(feasible); plus
+    the regret tolerance (a pick the team can take to review is worth a little more than none). Without a
+    baseline: that sure variant's objective."""
     rank = post.objective_rank()
-    return float(rank[baseline]) + tolerance if baseline is not None else float(rank.max())
+    p = post.p_within()
+    safe = np.flatnonzero(p >= SAFE_LEVEL)
+    fallback = float(rank[safe].min()) if len(safe) else float(rank.max())
+    if baseline is None:
+        return fallback
+    p_base = float(p[baseline])
+    return p_base * float(rank[baseline]) + (1.0 - p_base) * max(fallback, float(rank[baseline])) + tolerance
 
 
 def _top_two_thompson(post: Posterior, rng: np.random.Generator, beta: float = 0.5) -> int:
@@ -285,14 +294,24 @@ def _best_feasible(draw: np.ndarray, rank: np.ndarray, crash_ok: np.ndarray) -> 
     return int(feasible[np.argmin(rank[feasible])])
 
 
-def _regret(post: Posterior, pick: int, tol: float, rng: np.random.Generator) -> tuple[float, float]:
+def _regret(model: StudyModel, post: Posterior, pick: int, tol: float, rng: np.random.Generator,
+            max_rivals: int = 300) -> tuple[float, float]:
+    """E[objective(pick) - objective(best feasible variant)] and P(the pick is feasible and within ``tol`` of
+    the best), over joint draws of the pick and its rivals: the faster variants that may be feasible (the
+    ``max_rivals`` likeliest). A slower variant can only be better when the pick is infeasible, which the
+    second figure counts."""
     rank = post.objective_rank()
-    draws = post.sample(DRAWS, rng)
-    crash_ok = post.crash_ok >= 0.5
-    best = np.array([rank[_best_feasible(d, rank, crash_ok)] for d in draws])
-    gap = np.maximum(rank[pick] - best, 0.0)
-    feasible = draws[:, pick] <= 0
-    return float(gap.mean()), float(np.mean(feasible & (gap <= tol)))
+    p = post.p_within()
+    faster = np.flatnonzero((rank < rank[pick] - 1e-12) & (p > 1e-3))
+    rivals = faster[np.argsort(-p[faster])[:max_rivals]]
+    subset = np.concatenate([[pick], rivals]).astype(int)
+    joint = model.posterior(post.rows[subset], joint=True)
+    draws = joint.sample(DRAWS, rng)
+    ok = (draws <= 0) & (joint.crash_ok >= 0.5)[None, :]
+    sub_rank = rank[subset]
+    best = np.where(ok, sub_rank[None, :], np.inf).min(axis=1)
+    gap = np.where(np.isfinite(best), np.maximum(rank[pick] - best, 0.0), 0.0)
+    return float(gap.mean()), float(np.mean(ok[:, 0] & (gap <= tol)))
 
 
 def _tolerance(rule: Rule, post: Posterior) -> float:

@@ -71,6 +71,17 @@ class Fit:
         sd_per_scale = math.sqrt(NU / (NU - 2.0)) if self.robust else 1.0
         return float(np.sum(self.weights * self.noise) * self.y_scale * sd_per_scale)
 
+    def heaviest(self, count: int) -> "Fit":
+        """The fit restricted to its ``count`` heaviest hyperparameter sets, weights renormalised: joint
+        draws and the acquisition need full covariances, which cost O(sets x variants^2)."""
+        if len(self.weights) <= count:
+            return self
+        keep = np.sort(np.argsort(-self.weights)[:count])
+        w = self.weights[keep] / self.weights[keep].sum()
+        return Fit(X=self.X, y_mean=self.y_mean, y_scale=self.y_scale, weights=w, lengthscale=self.lengthscale[keep],
+                   amplitude=self.amplitude[keep], noise=self.noise[keep], growth=self.growth[keep],
+                   alpha=self.alpha[keep], chol=self.chol[keep], slope_sd=self.slope_sd, robust=self.robust)
+
     def predict(self, Xc: np.ndarray, full_cov: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Latent means (H, C) and covariances (H, C, C) or variances (H, C), in the quantity's units."""
         kcx = self._prior_cov(Xc, self.X)  # (H, C, n)

@@ -25,6 +25,7 @@ from . import gp
 from .space import Observation
 from .space import SearchSpace
 
+JOINT_SETS = 16  # hyperparameter sets behind joint draws and the acquisition (P(feasible) uses them all)
 DIVERGED_MARGIN = 4.0  # a diverged run counts as a run this many noise stds above the target
 CRASH_GRID = np.linspace(-7.0, 2.0, 28), np.linspace(-4.0, 10.0, 29)  # logistic intercept, slope along u
 
@@ -35,7 +36,8 @@ class Posterior:
 
     rows: np.ndarray
     violation_mean: np.ndarray  # (H, C) latent mean of metric - target (sign-adjusted: <= 0 is within)
-    violation_cov: np.ndarray  # (H, C, C)
+    violation_var: np.ndarray  # (H, C)
+    violation_cov: np.ndarray | None  # (H, C, C) for a joint posterior (`StudyModel.posterior(joint=True)`)
     weights: np.ndarray  # (H,)
     noise_var: np.ndarray  # (H, C) the metric's run noise at each candidate
     objective_mean: np.ndarray  # (C,)
@@ -47,13 +49,13 @@ class Posterior:
 
     def p_within(self) -> np.ndarray:
         """P(the variant's mean metric meets the target and its crash rate is acceptable), (C,)."""
-        sd = np.sqrt(np.maximum(np.einsum("hcc->hc", self.violation_cov), 1e-300))
+        sd = np.sqrt(np.maximum(self.violation_var, 1e-300))
         p = (self.weights[:, None] * ndtr(-self.violation_mean / sd)).sum(0)
         return p * self.crash_ok
 
     def violation_summary(self, mass: float = 0.9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Mixture mean and a central interval (moment-matched normal) of the violation, each (C,)."""
-        var_h = np.einsum("hcc->hc", self.violation_cov)
+        var_h = self.violation_var
         mean = (self.weights[:, None] * self.violation_mean).sum(0)
         var = (self.weights[:, None] * (var_h + self.violation_mean**2)).sum(0) - mean**2
         half = ndtri(0.5 + mass / 2) * np.sqrt(np.maximum(var, 0.0))
@@ -62,7 +64,7 @@ class Posterior:
     def moment_matched(self) -> tuple[np.ndarray, np.ndarray]:
         """The violation's mixture as one Gaussian: its mean (C,) and covariance (C, C)."""
         mean = np.einsum("h,hc->c", self.weights, self.violation_mean)
-        second = np.einsum("h,hcd->cd", self.weights, self.violation_cov)
+        second = np.einsum("h,hcd->cd", self.weights, self._joint())
         second += np.einsum("h,hc,hd->cd", self.weights, self.violation_mean, self.violation_mean)
         return mean, second - np.outer(mean, mean)
 
@@ -73,7 +75,7 @@ class Posterior:
         out = np.empty((count, self.rows.shape[0]))
         for h in np.unique(which):
             idx = np.flatnonzero(which == h)
-            chol = _psd_cholesky(self.violation_cov[h])
+            chol = _psd_cholesky(self._joint()[h])
             out[idx] = self.violation_mean[h][None, :] + (chol @ rng.standard_normal((chol.shape[0], len(idx)))).T
         return out
 
@@ -84,13 +86,19 @@ class Posterior:
         if not len(pending):
             return self
         idx = np.asarray(pending, int)
-        cov = self.violation_cov.copy()
+        cov = self._joint().copy()
         for h in range(len(self.weights)):
             kp = cov[h][:, idx]
             s = kp[idx] + np.diag(self.noise_var[h, idx])
             cov[h] = cov[h] - kp @ np.linalg.solve(s, kp.T)
-        return Posterior(self.rows, self.violation_mean, cov, self.weights, self.noise_var, self.objective_mean,
-                         self.objective_sd, self.crash_ok, self.crash_rate, self.noise_std, self.minimize)
+        return Posterior(self.rows, self.violation_mean, np.einsum("hcc->hc", cov), cov, self.weights, self.noise_var,
+                         self.objective_mean, self.objective_sd, self.crash_ok, self.crash_rate, self.noise_std,
+                         self.minimize)
+
+    def _joint(self) -> np.ndarray:
+        if self.violation_cov is None:
+            raise ValueError("this posterior has no joint covariance: build it with posterior(rows, joint=True)")
+        return self.violation_cov
 
     def objective_rank(self) -> np.ndarray:
         """The objective to minimize (the mean, negated for a maximized objective)."""
@@ -125,19 +133,27 @@ class StudyModel:
         fast = (hi - m) if self.minimize else (m - lo)
         return np.clip(fast / (hi - lo), 0.0, 1.0)
 
-    def posterior(self, rows: np.ndarray) -> Posterior:
+    def posterior(self, rows: np.ndarray, *, joint: bool = False) -> Posterior:
+        """The model at variants ``rows``. ``joint``: with the full covariance between them (for joint draws,
+        runs in flight and the acquisition), over the `JOINT_SETS` heaviest hyperparameter sets; without it,
+        per-variant marginals over every set (what P(feasible) and the intervals are read from)."""
         rows = np.atleast_2d(np.asarray(rows, float))
         unit = self.space.to_unit(rows)
         u = self.aggressiveness(rows)
         C = len(rows)
+        cov = None
         if self.metric_fit is not None:
-            mean, cov = self.metric_fit.predict(unit, full_cov=True)
+            fit = self.metric_fit.heaviest(JOINT_SETS) if joint else self.metric_fit
+            mean, second = fit.predict(unit, full_cov=joint)
+            cov = second if joint else None
+            var = np.einsum("hcc->hc", second) if joint else second
             sign = 1.0 if self.sense == "<=" else -1.0
             vmean = sign * (mean - self.target)
-            weights, noise = self.metric_fit.weights, self.metric_fit.noise_var(u)
+            weights, noise = fit.weights, fit.noise_var(u)
             noise_std = self.metric_fit.noise_std
         else:  # no completed run yet: know nothing
-            vmean, cov = np.zeros((1, C)), np.eye(C)[None] * 1e6
+            vmean, var = np.zeros((1, C)), np.full((1, C), 1e6)
+            cov = np.eye(C)[None] * 1e6 if joint else None
             weights, noise, noise_std = np.ones(1), np.ones((1, C)), float("nan")
         if self.objective_fit is not None:
             om, ov = self.objective_fit.predict(unit)
@@ -147,7 +163,8 @@ class StudyModel:
         else:
             omean, osd = np.zeros(C), np.full(C, np.inf)
         crash_rate, crash_ok = self._crash(u)
-        return Posterior(rows, vmean, cov, weights, noise, omean, osd, crash_ok, crash_rate, noise_std, self.minimize)
+        return Posterior(rows, vmean, var, cov, weights, noise, omean, osd, crash_ok, crash_rate, noise_std,
+                         self.minimize)
 
     def _crash(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a, b = CRASH_GRID
