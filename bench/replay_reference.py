@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import calibration  # noqa: E402
 from orchestrator.samplers.frontier import Observation, Param, Rule, SearchSpace  # noqa: E402
-from orchestrator.samplers.frontier.decision import decide, next_points  # noqa: E402
+from orchestrator.samplers.frontier.acquisition import next_points  # noqa: E402
+from orchestrator.samplers.frontier.decision import decide  # noqa: E402
 from orchestrator.samplers.frontier.model import fit_model  # noqa: E402
 
 BEGIN = "<!-- replay-reference:begin -->"

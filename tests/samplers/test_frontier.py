@@ -109,7 +109,8 @@ def test_the_acquisition_values_only_runs_that_can_move_the_pick():
     """pick_gain (a knowledge gradient on the rule's pick): the gain is largest where the next runs could
     make a faster variant the pick, small at a slow variant whose feasibility is already certain, and the
     next point is faster than the pick, not a repeat of a settled variant."""
-    from orchestrator.samplers.frontier.decision import Rule, _no_pick_value, _run_variants, next_points, pick_gain
+    from orchestrator.samplers.frontier.acquisition import _no_pick_value, next_points, pick_gain
+    from orchestrator.samplers.frontier.decision import Rule, _run_variants
     from orchestrator.samplers.frontier.model import fit_model
 
     space = SearchSpace([Param("stage1", 0.28, 0.42, 0.01)])
@@ -135,7 +136,8 @@ def test_runs_in_flight_count_as_done_in_a_batch():
     """Four asks in one round: the first is the single ask's choice; runs in flight count toward the runs a
     pick needs (a variant with P(feasible) >= level and `pick_runs` runs done or in flight is the pick
     already, so asking for it again gains nothing)."""
-    from orchestrator.samplers.frontier.decision import Rule, _no_pick_value, _run_variants, next_points, pick_gain
+    from orchestrator.samplers.frontier.acquisition import _no_pick_value, next_points, pick_gain
+    from orchestrator.samplers.frontier.decision import Rule, _run_variants
     from orchestrator.samplers.frontier.model import fit_model
 
     space = SearchSpace([Param("stage1", 0.28, 0.42, 0.01)])

@@ -22,7 +22,8 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from .decision import Recommendation, Rule, decide, next_points
+from .acquisition import next_points
+from .decision import Recommendation, Rule, decide
 from .model import StudyModel, fit_model
 from .space import Observation, Param, SearchSpace
 
