@@ -15,12 +15,18 @@ Trial k runs durations[k] (uniform 0.5-2 s, drawn from --seed): both sides get t
 - free-to-start: on each machine (Ray: each trial actor), the time from a job's end to the next job's start;
 - controller overhead per trial: the controller thread's time not spent waiting for events, and its CPU time.
 
+The shared case (`--systems shared-sqlite,shared-postgres`, bench/shared_fleet.py): `--studies` studies at once on
+one simulated fleet, one controller process each, one database; `--trials` in all, split between them. Reported
+beside the same measures: double bookings (two jobs on one machine at once) and Jain's fairness index of the studies'
+machine-seconds while all had work.
+
 Each configuration runs in its own process (`--one`); the parent prints the table and writes it between
 the markers of docs/dispatch.md. Usage:
 
     .venv/bin/python bench/dispatch.py                                   # 256 machines, 5,000 trials, all systems
     .venv/bin/python bench/dispatch.py --machines 16 --trials 200 --systems orch-sqlite --write-docs ''
     .venv/bin/python bench/dispatch.py --one orch-sqlite --profile /tmp/p.txt --machines 64 --trials 1000
+    .venv/bin/python bench/dispatch.py --systems shared-sqlite,shared-postgres --studies 4 --machines 64 --trials 2000 --write-docs ''
 """
 
 from __future__ import annotations
@@ -45,7 +51,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 MARKERS = "<!-- dispatch:{tag}:begin -->", "<!-- dispatch:{tag}:end -->"  # a run replaces its tag's block
-SYSTEMS = ("orch-sqlite", "orch-postgres", "ray-tune")
+DEFAULT_SYSTEMS = ("orch-sqlite", "orch-postgres", "ray-tune")
+SHARED_SYSTEMS = ("shared-sqlite", "shared-postgres")  # several studies at once (bench/shared_fleet.py)
+SYSTEMS = DEFAULT_SYSTEMS + SHARED_SYSTEMS
 STUDY = "dispatch"
 
 
@@ -263,6 +271,10 @@ def run_ray(args, work: Path) -> dict:
 
 # ---- one configuration in this process ------------------------------------------------------------------------
 def run_one(args) -> dict:
+    if args.one in SHARED_SYSTEMS:
+        from shared_fleet import shared_one
+
+        return shared_one(args, args.one)
     with tempfile.TemporaryDirectory(prefix="orch-dispatch-") as tmp:
         work = Path(tmp)
         if args.one == "orch-sqlite":
@@ -299,6 +311,21 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def shared_table(rows: list[dict]) -> str:
+    best = next((r["utilisation"] for r in rows if r["system"] == "ideal"), None)
+    head = ("| system | machines | trials | studies | wall s | span s | utilisation | of ideal | free-to-start p50 ms "
+            "| p99 ms | max ms | double bookings | Jain (fair window s) | controller CPU ms/trial | SQL statements/trial |")
+    out = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for r in rows:
+        jain = "-" if r.get("jain") is None else f"{r['jain']:.4f} ({r['fair_window_s']:.0f})"
+        out.append(f"| {r['system']} | {r['machines']} | {r['trials']} | {r.get('studies', '-')} | "
+                   f"{fmt(r['wall_s'], '.1f')} | {fmt(r['span_s'], '.2f')} | {fmt(100 * r['utilisation'], '.1f')}% | "
+                   f"{fmt(best and 100 * r['utilisation'] / best, '.1f')}% | {fmt(r['gap_p50_ms'], '.1f')} | "
+                   f"{fmt(r['gap_p99_ms'], '.1f')} | {fmt(r['gap_max_ms'], '.1f')} | {r.get('double_bookings', '-')} | "
+                   f"{jain} | {fmt(r['cpu_ms_per_trial'], '.2f')} | {fmt(r['sql_per_trial'], '.1f')} |")
+    return "\n".join(out)
+
+
 def machine_line() -> str:
     load = os.getloadavg()
     return (f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -310,7 +337,7 @@ def main() -> None:
     parser.add_argument("--machines", type=int, default=256)
     parser.add_argument("--trials", type=int, default=5000)
     parser.add_argument("--sampler", default="random", help="the study's sampler (random: cost flat in trials)")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {', '.join(SYSTEMS)}")
+    parser.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma-separated subset of {', '.join(SYSTEMS)}")
     parser.add_argument("--ray-machines", type=int, default=None,
                         help="Ray Tune's concurrency (default --machines; one worker process each)")
     parser.add_argument("--seed", type=int, default=0)
@@ -322,7 +349,16 @@ def main() -> None:
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)
     parser.add_argument("--result", default="", help=argparse.SUPPRESS)
     parser.add_argument("--profile", default="", help="with --one orch-*: write a cProfile of the controller here")
+    parser.add_argument("--studies", type=int, default=4, help="shared-*: studies at once, --trials split between them")
+    parser.add_argument("--shared-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--db-url", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--work", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.shared_child is not None:
+        from shared_fleet import run_child
+
+        run_child(args)
+        return
     if args.one:
         result = run_one(args)
         Path(args.result).write_text(json.dumps(result)) if args.result else print(json.dumps(result, indent=1))
@@ -332,23 +368,33 @@ def main() -> None:
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise SystemExit(f"--systems: unknown {unknown[0]!r} (fix: use {', '.join(SYSTEMS)})")
+    shared = [s for s in systems if s in SHARED_SYSTEMS]
+    if shared and len(shared) != len(systems):
+        raise SystemExit(f"--systems: {', '.join(shared)} cannot be mixed with one-study systems in one run (fix: run "
+                         "them separately, each with its own --tag)")
     machine = machine_line()
     started = datetime.now(timezone.utc)
-    rows = [{"system": "ideal", "machines": args.machines, "trials": args.trials,
-             **ideal(args.machines, durations(args.trials, args.seed, args.min_s, args.max_s))}]
+    if shared:
+        from shared_fleet import ideal_shared
+
+        rows = [{"system": "ideal", "machines": args.machines, "trials": args.trials, "studies": args.studies,
+                 **ideal_shared(args)}]
+    else:
+        rows = [{"system": "ideal", "machines": args.machines, "trials": args.trials,
+                 **ideal(args.machines, durations(args.trials, args.seed, args.min_s, args.max_s))}]
     for system in systems:
         machines = args.ray_machines or args.machines if system == "ray-tune" else args.machines
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             argv = [sys.executable, __file__, "--one", system, "--result", out.name, "--machines", str(machines),
                     "--trials", str(args.trials), "--sampler", args.sampler, "--seed", str(args.seed),
-                    "--min-s", str(args.min_s), "--max-s", str(args.max_s)]
+                    "--min-s", str(args.min_s), "--max-s", str(args.max_s), "--studies", str(args.studies)]
             print(f"running {system}: {machines} machines, {args.trials} trials ...", flush=True)
             proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
                 raise SystemExit(f"{system} failed (exit {proc.returncode})")
             rows.append({"system": system, "machines": machines, "trials": args.trials, **json.loads(Path(out.name).read_text())})
-    text = table(rows)
+    text = shared_table(rows) if shared else table(rows)
     after = os.getloadavg()
     machine += f", after {after[0]:.2f} {after[1]:.2f} {after[2]:.2f}"
     print(text)
@@ -358,7 +404,9 @@ def main() -> None:
         begin, end = (m.format(tag=args.tag) for m in MARKERS)
         command = "python bench/dispatch.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         block = (f"{begin}\nCommand: `{command.strip()}`  \nMachine: {machine}  \nDate: {started:%Y-%m-%d %H:%M} UTC; "
-                 f"sampler {args.sampler}, trial durations uniform {args.min_s:g}-{args.max_s:g} s (seed {args.seed}); "
+                 f"sampler {args.sampler}, trial durations uniform {args.min_s:g}-{args.max_s:g} s (seed {args.seed}"
+                 + (f"; {args.studies} studies of equal priority, seeds {args.seed}..{args.seed + args.studies - 1}"
+                    if shared else "") + "); "
                  "PostgreSQL: a private server as tests/conftest.py starts it (fsync=off)\n\n"
                  f"{text}\n{end}")
         path = Path(args.write_docs)

@@ -186,3 +186,46 @@ class RequestRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     outcome: Mapped[str | None] = mapped_column(Text)
+
+
+class SlotUnitRow(Base):
+    """One GPU (`gpu3`) or CPU slot (`cpu0`) of a fleet machine, shared by every controller of the database: held by
+    at most one trial across all studies (orchestrator/claims). `controller` NULL: free. A claim carries a lease that
+    its controller's heartbeat renews; a dead controller's claims are given again only once its launcher says the
+    job no longer runs."""
+
+    __tablename__ = "orch_slot_units"
+    __table_args__ = (UniqueConstraint("machine", "unit"), Index("ix_orch_slot_units_controller", "controller"),
+                      Index("ix_orch_slot_units_study", "study_id", "trial_number"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    machine: Mapped[str] = mapped_column(String(255))  # the machine's claim key (its name; local: name@host)
+    unit: Mapped[str] = mapped_column(String(16))  # gpuN | cpuN
+    controller: Mapped[str | None] = mapped_column(String(255))  # holder (host:pid:start); NULL: free
+    study_id: Mapped[int | None] = mapped_column(Integer)  # no foreign key: a claim may outlive its study's rows
+    trial_number: Mapped[int | None] = mapped_column(Integer)  # NULL: claimed, its trial not recorded yet
+    slot: Mapped[str | None] = mapped_column(String(64))  # the holding trial's slot label (`gpu:0,1`)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class FleetDemandRow(Base):
+    """A running study's place in the fleet's queue, kept by its controller: its policy (priority, cap), what it
+    wants now, what it holds, its recent use (GPU-seconds, decayed) and, while it waits, since when and for what."""
+
+    __tablename__ = "orch_fleet_demand"
+    study_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    controller: Mapped[str] = mapped_column(String(255))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    gpus_per_trial: Mapped[int] = mapped_column(Integer, default=0)
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    max_gpus: Mapped[int | None] = mapped_column(Integer)
+    wanted: Mapped[int] = mapped_column(Integer, default=0)  # trials it would start now
+    held: Mapped[int] = mapped_column(Integer, default=0)  # units (GPUs, or CPU slots) it holds
+    usage: Mapped[float] = mapped_column(Float, default=0.0)  # decayed unit-seconds at `usage_at`
+    usage_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    window_s: Mapped[float] = mapped_column(Float, default=600.0)  # the decay's time constant
+    waiting_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str | None] = mapped_column(Text)  # what it waits for
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -25,13 +25,14 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 from sqlalchemy import bindparam, func, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from db import Database, EventRow, MachineRow, MetricPointRow, StudyRow, TrialRow
 from db.new_rows import NewRows
 from db.write_batch import WriteBatch
 
 from . import control, lease
+from .claims import FleetClaims
 from .config.errors import ConfigError, OrchError
 from .config.fleet import Fleet, Machine
 from .health import HealthChecker
@@ -169,6 +170,7 @@ class Controller:
         self._machine_states: tuple[float, set[str]] | None = None  # (when read, unavailable machines)
         self._machine_rows: dict[str, tuple[str, str | None, bool]] = {}  # their (state, note, drain), same read
         self.keeper: MachineKeeper | None = None  # health checks, busy GPUs, refusals (set up in `run`)
+        self.claims: FleetClaims | None = None  # the fleet's slots shared with other studies (set up in `run`)
         self.watchdog = ProgressWatchdog(None)
         self.round: int | None = None  # the study's round counter, read once under the lease (`_new_round`)
         self._new_trial_rows = NewRows(_TRIALS, db.engine.dialect.name)
@@ -202,6 +204,12 @@ class Controller:
 
     def _record_machine(self, machine: Machine, info: MachineInfo) -> None:
         self._machine_states = None  # read again at the next dispatch decision
+        try:
+            self._record_machine_row(machine, info)
+        except IntegrityError:  # another controller of the fleet added the machine's row first (PostgreSQL): update it
+            self._record_machine_row(machine, info)
+
+    def _record_machine_row(self, machine: Machine, info: MachineInfo) -> None:
         with self.db.session() as s:
             row = s.scalar(select(MachineRow).where(MachineRow.name == machine.name))
             state = "idle" if info.reachable else "down"
@@ -244,6 +252,9 @@ class Controller:
         self.keeper = MachineKeeper(self.db, self.fleet, self._launcher, study_id=sid,
                                     gpus_per_trial=self.spec.resources.gpus, labels=self.spec.resources.labels,
                                     say=self._say, wake=self._wake)
+        self.claims = FleetClaims(self.db, self.fleet, study_id=sid, study_name=self.name, owner=self.owner,
+                                  spec=self.spec, launcher_for=self._launcher, heartbeat_s=self.heartbeat_s,
+                                  say=self._say)
         try:
             adopted: list[tuple[TrialRow, JobHandle]] = []
             recover(self.db, opened, self.spec, self.adapter, report=lambda m: self._say(m),
@@ -253,6 +264,7 @@ class Controller:
             self.scheduler.unavailable = self._unavailable_machines()
             self._update_refusals()  # before the plan: a study no machine can take names each machine's reason
             self.scheduler.plan(self.infos)
+            self.claims.start(self.infos)
             self._adopt(adopted)
             for machine in self.fleet.machines:
                 if self.infos[machine.name].reachable:
@@ -276,6 +288,7 @@ class Controller:
         finally:
             self._shutdown()
             self._close_requests()
+            self._close_claims()
             lease.release(self.db, sid, self.owner)
         return self.progress
 
@@ -299,7 +312,10 @@ class Controller:
                 self.scheduler.unavailable = self._unavailable_machines()  # `orch fleet drain` from any process
                 round_open = self.spec.budget.dispatch == "rounds" and self.running
                 free = [] if round_open else self._free_slots(slots_wanted)
-                if not free and not self.running and not self.keeper.pending():  # (pending: checks wake the loop)
+                if round_open:
+                    self.claims.idle()
+                waiting = self.claims.waiting is not None  # for slots other studies hold: a state, not a failure
+                if not free and not self.running and not self.keeper.pending() and not waiting:
                     self._recheck_down_machines(force=True)
                     free = self._free_slots(slots_wanted)
                     if not free and not self.keeper.pending():
@@ -322,7 +338,7 @@ class Controller:
                 self.reporter(self.progress, "")  # the running trials' latest steps and losses
             due = [next_beat, self._next_request_read] + [r.deadline for r in self.running.values()]
             stall = self.watchdog.next_deadline()
-            for extra in (self._points_due, stall):
+            for extra in (self._points_due, stall, self.claims.next_poll()):
                 if extra is not None:
                     due.append(extra)
             timeout = max(0.0, min(due) - time.monotonic())
@@ -330,6 +346,8 @@ class Controller:
             changed = self._read_requests() or changed  # `orch study stop`, `orch trial cancel`
             changed = self.keeper.collect() or changed
             now = time.monotonic()
+            poll = self.claims.next_poll()
+            changed = changed or (poll is not None and now >= poll)  # a waiting study looks at the fleet again
             for run in list(self.running.values()):
                 if now >= run.deadline and not run.timed_out and not run.hung:
                     run.timed_out = True
@@ -395,6 +413,9 @@ class Controller:
                 if row.number in frozen and is_search_trial(frozen[row.number]):
                     self._counted_here.add(row.number)  # a lost end takes it off the budget count, as for our own
                 self._say(f"trial {row.number}: re-attached to its running job on {row.machine} {row.slot or ''}".rstrip())
+                if not self.claims.adopt(run.slot, row.number):
+                    self._say(f"trial {row.number}: its slot {row.machine} {row.slot} is claimed by another study now; "
+                              "its job is followed all the same")
 
     def _slots_to_fill(self) -> int:
         if self.max_new_trials is not None and self.dispatched >= self.max_new_trials:
@@ -469,6 +490,7 @@ class Controller:
         with self._unit():
             self._new_round()
             prepared = [self._prepare(slot) for slot in slots]
+        self.claims.drop([slot for slot, p in zip(slots, prepared) if p is None])  # claimed, nothing to start there
         started = [self._start(p) for p in prepared if p is not None]
         started = [run for run in started if run is not None]
         if started:
@@ -533,6 +555,7 @@ class Controller:
         with self._unit() as s:
             row_id = self._new_trial_rows.add(s.connection(), self._writes, row)
             self._trial_event(number, slot.machine, None, "pending", f"round {self.round} on {slot.machine} {slot.label}")
+            self.claims.assign(self._writes, slot, number)
         return Prepared(slot=slot, number=number, trial_id=trial_id, row_id=row_id, job=job, machine=machine,
                         workdir=workdir, values=values)
 
@@ -713,6 +736,7 @@ class Controller:
             if versions:
                 change["versions"] = versions
             self._writes.add(_UPDATE_TRIAL_ROW, change)
+            self.claims.release(self._writes, number)  # its slot is free with its end
             if state not in COUNTED_STATES and number in self._counted_here:
                 self._counted_here.discard(number)
                 if self._counted is not None:
@@ -866,8 +890,19 @@ class Controller:
             with self.db.session() as s:
                 s.execute(update(TrialRow).where(TrialRow.id.in_([r.row_id for r in self.running.values()]))
                           .values(heartbeat_at=_now()))
+        self.claims.renew()
+        for message in self.claims.messages():  # the reaper's (dead controllers' claims freed)
+            self._say(message)
         self._recheck_down_machines()
         self.scheduler.unavailable = self._unavailable_machines()
+
+    def _close_claims(self) -> None:
+        if self.claims is None:
+            return
+        try:
+            self.claims.close()
+        except Exception:  # noqa: BLE001 - the database may be why the run ends: the reaper of the next one frees them
+            pass
 
     def _recheck_down_machines(self, force: bool = False) -> None:
         """Health checks (a probe) of every machine running none of our trials (those have their launcher's
@@ -928,12 +963,16 @@ class Controller:
         return self.keeper.blocked() if self.keeper is not None else set()
 
     def _free_slots(self, wanted: int) -> list[Slot]:
-        """Up to `wanted` free slots of machines that take trials, none held by a health check or a foreign process;
+        """Up to `wanted` free slots of machines that take trials, none held by a health check or a foreign process,
+        claimed for this study (`claims`: no other study's trial holds them, the fleet's policy gives them to it);
         a machine where a waiting retry's trial hung comes last."""
         candidates = self.scheduler.free({r.slot for r in self.running.values()})
         avoid = {t.user_attrs["avoid_machine"] for t in waiting_trials(self.study.optuna)
                  if "avoid_machine" in t.user_attrs} if candidates else set()
-        return self.keeper.screen(candidates, self.infos, wanted, avoid)
+        if avoid:
+            candidates.sort(key=lambda slot: slot.machine in avoid)  # stable: the fleet's interleaving stays
+        candidates = self.claims.offer(candidates, wanted)  # free across the fleet's studies: this study's share
+        return self.claims.take(self.keeper.screen(candidates, self.infos, wanted, avoid))
 
     def _update_refusals(self) -> None:
         """Report (and record as events) the machines that get no trials and why, as it changes."""

@@ -38,6 +38,12 @@ def _holder_dead(owner: str) -> bool:
     return not process_alive(int(pid_text), start)
 
 
+def holder_gone(owner: str) -> bool:
+    """Whether controller `owner` (host:pid:start, `controller_id`) ran on this host and its process is gone (a lease
+    or a slot claim of it can be taken over before it expires)."""
+    return _holder_dead(owner)
+
+
 def holder(row: StudyRow, now: datetime | None = None) -> str | None:
     """The controller that holds study `row`'s lease now, or None: none took it, it expired, or its holder's
     process (on this host) is gone. What tells a running study from a stopped one."""

@@ -36,6 +36,16 @@ def fleet_status(db: Optional[str] = DbOption, fleet: Optional[Path] = FleetOpti
     typer.echo(json.dumps(view, indent=2, default=str) if as_json else fleet_view.render_fleet_status(view))
 
 
+@fleet_app.command("queue")
+def fleet_queue(db: Optional[str] = DbOption, fleet: Optional[Path] = FleetOption, as_json: bool = JsonOption) -> None:
+    """Which study and trial holds each slot and since when, the studies waiting with their priority and share, the
+    next one to be served, and the resource manager's queue (Slurm) on the fleet's machines."""
+    from . import queue_view
+
+    view = queue_view.queue_view(open_db(db), load_inventory(fleet))
+    typer.echo(json.dumps(view, indent=2, default=str) if as_json else queue_view.render_queue(view))
+
+
 @fleet_app.command("drain")
 def fleet_drain(name: str, db: Optional[str] = DbOption, fleet: Optional[Path] = FleetOption,
                 reason: Optional[str] = typer.Option(None, "--reason", help="why (shown by `orch fleet status`)"),

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from db import Database, MetricPointRow, StudyRow, TrialRow
 
 from ..config.study import StudySpec
+from ..claims import study_waiting
 from ..lease import holder
 from ..liveness.refusals import study_refusals
 from ..studies import load_study_row, optuna_study_ids
@@ -74,6 +75,8 @@ def study_status(db: Database, name: str) -> dict:
         "controller": controller,  # the live holder of the study's lease (lease.py), else None
         # machines the study's controller last found getting no trials, and why (liveness/refusals.py)
         "refused_machines": study_refusals(db, row.id),
+        # a running study that waits for slots other studies hold: since when, for what (orchestrator/claims)
+        "waiting": study_waiting(db, row.id) if controller else None,
     }
 
 
@@ -94,6 +97,9 @@ def render_study_status(view: dict) -> str:
     elif view["recorded_status"] == "running":
         lines.append("controller: none (the last one ended without recording it, e.g. killed; `orch study run "
                      f"{view['study']}` resumes)")
+    if view.get("waiting"):
+        w = view["waiting"]
+        lines.append(f"waiting: {w['trials']} trial(s) since {w['since']} ({w['waited_s']:.0f}s), for: {w['for']}")
     for r in view.get("refused_machines", []):
         lines.append(f"refused: machine {r['machine']} ({r['kind']}): {r['reason']} (fix: {r['fix']})")
     return "\n".join(lines)

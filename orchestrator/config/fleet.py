@@ -53,6 +53,9 @@ class Capability(str, Enum):
     RUN_COMMAND = "run_command"
     #: a resource manager reports the machine drained or down (`MachineInfo.node_state`, shown by `orch fleet status`)
     NODE_STATE = "node_state"
+    #: a resource manager queues the jobs and gives each its resources: orch claims no slots there (orchestrator/claims),
+    #: it submits and lets the manager arbitrate between studies
+    QUEUES_JOBS = "queues_jobs"
 
 
 def _env_names(env: dict[str, str] | None) -> dict[str, str] | None:
@@ -213,6 +216,12 @@ class Machine(_Strict):
 
     def has(self, capability: Capability) -> bool:
         return capability in self.capabilities
+
+    @property
+    def claim_key(self) -> str:
+        """What the fleet's slot claims (orchestrator/claims) call this machine in the shared database: its name,
+        which every fleet file of that database must give the same machine."""
+        return self.name
 
     def resolved_cpu_slots(self, cpu_count: int | None = None) -> int:
         """`cpu_slots`; `auto` is one per core of the machine (`cpu_count` as its probe reported it, else this

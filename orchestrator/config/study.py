@@ -377,6 +377,15 @@ class Resources(_Strict):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
+class Scheduling(_Strict):
+    """How the study shares its fleet with other studies (orchestrator/claims; docs/fleet.md, Sharing a fleet): a
+    higher `priority` gets the next free slot first; studies of equal priority share by GPU-seconds used recently;
+    `max_gpus` caps the GPUs it holds at once."""
+
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    max_gpus: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
 class StudySpec(_Strict):
     description: str = ""
     trainer: Trainer
@@ -395,6 +404,7 @@ class StudySpec(_Strict):
     stall_s: float | None = Field(default=DEFAULT_STALL_S, ge=1, le=366 * 86400)
     on_failure: OnFailure = Field(default_factory=OnFailure)
     resources: Resources = Field(default_factory=Resources)
+    scheduling: Scheduling = Field(default_factory=Scheduling)
 
     def all_names(self) -> list[str]:
         return [*self.parameters, *self.derived]
@@ -492,6 +502,14 @@ def _cross_checks(spec: StudySpec, doc: YamlDoc) -> None:
         raise doc.error(("stall_s",), f"stall_s ({spec.stall_s:g} s) is not below timeout_s ({spec.timeout_s:g} s): the "
                         "watchdog would never fire before the timeout",
                         fix="lower stall_s below timeout_s (it is the longest a trial may print nothing), or remove it")
+    cap = spec.scheduling.max_gpus
+    if cap is not None and spec.resources.gpus == 0:
+        raise doc.error(("scheduling", "max_gpus"), "max_gpus caps GPUs, but the study's trials run on CPU slots "
+                        "(resources.gpus is 0)", fix="remove max_gpus, or cap the trials at once with budget.parallel")
+    if cap is not None and cap < spec.resources.gpus:
+        raise doc.error(("scheduling", "max_gpus"), f"max_gpus ({cap}) is below the {spec.resources.gpus} GPUs one "
+                        "trial asks for (resources.gpus): no trial could ever start",
+                        fix=f"raise max_gpus to at least {spec.resources.gpus}, or remove it")
     if spec.budget.parallel is not None and spec.budget.parallel > spec.budget.max_trials:
         raise doc.error(("budget", "parallel"), f"parallel ({spec.budget.parallel}) exceeds max_trials ({spec.budget.max_trials})",
                         fix="lower parallel or raise max_trials")

@@ -151,6 +151,20 @@ class Launcher(ABC):
         sure nothing of the job is left running and return None; recovery then reads the trial's log."""
         return None
 
+    def job_alive(self, record: JobRecord, machine: Machine) -> bool:
+        """Whether the job of `record`, whose controller is gone, still runs on its machine: the fleet's slot claims
+        (orchestrator/claims) give its slot to another trial only once it does not. Raises OrchError when the
+        machine cannot be asked (the slot then stays claimed and is asked about again later). Default, for a
+        launcher whose jobs end with their controller (no Capability.OUTLIVES_CONTROLLER): nothing runs."""
+        if Capability.OUTLIVES_CONTROLLER in self.capabilities:
+            raise NotImplementedError(f"launcher {self.name!r} must say whether a job outlived its controller")
+        return False
+
+    def queue(self, machines: list[Machine]) -> list[dict]:
+        """The resource manager's queue on these machines (Capability.QUEUES_JOBS), one dict per job: `job`,
+        `name`, `state`, `reason`, `machine`, `submitted`, `started`, `resources`; what `orch fleet queue` shows."""
+        raise NotImplementedError(f"launcher {self.name!r} has no queue of its own")
+
     @classmethod
     def cluster_up(cls, fleet: Fleet, timeout_s: float, report: Callable[[str], None]) -> None:
         """`orch fleet up`: start the nodes of the fleet's machines of this launcher (Capability.CLUSTER_UP_DOWN);

@@ -162,6 +162,11 @@ class LocalMachine(Machine):
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.CPU_AFFINITY, Capability.RUN_COMMAND})
     launcher: Literal["local"] = "local"
 
+    @property
+    def claim_key(self) -> str:
+        """The controller's own host: `local` on two hosts are two machines."""
+        return f"{self.name}@{socket.gethostname()}"
+
 
 class LocalLauncher(Launcher):
     name = "local"
@@ -187,6 +192,13 @@ class LocalLauncher(Launcher):
         if same_host and process_alive(record.pid, record.pid_start):
             kill_group(record.pid, signal.SIGKILL)
         return None
+
+    def job_alive(self, record: JobRecord, machine: Machine) -> bool:
+        """A job outlives its controller while it finishes after SIGTERM (PR_SET_PDEATHSIG), or if it ignores it (then
+        its study's next controller kills it, `reattach`): its process, by pid and start time, on this host. A job a
+        controller on another host started ran on that host's `local` machine, not this one."""
+        same_host = bool(record.controller) and record.controller.split(":", 1)[0] == socket.gethostname()
+        return same_host and process_alive(record.pid, record.pid_start)
 
     def start(self, job: JobSpec, machine: Machine, slot: Slot, workdir: Path,
               events: "queue.Queue[Event]") -> LocalJob:

@@ -43,9 +43,9 @@ from ..config.yaml_source import YamlDoc
 from ..gpu import gpu_query_argv, parse_nvidia_smi
 from ..jobs import JobSpec
 from . import ray_runner
-from .base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot, machine_info
+from .base import Event, ExitEvent, JobHandle, JobRecord, Launcher, LineEvent, MachineInfo, Slot, machine_info
 from .containers import PodmanOptions, container_command, containerized_env, job_env, parse_image_id
-from .remote_script import ScriptError, bootstrap_command, job_script, remote_workdir
+from .remote_script import ScriptError, alive_check, bootstrap_command, job_script, remote_workdir, trial_directory
 from .ssh import SshAccess
 
 
@@ -403,6 +403,13 @@ class RayLauncher(Launcher):
             raise RayError(f"{_where(machine)}: the node did not answer within {timeout_s + 10:g} s") from None
         except ray.exceptions.RayError as exc:
             raise RayError(f"{_where(machine)}: {_first_line(exc)}") from None
+
+    def job_alive(self, record: JobRecord, machine: Machine) -> bool:
+        """The job's process group on the node (its pid file in the trial directory): the wrapper kills it when the
+        runner actor ends with its controller's driver."""
+        argv = alive_check(trial_directory(machine.workdir, record.study, record.trial))
+        status, _ = self.run_command(machine, argv, timeout_s=self.probe_timeout_s)
+        return status == 0
 
     # -- start
     def start(self, job: JobSpec, machine: Machine, slot: Slot, workdir: Path,

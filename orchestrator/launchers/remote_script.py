@@ -105,6 +105,19 @@ exit "$rc"
 """
 
 
+def trial_directory(workdir: str, study: str, trial: int) -> str:
+    """A trial's directory on the machine, `~/`-relative when the machine's workdir is relative (see quote_path)."""
+    return f"{remote_workdir(workdir, '~')}/{study}/trial-{trial:04d}"
+
+
+def alive_check(directory: str) -> list[str]:
+    """argv that exits 0 while the job the wrapper started in `directory` still runs: its process group (the pid
+    in PID_FILE leads it) has a process left. After its controller died, the job may outlive it for the watcher's
+    grace period."""
+    pid_file = f"{quote_path(directory)}/{PID_FILE}"
+    return ["bash", "-c", f'P=$(cat -- {pid_file} 2>/dev/null) && [ -n "$P" ] && kill -0 -- -"$P" 2>/dev/null']
+
+
 def bootstrap_command(script: str) -> str:
     """The channel's command: read exactly len(script) bytes from stdin, then run them. `head -c` reads no
     further, so the rest of stdin (its EOF) is left for the script's watcher."""

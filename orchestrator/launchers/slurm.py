@@ -124,7 +124,8 @@ class SlurmSpec(_Strict):
 class SlurmMachine(Machine):
     """A `launcher: slurm` machine: one node of a Slurm cluster."""
 
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.OUTLIVES_CONTROLLER, Capability.NODE_STATE})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.OUTLIVES_CONTROLLER, Capability.NODE_STATE,
+                                                               Capability.QUEUES_JOBS})
     launcher: Literal["slurm"] = "slurm"
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
 

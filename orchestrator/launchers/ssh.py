@@ -43,10 +43,10 @@ from ..config.validation import FIX_MARK
 from ..config.yaml_source import YamlDoc
 from ..gpu import gpu_query_argv, parse_nvidia_smi
 from ..jobs import JobSpec
-from .base import Event, ExitEvent, JobHandle, Launcher, LineEvent, MachineInfo, Slot, machine_info
+from .base import Event, ExitEvent, JobHandle, JobRecord, Launcher, LineEvent, MachineInfo, Slot, machine_info
 from .containers import PodmanOptions, container_command, containerized_env, job_env, parse_image_id
 from .local import MAX_LINE_BYTES
-from .remote_script import ScriptError, bootstrap_command, job_script, remote_workdir
+from .remote_script import ScriptError, alive_check, bootstrap_command, job_script, remote_workdir, trial_directory
 
 KEEPALIVE_S = float(os.environ.get("ORCH_SSH_KEEPALIVE_S", "5"))
 DEAD_AFTER_S = float(os.environ.get("ORCH_SSH_DEAD_AFTER_S", "10"))
@@ -472,6 +472,13 @@ class SshLauncher(Launcher):
 
     def run_command(self, machine: Machine, argv: list[str], timeout_s: float = 30.0) -> tuple[int, str]:
         return self.connection(machine).run(shlex.join(argv), timeout_s=timeout_s)
+
+    def job_alive(self, record: JobRecord, machine: Machine) -> bool:
+        """The job's process group on the machine (its pid file in the trial directory): the wrapper kills it when
+        its controller's session ends, after its grace period."""
+        argv = alive_check(trial_directory(machine.workdir, record.study, record.trial))
+        status, _ = self.run_command(machine, argv, timeout_s=self.probe_timeout_s)
+        return status == 0
 
     # -- start
     def remote_trial_dir(self, conn: _Connection, machine: Machine, job: JobSpec) -> str:

@@ -1,0 +1,404 @@
+"""`FleetClaims`: what one controller's loop calls to share the fleet with every other controller of its database.
+
+At each dispatch decision, `offer` reads the free units and the other studies' demand rows and runs the policy
+(`policy.allocate`): of the slots the controller found free by its own view, those its study may claim now. `take`
+claims them (one conditional UPDATE) and writes the study's demand row (what it still wants, what it holds, its use
+and, while it waits, since when and for what). A started trial's claim gets its trial number in the transaction that
+records the trial `pending` (`assign`); it is released in the transaction that records the trial's end (`release`).
+The heartbeat renews every claim (`renew`); `close` releases what no trial holds and leaves the claims of trials whose
+end this run did not see to the reaper (their jobs may still run). While the study waits for other studies' slots the
+loop looks again every `POLL_S` (`next_poll`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections import deque
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+from db import Database, EventRow, StudyRow
+from sqlalchemy import select
+
+from .. import lease
+from ..config.fleet import Fleet, Machine
+from ..config.study import StudySpec
+from ..launchers.base import Launcher, MachineInfo, Slot
+from . import store
+from .policy import Candidate, Contender, allocate, candidates_for, decayed, share
+from .reaper import Reaper
+from .units import claimable, machine_units, sets_of, slot_units
+
+#: a study waiting for other studies' slots looks at the fleet again this often
+POLL_S = 0.05
+#: a unit the policy gave to another study that stays free this long is taken by whoever wants it (that study may be
+#: unable to use it: a health check of its own holds the machine, its controller is stuck)
+DEFER_S = 2.0
+#: who holds the units is read again (for the waiting reason) at most this often
+REASON_S = 2.0
+#: the fair share's window: the time constant of each study's decayed GPU-seconds
+WINDOW_S = float(os.environ.get("ORCH_FAIR_SHARE_WINDOW_S", "600"))
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(when: datetime | None) -> datetime | None:
+    return None if when is None else when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+class FleetClaims:
+    def __init__(self, db: Database, fleet: Fleet, *, study_id: int, study_name: str, owner: str, spec: StudySpec,
+                 launcher_for: Callable[[Machine], Launcher], heartbeat_s: float = 5.0,
+                 lease_s: float = lease.LEASE_S, window_s: float = WINDOW_S,
+                 say: Callable[[str], None] = lambda message: None) -> None:
+        self.db, self.fleet, self.study_id, self.study_name, self.owner = db, fleet, study_id, study_name, owner
+        self.priority, self.max_gpus = spec.scheduling.priority, spec.scheduling.max_gpus
+        self.gpus, self.labels = spec.resources.gpus, dict(spec.resources.labels)
+        self.lease_s, self.window_s = lease_s, window_s
+        self.machines = {m.name: m for m in fleet.machines if claimable(m)}  # machine name -> claimable machine
+        self.by_key = {m.claim_key: m for m in self.machines.values()}
+        self.infos: dict[str, MachineInfo] = {}
+        self.ids: dict[tuple[str, str], int] = {}  # (machine key, unit) -> row id
+        self.held: dict[Slot, list[int]] = {}  # this controller's claimed slots -> their unit ids
+        self.by_trial: dict[int, Slot] = {}  # trial number -> its claimed slot
+        self.usage, self.usage_at = 0.0, _now()  # this study's decayed unit-seconds, and when
+        self.waiting: str | None = None  # what the study waits for (None: it does not wait on other studies)
+        self.waiting_since: datetime | None = None
+        self.unmet = 0  # trials it wanted at the last decision and did not get
+        self._deferred: dict[tuple[str, tuple[str, ...]], float] = {}  # own candidates the policy gave away: since
+        self._written: tuple | None = None  # the demand row's values as last written
+        self._names: dict[int, str] = {study_id: study_name}
+        self._held_by: tuple[float, list] = (-math.inf, [])  # (when read, (study, holder, units) of each holder)
+        self._messages: deque[str] = deque()
+        self._next_poll: float | None = None
+        self.say = say
+        self._told: str | None = None  # the waiting reason last said and recorded (`study.waiting` events)
+        self.reaper = Reaper(db, fleet, owner, launcher_for, heartbeat_s, self._messages.append)
+
+    # ---- setup ------------------------------------------------------------------------------------------------
+    def start(self, infos: dict[str, MachineInfo]) -> None:
+        """Rows for every unit of the reachable machines, this study's use so far (its last demand row), the
+        reaper. `infos` is the controller's live dict of probes (machines that come back are seen in it)."""
+        self.infos = infos
+        units = {}
+        for name, machine in self.machines.items():
+            info = infos.get(name)
+            if info is not None and info.reachable:
+                units[machine.claim_key] = machine_units(info.gpu_count, machine.resolved_cpu_slots(info.cpu_count))
+        now = _now()
+        with self.db.session() as s:
+            if units:
+                self.ids.update(store.ensure_units(s, units, now))
+            for row in store.demand(s):
+                if row.study_id == self.study_id:  # a previous run of this study: its use goes on decaying
+                    at = _aware(row.usage_at)
+                    self.usage = decayed(row.usage, 0, row.window_s, (now - at).total_seconds())
+                    self.usage_at = now
+        self.reaper.start()
+
+    def _unit_ids(self, slot: Slot) -> list[int] | None:
+        machine = self.machines.get(slot.machine)
+        if machine is None:
+            return None
+        key = machine.claim_key
+        units = slot_units(slot)
+        if any((key, u) not in self.ids for u in units):
+            with self.db.session() as s:
+                self.ids.update(store.ensure_units(s, {key: list(units)}, _now()))
+        return [self.ids[(key, u)] for u in units]
+
+    # ---- use ----------------------------------------------------------------------------------------------------
+    def held_units(self) -> int:
+        return sum(len(ids) for ids in self.held.values())
+
+    def _rebase(self, now: datetime) -> None:
+        self.usage = decayed(self.usage, self.held_units(), self.window_s, (now - self.usage_at).total_seconds())
+        self.usage_at = now
+
+    # ---- dispatch -------------------------------------------------------------------------------------------------
+    def offer(self, candidates: list[Slot], wanted: int) -> list[Slot]:
+        """Of `candidates` (this study's free slots by its own view, in its order), at most `wanted` that it may
+        claim now: free in the database, within its `max_gpus`, its share by the policy. Sets `waiting`."""
+        now = _now()
+        passing = [s for s in candidates if s.machine not in self.machines]  # the resource manager arbitrates there
+        own = [s for s in candidates if s.machine in self.machines]
+        want = max(0, wanted - len(passing))
+        per_trial = self.gpus or 1
+        if self.max_gpus is not None:
+            want = min(want, max(0, self.max_gpus - self.held_units()) // per_trial)
+        if wanted <= 0:
+            self._decided(now, 0, None)
+            return []
+        if want == 0 or not own:
+            reason = None
+            if self.max_gpus is not None and self.held_units() + per_trial > self.max_gpus:
+                reason = (f"its scheduling.max_gpus: it holds {self.held_units()} of its {self.max_gpus} GPUs")
+            # no candidate at all: every slot of its machines runs its own trials (or takes none now): no wait on others
+            self._decided(now, wanted - len(passing), reason, poll=reason is not None and want > 0)
+            return passing[:wanted]
+        with self.db.session() as s:
+            free_rows = store.free_units(s)
+            rows = store.demand(s) if free_rows else []
+            unknown = {r.study_id for r in rows} - set(self._names)
+            if unknown:
+                self._names.update(dict(s.execute(select(StudyRow.id, StudyRow.name).where(StudyRow.id.in_(unknown))).all()))
+        free: dict[str, set[str]] = {}
+        for row in free_rows:
+            free.setdefault(row.machine, set()).add(row.unit)
+        mine = []
+        for slot in own:
+            key = self.machines[slot.machine].claim_key
+            units = slot_units(slot)
+            if free.get(key, set()).issuperset(units):
+                mine.append(Candidate(key, units, slot))
+        if not mine:
+            self._decided(now, want, self._held_reason(now))
+            return passing[:wanted]
+        me = Contender(self.study_id, self.priority, share(self.usage, self.held_units(), self.window_s,
+                                                           (now - self.usage_at).total_seconds()), want, self.window_s,
+                       self.waiting_since.timestamp() if self.waiting_since else math.inf, mine)
+        others = self._contenders(rows, free, now)
+        given = allocate(free, [me, *others], until=self.study_id)
+        got = [c.slot for c in given[self.study_id]]
+        # what the policy gave to others: taken anyway once it stayed free DEFER_S (they may be unable to use it)
+        taken = {(c.machine, c.units) for c in given[self.study_id]}
+        clock = time.monotonic()
+        deferred = {}
+        for cand in mine:
+            ident = (cand.machine, cand.units)
+            if ident in taken:
+                continue
+            deferred[ident] = self._deferred.get(ident, clock)
+            if len(got) < want and clock - deferred[ident] >= DEFER_S:
+                got.append(cand.slot)
+                taken.add(ident)
+        self._deferred = {k: v for k, v in deferred.items() if k not in taken}
+        reason = None
+        if len(got) < want:
+            first = next((o for o in sorted(others, key=lambda o: o.rank()) if given.get(o.study_id)), None)
+            if first is not None and self._deferred:
+                reason = f"free slots go first to study {self._names.get(first.study_id, first.study_id)!r} " + (
+                    f"(priority {first.priority} above {self.priority})" if first.priority > self.priority else
+                    "(fair share: its share of GPU-seconds is smaller; `orch fleet queue` shows each study's)")
+            else:
+                reason = self._held_reason(now)
+        self._decided(now, want - len(got), reason)
+        return passing[:wanted] + got[: max(0, wanted - len(passing))]
+
+    def _contenders(self, rows, free: dict[str, set[str]], now: datetime) -> list[Contender]:
+        """The other studies that want slots now, with their candidates among the free units (their slots cut from
+        this controller's view of the machines: the fleet file and its probes)."""
+        out = []
+        views = {}
+        for key in free:
+            machine = self.by_key.get(key)
+            info = self.infos.get(machine.name) if machine is not None else None
+            if info is not None and info.reachable:
+                views[key] = (machine, info)
+        for row in rows:
+            if row.study_id == self.study_id or row.wanted <= 0 or _aware(row.expires_at) < now:
+                continue
+            if row.controller != self.owner and lease.holder_gone(row.controller):
+                continue
+            per_trial = row.gpus_per_trial or 1
+            want = row.wanted
+            if row.max_gpus is not None:
+                want = min(want, max(0, row.max_gpus - row.held) // per_trial)
+            if want <= 0:
+                continue
+            labels = row.labels or {}
+            machines = []
+            for key, (machine, info) in views.items():
+                if all(machine.labels.get(k) == v for k, v in labels.items()):
+                    machines.append((key, sets_of(row.gpus_per_trial, info.gpu_count,
+                                                  machine.resolved_cpu_slots(info.cpu_count))))
+            candidates = candidates_for(sorted(machines), free)
+            if not candidates:
+                continue
+            usage = share(row.usage, row.held, row.window_s, (now - _aware(row.usage_at)).total_seconds())
+            since = _aware(row.waiting_since).timestamp() if row.waiting_since else math.inf
+            out.append(Contender(row.study_id, row.priority, usage, want, row.window_s, since, candidates))
+        return out
+
+    def _held_reason(self, now: datetime) -> str | None:
+        """Why no slot is free: who holds them (other studies, or a previous controller of this study whose jobs are
+        checked before their slots are given again); the study's own running trials are no reason to wait."""
+        clock = time.monotonic()
+        if clock - self._held_by[0] >= REASON_S:
+            with self.db.session() as s:
+                held = store.held_by_holder(s)
+                unknown = {sid for sid, _, _ in held if sid is not None} - set(self._names)
+                if unknown:
+                    self._names.update(dict(s.execute(select(StudyRow.id, StudyRow.name).where(
+                        StudyRow.id.in_(unknown))).all()))
+            self._held_by = (clock, held)
+        others = sorted({f"study {self._names.get(sid, sid)!r}" for sid, holder, n in self._held_by[1]
+                         if n and sid != self.study_id and holder != self.owner})
+        previous = any(n and sid == self.study_id and holder != self.owner for sid, holder, n in self._held_by[1])
+        if previous:
+            others.append("a previous controller of this study (its jobs are checked before the slots are given "
+                          "again)")
+        if not others:
+            return None
+        what = "GPUs" if self.gpus else "CPU slots"
+        return f"every slot it can use is busy: {what} held by " + ", ".join(others)
+
+    def _decided(self, now: datetime, unmet: int, reason: str | None, poll: bool = True) -> None:
+        """The decision's outcome: what the study waits for (None: nothing of other studies); `poll`: look again in
+        POLL_S (a wait on other studies), not only when one of its own trials ends (a wait on its own cap)."""
+        if reason is not None and self.waiting is None:
+            self.waiting_since = now
+        elif reason is None:
+            self.waiting_since = None
+        self.waiting, self.unmet = reason, max(0, unmet)
+        if (reason is None) != (self._told is None) and reason != self._told:
+            self.say(f"waiting for a slot: {reason}" if reason else "no longer waiting: slots were given to it")
+        self._next_poll = time.monotonic() + POLL_S if reason is not None and poll else None
+
+    def take(self, slots: list[Slot]) -> list[Slot]:
+        """Claim `slots` (from `offer`); the ones this study got, in their order (a slot another controller claimed
+        first is left out). The study's demand row is written in the same transaction when it changed."""
+        wanted = {slot: self._unit_ids(slot) for slot in slots}
+        claimable_ids = [i for ids in wanted.values() if ids for i in ids]
+        now = _now()
+        got: set[int] = set()
+        with self.db.session() as s:
+            if claimable_ids:
+                got = store.claim(s, claimable_ids, self.owner, self.study_id, now, now + timedelta(seconds=self.lease_s))
+                partial = [i for ids in wanted.values() if ids and not set(ids) <= got for i in ids if i in got]
+                store.release_rows(s, partial, self.owner, now)
+            out = []
+            for slot, ids in wanted.items():
+                if ids is None:
+                    out.append(slot)  # not claimed here (its resource manager arbitrates)
+                elif set(ids) <= got:
+                    self._rebase(now)
+                    self.held[slot] = ids
+                    out.append(slot)
+            lost = len(slots) - len(out)
+            if lost and self.waiting is None:
+                self.waiting, self.waiting_since = "another study claimed the free slots first", now
+                self._next_poll = time.monotonic() + POLL_S
+            self.unmet += lost
+            self._write_demand(s, now)
+        return out
+
+    def _write_demand(self, s, now: datetime, force: bool = False) -> None:
+        state = (self.unmet if self.waiting else 0, self.held_units(), self.waiting, self.waiting_since)
+        if not force and state == self._written:
+            return
+        if (self.waiting is None) != (self._told is None):  # the wait began or ended: an event of the study's
+            s.add(EventRow(at=now, study_id=self.study_id, kind="study.waiting",
+                           old=None if self.waiting else "waiting", new="waiting" if self.waiting else "served",
+                           message=self.waiting))
+            self._told = self.waiting
+        self._rebase(now)
+        store.write_demand(s, dict(
+            study_id=self.study_id, controller=self.owner, priority=self.priority, gpus_per_trial=self.gpus,
+            labels=self.labels, max_gpus=self.max_gpus, wanted=state[0], held=state[1], usage=self.usage,
+            usage_at=now, window_s=self.window_s, waiting_since=self.waiting_since, reason=self.waiting,
+            updated_at=now, expires_at=now + timedelta(seconds=self.lease_s)))
+        self._written = state
+
+    def idle(self) -> None:
+        """The study wants no slot now (its round is open, it is stopping): it waits for nothing."""
+        if self.waiting is not None or self.unmet:
+            self._decided(_now(), 0, None)
+            with self.db.session() as s:
+                self._write_demand(s, _now())
+
+    def assign(self, writes, slot: Slot, number: int) -> None:
+        """Trial `number` runs on claimed `slot`: written with the transaction that records it `pending`."""
+        ids = self.held.get(slot)
+        if ids is None:
+            return
+        self.by_trial[number] = slot
+        for i in ids:
+            writes.add(store._ASSIGN, dict(id_=i, me=self.owner, number=number, label=slot.label))
+
+    def release(self, writes, number: int) -> None:
+        """Trial `number` ended: its slot is free, and the study's demand row holds that much less, with the
+        transaction that records its end."""
+        slot = self.by_trial.pop(number, None)
+        if slot is None:
+            return
+        now = _now()
+        self._rebase(now)
+        for i in self.held.pop(slot, []):
+            writes.add(store._RELEASE, dict(id_=i, me=self.owner, at=now))
+        writes.add(store._DEMAND_HELD, dict(sid=self.study_id, me=self.owner, held=self.held_units(),
+                                            usage=self.usage, usage_at=now))
+
+    def drop(self, slots: list[Slot]) -> None:
+        """Claimed slots no trial was started on (an invalid point, an empty queue): free again at once."""
+        ids = []
+        now = _now()
+        for slot in slots:
+            if slot in self.held and slot not in self.by_trial.values():
+                self._rebase(now)
+                ids += self.held.pop(slot)
+        if ids:
+            with self.db.session() as s:
+                store.release_rows(s, ids, self.owner, now)
+
+    def adopt(self, slot: Slot, number: int) -> bool:
+        """A job re-attached after a controller restart: its claims become this controller's (or, when none is left,
+        its slot is claimed anew). False when another study holds the slot now."""
+        if slot.machine not in self.machines:
+            return True
+        ids = self._unit_ids(slot) if slot.index >= 0 or slot.gpu_ids else None
+        now = _now()
+        until = now + timedelta(seconds=self.lease_s)
+        with self.db.session() as s:
+            owned = store.take_over(s, self.study_id, number, self.owner, until)
+            if not owned and ids:
+                got = store.claim(s, ids, self.owner, self.study_id, now, until)
+                if got != set(ids):
+                    store.release_rows(s, list(got), self.owner, now)
+                    return False
+                owned = ids
+                s.execute(store._ASSIGN, [dict(id_=i, me=self.owner, number=number, label=slot.label) for i in ids])
+            if not owned:
+                return False
+        self._rebase(now)
+        self.held[slot] = owned
+        self.by_trial[number] = slot
+        return True
+
+    # ---- the loop ---------------------------------------------------------------------------------------------------
+    def next_poll(self) -> float | None:
+        """When the loop should look at the fleet again (monotonic; None: only when something of its own changes)."""
+        return self._next_poll
+
+    def messages(self) -> list[str]:
+        out = []
+        while self._messages:
+            out.append(self._messages.popleft())
+        return out
+
+    def renew(self) -> None:
+        """The heartbeat: every claim's lease and the demand row's are extended."""
+        now = _now()
+        until = now + timedelta(seconds=self.lease_s)
+        with self.db.session() as s:
+            store.renew(s, self.owner, self.study_id, until)
+            self._write_demand(s, now, force=True)
+
+    def close(self) -> None:
+        """The run ends: claims no trial holds are released, the demand row goes; the claims of trials whose end
+        this run did not see stay for the reaper, which frees them once their jobs are gone."""
+        self.reaper.stop()
+        now = _now()
+        assigned = set(self.by_trial.values())
+        ids = [i for slot, unit_ids in self.held.items() if slot not in assigned for i in unit_ids]
+        with self.db.session() as s:
+            store.release_rows(s, ids, self.owner, now)
+            store.drop_demand(s, self.study_id, self.owner)
+
+
+__all__ = ["FleetClaims", "POLL_S", "DEFER_S", "WINDOW_S"]

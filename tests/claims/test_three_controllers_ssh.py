@@ -1,0 +1,121 @@
+"""Three `orch study run` processes, three studies, one fleet of two real sshd machines with 2 GPUs each (declared;
+each trial's CUDA_VISIBLE_DEVICES and times are recorded by tests/helpers/slot_recorder.py), one real PostgreSQL.
+Studies a and b (priority 0) share the fleet; c (priority 1) joins when it is full, gets the next two free GPUs and
+keeps them until its trials are done although its share is then the largest (priority before fair share). Then a's
+controller is SIGKILLed while its jobs run (each takes 3.5 s to stop after SIGTERM): their GPUs are given again only
+once the jobs ended; a run again re-runs its lost trials as recorded retries. Never two jobs on one GPU, every study
+finishes, a and b within the fair-share bound (Jain's index of their GPU-seconds >= 0.95) while both ran."""
+
+from __future__ import annotations
+
+from datetime import timezone
+
+import pytest
+import yaml
+from sqlalchemy import select
+
+from db import Database, EventRow, FleetDemandRow, SlotUnitRow, StudyRow, TrialRow
+from orchestrator.claims.policy import jain
+from tests.conftest import orch, wait_for
+from tests.orch._checks import assert_agrees_with_optuna
+
+from .shared import gpu_seconds, overlaps, runs, start, study_file
+
+LINGER_S = 3.5  # below the ssh wrapper's kill grace (5 s): a stopped job ends by itself and records its end
+SLACK_S = 1.0  # from a job's end to the next trial's row: its exit read, the claim released, a decision, a claim
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_three_controllers_share_two_ssh_machines_on_postgres(ssh_machines, postgres_server, tmp_path):
+    db_url = postgres_server.create_database()
+    pair = ssh_machines[:2]
+    workdirs = {m.name: tmp_path / f"w-{m.name}" for m in pair}
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(yaml.safe_dump({"machines": [m.fleet_entry(workdirs[m.name], gpus=2) for m in pair]}))
+    record = tmp_path / "record.jsonl"
+    specs = {"a": dict(trials=10, parallel=4), "b": dict(trials=10, parallel=4), "c": dict(trials=4, parallel=2, priority=1)}
+    for name, extra in specs.items():
+        path = study_file(tmp_path, name, record, wall_s=1.0, linger_s=LINGER_S, **extra)
+        assert orch("study", "create", name, "--from", str(path), "--db", db_url, cwd=tmp_path).returncode == 0
+    db = Database(db_url)
+    procs = {name: start(db_url, tmp_path, name, fleet) for name in ("a", "b")}
+    outputs = {}
+    try:
+        wait_for(lambda: len(_running(db)) == 4, 60, "a and b to fill the fleet's 4 GPUs")
+        procs["c"] = start(db_url, tmp_path, "c", fleet)
+        outputs["c"] = procs["c"].communicate(timeout=120)[0]
+        wait_for(lambda: any(r[0] == "a" for r in _running(db)), 30, "a trial of a running")
+        procs["a"].kill()
+        procs["a"].wait(timeout=10)
+        outputs["b"] = procs["b"].communicate(timeout=180)[0]
+        procs["a"] = start(db_url, tmp_path, "a", fleet)
+        outputs["a"] = procs["a"].communicate(timeout=120)[0]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    for name, proc in procs.items():
+        assert proc.returncode == 0 and "Traceback" not in outputs[name], (name, outputs[name][-3000:])
+    seen = runs(record, {str(path): name for name, path in workdirs.items()})
+    assert overlaps(seen) == []  # never two jobs on one GPU, a's stopping jobs included
+    assert len({(r.study, r.trial) for r in seen}) == len(seen)  # no trial ran twice
+    for name, count in (("b", 10), ("c", 4)):
+        assert sorted(r.state for r in assert_agrees_with_optuna(db, name)) == ["complete"] * count
+    a_rows = assert_agrees_with_optuna(db, "a")
+    lost = {r.number for r in a_rows if r.state == "lost"}
+    assert lost and sorted(r.state for r in a_rows) == ["complete"] * 10 + ["lost"] * len(lost)
+    assert {r.retry_of for r in a_rows if r.retry_of is not None} == lost  # re-run as recorded retries
+
+    # c (priority 1) was served first: it got the first two GPUs freed after it began to wait ...
+    waited = _events(db, "study.waiting", "waiting", "c")[0].at.replace(tzinfo=timezone.utc).timestamp()
+    freed = sorted(r.end for r in seen if r.study in "ab" and r.end > waited)
+    c_runs = sorted((r for r in seen if r.study == "c"), key=lambda r: r.start)
+    created = sorted(_created(db, "c"))
+    assert created[0] <= max(waited, freed[0]) + SLACK_S and created[1] <= freed[1] + SLACK_S, (waited, freed, created)
+    # ... and kept both until its trials were done: each of its GPUs went back to it when its trial there ended
+    by_gpu: dict = {}
+    for run in c_runs:
+        by_gpu.setdefault((run.machine, run.gpus), []).append(run)
+    assert sorted(len(v) for v in by_gpu.values()) == [2, 2], by_gpu
+    for first, second in by_gpu.values():
+        assert second.start - first.end < SLACK_S + 1.0, (first, second)
+
+    # a and b within the fair-share bound while both ran
+    killed_at = min(r.end for r in seen if r.study == "a" and r.termed)
+    both = (max(min(r.start for r in seen if r.study == s) for s in "ab"), killed_at - LINGER_S)
+    used = [gpu_seconds(seen, s, *both) for s in "ab"]
+    assert jain(used) >= 0.95, (used, both)
+
+    # a's killed jobs kept their GPUs until they ended; then their claims were freed after a check through ssh
+    termed = [r for r in seen if r.study == "a" and r.termed]
+    assert termed and all(r.end is not None for r in termed)
+    released = {e.trial_number: e for e in _events(db, "claim.freed", study="a")}
+    assert {r.trial for r in termed} <= set(released), (released, termed)  # (and any claim whose job had not started)
+    for run in termed:
+        assert "job no longer runs" in released[run.trial].message
+        assert released[run.trial].at.replace(tzinfo=timezone.utc).timestamp() >= run.end - 0.5
+    with db.session() as s:
+        assert s.scalar(select(SlotUnitRow).where(SlotUnitRow.controller.is_not(None))) is None
+        assert s.scalar(select(FleetDemandRow)) is None
+
+
+def _running(db: Database) -> list[tuple[str, int]]:
+    with db.session() as s:
+        return s.execute(select(StudyRow.name, TrialRow.number).join(StudyRow).where(TrialRow.state == "running")).all()
+
+
+def _created(db: Database, study: str) -> list[float]:
+    with db.session() as s:
+        return [t.replace(tzinfo=timezone.utc).timestamp() for t in s.scalars(
+            select(TrialRow.created_at).join(StudyRow).where(StudyRow.name == study))]
+
+
+def _events(db: Database, kind: str, new: str | None = None, study: str | None = None) -> list:
+    with db.session() as s:
+        query = select(EventRow).where(EventRow.kind == kind).order_by(EventRow.at)
+        if new is not None:
+            query = query.where(EventRow.new == new)
+        if study is not None:
+            query = query.join(StudyRow, StudyRow.id == EventRow.study_id).where(StudyRow.name == study)
+        return list(s.scalars(query))

@@ -1,0 +1,63 @@
+"""A stand-in trainer's wrapper for the shared-fleet tests: records the GPUs a trial got and when it ran.
+
+`python slot_recorder.py RECORD_FILE [--linger S] [--slow-while-missing FILE] -- ARGV...` appends one JSON line `{"event": "start", ...}` to
+RECORD_FILE (the job's CUDA_VISIBLE_DEVICES, its trial directory, its pid, the wall time), runs ARGV as a child,
+then appends `{"event": "end", ...}` and exits with the child's status. On SIGTERM (its controller stopped it, or
+died: PR_SET_PDEATHSIG, the ssh wrapper's watcher) it stops the child, keeps running `--linger` seconds more (a job
+that takes a while to stop: its slot must stay claimed meanwhile), records its end and exits 143. While FILE of
+`--slow-while-missing` does not exist, the child runs 60 s (`--wall-s 60` added): a run to kill mid-way. Lines are appended
+with O_APPEND, whole, so several jobs (on several "machines" of one host) share the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def record(path: str, event: str, **extra) -> None:
+    line = json.dumps({"event": event, "time": time.time(), "pid": os.getpid(), "dir": os.getcwd(),
+                       "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", ""), **extra}) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    path, linger = args[0], 0.0
+    rest = args[1:]
+    if rest[:1] == ["--linger"]:
+        linger, rest = float(rest[1]), rest[2:]
+    slow_while = None
+    if rest[:1] == ["--slow-while-missing"]:
+        slow_while, rest = rest[1], rest[2:]
+    argv = rest[1:] if rest[:1] == ["--"] else rest
+    if slow_while is not None and not os.path.exists(slow_while):
+        argv = [*argv, "--wall-s", "60"]  # a long run, to be killed mid-way; once FILE exists, runs are short again
+    # signals are taken with sigwait, not in a handler (a handler calling child.wait() while the main thread waits
+    # on the child deadlocks on subprocess' lock); a second SIGTERM while it lingers stays pending, unanswered
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGCHLD})
+    record(path, "start")
+    child = subprocess.Popen(argv, preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, set()))  # its own
+    while child.poll() is None:
+        if signal.sigwait({signal.SIGTERM, signal.SIGCHLD}) == signal.SIGTERM:
+            child.terminate()
+            record(path, "term")
+            time.sleep(linger)  # a job that takes this long to stop (its GPUs are still in use)
+            child.wait()
+            record(path, "end", status=143)
+            return 143
+    record(path, "end", status=child.returncode)
+    return child.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
