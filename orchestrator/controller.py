@@ -971,8 +971,10 @@ class Controller:
                  if "avoid_machine" in t.user_attrs} if candidates else set()
         if avoid:
             candidates.sort(key=lambda slot: slot.machine in avoid)  # stable: the fleet's interleaving stays
+        # screened before the offer cuts them to `wanted`: a GPU a foreign process holds stays refused while it is held
+        candidates = self.keeper.screen(candidates, self.infos, len(candidates), avoid)
         candidates = self.claims.offer(candidates, wanted)  # free across the fleet's studies: this study's share
-        return self.claims.take(self.keeper.screen(candidates, self.infos, wanted, avoid))
+        return self.claims.take(candidates)
 
     def _update_refusals(self) -> None:
         """Report (and record as events) the machines that get no trials and why, as it changes."""

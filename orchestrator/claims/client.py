@@ -142,6 +142,13 @@ class FleetClaims:
             self._decided(now, wanted - len(passing), reason, poll=reason is not None and want > 0)
             return passing[:wanted]
         with self.db.session() as s:
+            missing: dict[str, list[str]] = {}  # units of machines that were unreachable at start and answer now
+            for slot in own:
+                key = self.machines[slot.machine].claim_key
+                missing.setdefault(key, []).extend(u for u in slot_units(slot) if (key, u) not in self.ids)
+            missing = {key: units for key, units in missing.items() if units}
+            if missing:
+                self.ids.update(store.ensure_units(s, missing, now))
             free_rows = store.free_units(s)
             rows = store.demand(s) if free_rows else []
             unknown = {r.study_id for r in rows} - set(self._names)

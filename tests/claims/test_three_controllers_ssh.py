@@ -73,13 +73,11 @@ def test_three_controllers_share_two_ssh_machines_on_postgres(ssh_machines, post
     c_runs = sorted((r for r in seen if r.study == "c"), key=lambda r: r.start)
     created = sorted(_created(db, "c"))
     assert created[0] <= max(waited, freed[0]) + SLACK_S and created[1] <= freed[1] + SLACK_S, (waited, freed, created)
-    # ... and kept both until its trials were done: each of its GPUs went back to it when its trial there ended
-    by_gpu: dict = {}
-    for run in c_runs:
-        by_gpu.setdefault((run.machine, run.gpus), []).append(run)
-    assert sorted(len(v) for v in by_gpu.values()) == [2, 2], by_gpu
-    for first, second in by_gpu.values():
-        assert second.start - first.end < SLACK_S + 1.0, (first, second)
+    # ... and kept both until its trials were done: when one of its trials ended while it had more to run, its next
+    # one started within the slack (on that GPU or on one freed at the same moment: which one is the claim's luck)
+    ends = sorted(r.end for r in c_runs)[: len(c_runs) - 2]
+    starts = sorted(r.start for r in c_runs)[2:]
+    assert all(start - end < SLACK_S + 1.0 for end, start in zip(ends, starts)), c_runs
 
     # a and b within the fair-share bound while both ran
     killed_at = min(r.end for r in seen if r.study == "a" and r.termed)
