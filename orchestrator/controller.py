@@ -39,7 +39,7 @@ from .health import HealthChecker
 from .jobs import InvalidParams, apply_injection, build_job, resolve_values, variant_key
 from .launchers import get_launcher
 from .launchers.base import Event, ExitEvent, JobHandle, JobRecord, Launcher, LineEvent, MachineInfo, Slot
-from .launchers.local import DISK_FULL
+from .records import DISK_FULL
 from .liveness.machines import MachineKeeper
 from .liveness.watchdog import ProgressWatchdog
 from .outcomes import ATTR_EXIT_REASON, curve_value, decide, tell

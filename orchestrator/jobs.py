@@ -6,37 +6,19 @@ formatted from validated numbers/choices; nothing is ever interpolated into a sh
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config.expressions import ExpressionError, evaluate, parse_expression
 from .config.study import StudySpec, early_exit_templates, template_fields
+from .records import JobSpec, variant_key  # noqa: F401 (built here, kept in records)
 
 
 class InvalidParams(ValueError):
     """The sampled or enqueued values cannot make a valid job (out of range, derived bound broken)."""
-
-
-@dataclass
-class JobSpec:
-    study: str
-    trial: int
-    argv: list[str]
-    env: dict[str, str]  # set for the job; stored on the trial
-    secret_env: dict[str, str] = field(default_factory=dict, repr=False)  # set for the job, never stored
-    gpus: int = 0
-    timeout_s: float = 3600.0
-    image: str | None = None
-    log_format: str = "orch"
-
-    def stored_env(self) -> dict[str, str]:
-        return dict(self.env) | {name: "***" for name in self.secret_env}
 
 
 def format_value(value: Any, spec: str = "") -> str:
@@ -49,13 +31,6 @@ def format_value(value: Any, spec: str = "") -> str:
             raise InvalidParams(f"value {value} is not finite")
         return format(value, ".10g")
     return str(value)
-
-
-def variant_key(params: dict[str, Any]) -> str:
-    """A stable short key for a parameter set: repeats of one variant share it."""
-    canonical = json.dumps({k: (round(v, 10) if isinstance(v, float) else v) for k, v in sorted(params.items())},
-                           sort_keys=True)
-    return hashlib.sha1(canonical.encode()).hexdigest()[:12]
 
 
 def resolve_values(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:

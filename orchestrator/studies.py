@@ -19,7 +19,7 @@ from db.models import BatchRow, EventRow, MetricPointRow, RequestRow
 from db.reconnect import wait_for_server
 
 from .config.errors import OrchError
-from .config.sampler_check import check_sampler
+from .samplers.check import check_sampler
 from .config.study import StudySpec, check_metrics, load_study_file
 from .parsers import UnknownFormat, get_adapter
 from .study_storage import LeasedStorage
@@ -189,7 +189,7 @@ def _delete_rows(s, row: StudyRow, with_optuna: bool = True) -> dict[str, int]:
 
 def delete_study(db: Database, name: str) -> dict[str, int]:
     """Remove study NAME: orch's rows and its Optuna study, in one transaction. Refused while a controller runs it."""
-    from .lease import holder  # the lease module reads processes (launchers.local); only deletion needs it
+    from .lease import holder  # the lease module reads processes (procs); only deletion needs it
 
     with db.session() as s:
         row = s.scalar(select(StudyRow).where(StudyRow.name == name))

@@ -14,7 +14,6 @@ import math
 import shlex
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from db import Database, StudyRow
@@ -503,40 +502,3 @@ def _data_as_of(study: StudyRow, records: list[dict[str, Any]]) -> str:
     ends = [r["ended_at"] for r in records if r.get("ended_at")]
     when = max(ends) if ends else study.created_at.isoformat()
     return datetime.fromisoformat(str(when)).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def html_report(db: Database, study: StudyRow) -> str:
-    """RENDERERS['html']: one self-contained HTML file, plots inline."""
-    from .html import render_html
-    from .plots import render_plots
-
-    report = build_report(db, study)
-    return render_html(report, render_plots(report))
-
-
-def export_text(fmt: str, db: Database, study: StudyRow, out: Path | None = None, plots: bool | None = None) -> str:
-    """What `orch export` writes. Markdown with plots writes PNG files beside `out` and links them."""
-    from . import RENDERERS
-
-    if fmt == "html":
-        from .html import render_html
-        from .plots import render_plots
-
-        report = build_report(db, study)
-        return render_html(report, render_plots(report) if plots is not False else [])
-    if fmt == "md" and plots:
-        from ..config.errors import OrchError
-        from .plots import render_plots
-
-        if out is None:
-            raise OrchError("markdown plots are PNG files written beside the .md (fix: add --out FILE.md, "
-                            "or drop --plots)")
-        report = build_report(db, study)
-        links = []
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for plot in render_plots(report):
-            path = out.parent / f"{out.stem}.{plot.name}.png"
-            path.write_bytes(plot.png)
-            links.append((path.name, plot.caption))
-        return render_markdown(report, links)
-    return RENDERERS[fmt](db, study)

@@ -25,7 +25,7 @@ from pathlib import PurePosixPath
 from ..config.errors import OrchError
 from ..config.fleet import ContainerSpec, Machine
 from ..config.images import IMAGE_FIX, image_reference_problem
-from ..jobs import JobSpec
+from ..records import JobSpec
 from .base import Slot
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

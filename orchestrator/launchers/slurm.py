@@ -52,9 +52,9 @@ from ..config.errors import OrchError
 from ..config.fleet import COMMAND_PATTERN, Capability, EnvMap, Machine, _Strict
 from ..config.validation import FIX_MARK
 from ..config.yaml_source import YamlDoc
-from ..jobs import JobSpec
+from ..records import JobSpec
 from .base import Event, ExitEvent, JobHandle, JobRecord, Launcher, LineEvent, MachineInfo, Slot
-from .local import MAX_LINE_BYTES
+from ..records import MAX_LINE_BYTES
 
 TAIL_S = 0.1  # how often the job files are read for new output
 #: sbatch options the launcher sets itself (the machine's `sbatch_args` must not)

@@ -42,10 +42,10 @@ from ..config.fleet import Capability, Machine, User
 from ..config.validation import FIX_MARK
 from ..config.yaml_source import YamlDoc
 from ..gpu import gpu_query_argv, parse_nvidia_smi
-from ..jobs import JobSpec
+from ..records import JobSpec
 from .base import Event, ExitEvent, JobHandle, JobRecord, Launcher, LineEvent, MachineInfo, Slot, machine_info
 from .containers import PodmanOptions, container_command, containerized_env, job_env, parse_image_id
-from .local import MAX_LINE_BYTES
+from ..records import MAX_LINE_BYTES
 from .remote_script import ScriptError, alive_check, bootstrap_command, job_script, remote_workdir, trial_directory
 
 KEEPALIVE_S = float(os.environ.get("ORCH_SSH_KEEPALIVE_S", "5"))

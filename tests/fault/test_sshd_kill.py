@@ -11,7 +11,7 @@ import yaml
 from sqlalchemy import select
 
 from db import Database, MachineRow, MetricPointRow, TrialRow
-from orchestrator.config.fleet import load_fleet
+from orchestrator.config.fleet_file import load_fleet
 from orchestrator.controller import Controller
 from orchestrator.launchers.ssh import SshLauncher
 from orchestrator.studies import create_study

@@ -12,7 +12,8 @@ import yaml
 from sqlalchemy import select
 
 from db import Database, MetricPointRow, TrialRow
-from orchestrator.config.fleet import ContainerSpec, Machine, load_fleet
+from orchestrator.config.fleet import ContainerSpec, Machine
+from orchestrator.config.fleet_file import load_fleet
 from orchestrator.controller import Controller
 from orchestrator.jobs import JobSpec
 from orchestrator.launchers.base import ExitEvent, LineEvent, Slot

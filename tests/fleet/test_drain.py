@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from db import Database, EventRow, MachineRow, TrialRow
 from orchestrator.config.errors import ConfigError
-from orchestrator.config.fleet import load_fleet
+from orchestrator.config.fleet_file import load_fleet
 from orchestrator.controller import MACHINE_STATE_READ_S, Controller
 from orchestrator.drain import set_drain
 from orchestrator.studies import create_study

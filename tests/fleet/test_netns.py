@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from db import Database, EventRow, MachineRow, MetricPointRow, TrialRow
 from orchestrator.cli.fleet_view import FleetProber, fleet_status, render_fleet_status
-from orchestrator.config.fleet import load_fleet
+from orchestrator.config.fleet_file import load_fleet
 from orchestrator.controller import Controller
 from orchestrator.launchers.ssh import SshLauncher
 from orchestrator.studies import create_study

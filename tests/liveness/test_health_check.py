@@ -19,7 +19,7 @@ from sqlalchemy import select
 from db import Database, EventRow, MachineRow, TrialRow
 from orchestrator.config.fleet import Machine
 from orchestrator.controller import Controller
-from orchestrator.config.fleet import load_fleet
+from orchestrator.config.fleet_file import load_fleet
 from orchestrator.launchers.local import LocalLauncher
 from orchestrator.liveness.health_check import PROGRAM, run_program
 from orchestrator.studies import create_study

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import ConfigError, OrchError, load_fleet
-from orchestrator.config.fleet import parse_fleet
+from orchestrator.config.errors import ConfigError, OrchError
+from orchestrator.config.fleet_file import load_fleet
+from orchestrator.config.fleet_file import parse_fleet
 from orchestrator.config.yaml_source import load_yaml_text
 from orchestrator.studies import validate_study_file
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from db import Database, EventRow, MetricPointRow
-from orchestrator.config.fleet import load_fleet
+from orchestrator.config.fleet_file import load_fleet
 from orchestrator.controller import Controller
 from orchestrator.launchers.local import process_alive
 from orchestrator.studies import create_study

@@ -12,7 +12,7 @@ import yaml
 
 from db import Database
 from orchestrator.config.errors import OrchError
-from orchestrator.config.fleet import load_fleet
+from orchestrator.config.fleet_file import load_fleet
 from orchestrator.controller import Controller
 from orchestrator.studies import create_study
 from tests.conftest import REPO, orch

@@ -21,9 +21,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config.errors import ConfigErrors
-from .base import InjectionError
-from .registry import get_injector
+from .config.study import load_study_file
+from .jobs import InvalidParams, format_value, resolve_values
+from .studies import validate_study_file as validate_spec
+
+from .config.errors import ConfigErrors
+from .injection import InjectionError, env_var_types, get_injector
 
 Problem = tuple[tuple, str, str]
 
@@ -32,7 +35,6 @@ def _ends(spec) -> list[dict[str, Any]]:
     """Parameter sets at the low and the high end of every range (categoricals: their first and last choice), with
     the derived values a trial there gets (a map may name them: stage2 = 1 - stage1 - stage3). An end whose derived
     values fall outside their min/max is left out: such a point is skipped at run time, never prepared."""
-    from ..jobs import InvalidParams, resolve_values  # jobs reaches the injectors through this package
 
     low, high = {}, {}
     for name, p in spec.parameters.items():
@@ -99,8 +101,6 @@ def check_study(spec, spec_dir: Path, warnings: list[str] | None = None) -> list
 
 
 def _env_type_problems(spec, script: Path) -> list[Problem]:
-    from ..jobs import format_value
-    from ._script_scan import env_var_types
 
     try:
         types = env_var_types(script)
@@ -126,8 +126,6 @@ def _env_type_problems(spec, script: Path) -> list[Problem]:
 def validate_study_file(path: str | Path):
     """`orchestrator.studies.validate_study_file`, then `check_study`; raises ConfigErrors (or the one ConfigError)
     naming the study file, the line and the field."""
-    from ..config.study import load_study_file
-    from ..studies import validate_study_file as validate_spec
 
     spec, text = validate_spec(path)
     warnings: list[str] = []
