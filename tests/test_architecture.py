@@ -31,14 +31,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config models", ("orchestrator.config.fleet", "orchestrator.config.study")),
     ("launchers and samplers", ("orchestrator.launchers", "orchestrator.samplers")),
     ("config files", ("orchestrator.config.fleet_file",)),
-    ("studies (Optuna) and jobs", ("orchestrator.studies", "orchestrator.study_storage", "orchestrator.trial_queue",
-                                   "orchestrator.outcomes", "orchestrator.lease", "orchestrator.jobs",
-                                   "orchestrator.importing", "orchestrator.study_check", "orchestrator.provenance")),
-    ("fleet state and scheduling", ("orchestrator.scheduler", "orchestrator.claims", "orchestrator.liveness",
-                                    "orchestrator.health", "orchestrator.drain", "orchestrator.preflight",
-                                    "orchestrator.control", "orchestrator.recovery", "orchestrator.warm")),
-    ("analysis", ("orchestrator.analysis", "orchestrator.certify", "orchestrator.rules")),
-    ("controller", ("orchestrator.controller", "orchestrator.extra_runs")),
+    ("studies (Optuna) and jobs", ("orchestrator.study", "orchestrator.jobs",
+                                   "orchestrator.provenance")),
+    ("fleet state and scheduling", ("orchestrator.fleet", "orchestrator.claims", "orchestrator.liveness",
+                                    "orchestrator.warm")),
+    ("analysis", ("orchestrator.analysis", "orchestrator.certify")),
+    ("study run", ("orchestrator.run", "orchestrator.extra_runs")),
     ("export", ("orchestrator.export", "orchestrator.record")),
     ("command line", ("orchestrator.cli", "orchestrator.scaffold", "orchestrator.__main__")),
 ]
@@ -169,5 +167,20 @@ def test_no_import_circles(graph):
 def test_the_check_finds_a_circle_and_an_import_against_the_flow():
     """The checks themselves can fail: a made-up circle is found, and a made-up upward import is ranked so."""
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert _layer("orchestrator.records") < _layer("orchestrator.launchers.local") < _layer("orchestrator.controller")
+    assert _layer("orchestrator.records") < _layer("orchestrator.launchers.local") < _layer("orchestrator.run.controller")
     assert _layer("orchestrator.cli.main") > _layer("orchestrator.export.report") > _layer("orchestrator.analysis.pick")
+
+
+def test_optuna_internals_stay_in_the_study_package():
+    """Optuna's private API (a storage, a study's or a trial's private attributes, private modules) is used only in
+    orchestrator/study/ and orchestrator/samplers/: an Optuna upgrade breaks those two packages and nothing else."""
+    private = ("._storage", "._study_id", "._trial_id", "optuna.storages._", "optuna._", "optuna.samplers._",
+               "optuna.trial._", "optuna.study._", '"fixed_params"')
+    found = []
+    for name, path in sorted(_modules().items()):
+        if name.startswith(("orchestrator.study.", "orchestrator.samplers")) or not name.startswith("orchestrator"):
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if any(mark in line for mark in private):
+                found.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert not found, "Optuna internals outside orchestrator/study and orchestrator/samplers:\n" + "\n".join(found)

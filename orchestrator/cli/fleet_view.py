@@ -33,7 +33,7 @@ from sqlalchemy import func, select
 from db import Database, MachineRow, TrialRow
 
 from ..config.fleet import Fleet, Machine
-from ..health import HealthChecker
+from ..fleet.health import HealthChecker
 from ..launchers.registry import launcher_class
 from ..launchers.base import Launcher, MachineInfo, Slot
 from ..liveness.gpu_guard import busy_refusal, gpu_processes

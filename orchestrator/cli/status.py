@@ -15,9 +15,9 @@ from db import Database, MetricPointRow, StudyRow, TrialRow
 
 from ..config.study import StudySpec
 from ..claims import study_waiting
-from ..lease import holder
+from ..study.lease import holder
 from ..liveness.refusals import study_refusals
-from ..studies import load_study_row, optuna_study_ids
+from ..study.lifecycle import load_study_row, optuna_study_ids
 
 
 def _age_s(when: datetime | None) -> float | None:
@@ -72,7 +72,7 @@ def study_status(db: Database, name: str) -> dict:
         "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params,
                                            "machine": best.machine},
         "running": _running_trials(db, TrialRow.study_id == row.id),
-        "controller": controller,  # the live holder of the study's lease (lease.py), else None
+        "controller": controller,  # the live holder of the study's lease (study/lease.py), else None
         # machines the study's controller last found getting no trials, and why (liveness/refusals.py)
         "refused_machines": study_refusals(db, row.id),
         # a running study that waits for slots other studies hold: since when, for what (orchestrator/claims)

@@ -9,7 +9,6 @@ docs/export.md describes the sections and the conventions (kinds of trials, base
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ from typing import Any
 from db import Database, StudyRow
 
 from ..analysis.pick import pick_text, study_pick
-from ..analysis.results import STATS_KINDS, Variant, full_records, optuna_trials, top_variants, variants_of
+from ..analysis.results import (STATS_KINDS, Variant, full_records, json_field, optuna_trials, top_variants,
+                                variants_of)
 from ..config.study import Constraint, StudySpec
 from ..certify.summary import study_evidence
 from . import record_page
@@ -342,15 +342,6 @@ def early_exit_summary(report: Report) -> list[str]:
     return [text + "."]
 
 
-def _loads(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
 def reproduction(report: Report) -> dict[str, Any]:
     """Facts of the best run, and the distinct environments of all runs."""
     r = report.best_run
@@ -373,16 +364,16 @@ def reproduction(report: Report) -> dict[str, Any]:
             ("started", r.get("started_at")),
             ("log", "/".join(str(r["log_path"]).replace("\\", "/").split("/")[-2:]) if r.get("log_path") else None),
         ]
-        out["versions"] = sorted((_loads(r.get("versions")) or {}).items())
-        out["checksums"] = sorted((_loads(r.get("file_checksums")) or {}).items())
+        out["versions"] = sorted((json_field(r.get("versions")) or {}).items())
+        out["checksums"] = sorted((json_field(r.get("file_checksums")) or {}).items())
         params = {n: r.get(f"params.{n}") for n in report.spec.parameters}
         try:  # rebuilt from the study: `python`, not the path of the machine's interpreter
             command = portable_command(report.spec, report.name, params)
         except (ValueError, KeyError):
             command = None
-        argv = _loads(r.get("command"))
+        argv = json_field(r.get("command"))
         if command is None and argv:  # an imported run: its command as recorded
-            env = _loads(r.get("env")) or {}
+            env = json_field(r.get("env")) or {}
             prefix = [f"{k}={v}" for k, v in sorted(env.items())]
             command = shlex.join(["env", *prefix, *map(str, argv)] if prefix else list(map(str, argv)))
         out["command"] = command
@@ -398,7 +389,7 @@ def reproduction(report: Report) -> dict[str, Any]:
             out["across"].append((label, ", ".join(f"{k} ({n})" for k, n in sorted(counts.items()))))
     lib: dict[str, dict[str, int]] = {}
     for rec in report.records:
-        for k, v in (_loads(rec.get("versions")) or {}).items():
+        for k, v in (json_field(rec.get("versions")) or {}).items():
             lib.setdefault(k, {})
             lib[k][str(v)] = lib[k].get(str(v), 0) + 1
     for k in sorted(lib):

@@ -21,7 +21,7 @@ from ..config.errors import OrchError
 from ..config.fleet import Fleet
 from ..config.study import StudySpec
 from ..jobs import InvalidParams, build_job, resolve_values, variant_key
-from ..studies import load_study_row
+from ..study.lifecycle import load_study_row
 from .commands import Request, run_request
 from .selection import arg_error, check_job, parse_params, pick_variant
 from .sequential import _pick_rule_variant

@@ -14,13 +14,13 @@ from sqlalchemy import select
 from db import Database, MetricPointRow, TrialRow
 from orchestrator.config.fleet import ContainerSpec, Machine
 from orchestrator.config.fleet_file import load_fleet
-from orchestrator.controller import Controller
+from orchestrator.run.controller import Controller
 from orchestrator.jobs import JobSpec
 from orchestrator.launchers.base import ExitEvent, LineEvent, Slot
 from orchestrator.launchers.containers import (ContainerError, PodmanOptions, container_command, local_container,
                                                parse_image_id)
 from orchestrator.launchers.ssh import SshLauncher
-from orchestrator.studies import create_study
+from orchestrator.study.lifecycle import create_study
 from tests.conftest import REPO, stand_in_study
 
 JOB = JobSpec("st", 12, ["python", "train.py", "--lr", "0.1"], {"A": "1"}, secret_env={"HF_TOKEN": "hf_secret_value"})

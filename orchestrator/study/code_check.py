@@ -21,12 +21,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config.study import load_study_file
-from .jobs import InvalidParams, format_value, resolve_values
-from .studies import validate_study_file as validate_spec
-
-from .config.errors import ConfigErrors
-from .injection import InjectionError, env_var_types, get_injector
+from ..config.errors import ConfigErrors
+from ..config.study import load_study_file
+from ..injection import InjectionError, env_var_types, get_injector
+from ..jobs import InvalidParams, format_value, resolve_values
+from .lifecycle import validate_study_file as validate_spec
 
 Problem = tuple[tuple, str, str]
 
