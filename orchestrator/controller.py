@@ -528,7 +528,8 @@ class Controller:
         info = self.infos[slot.machine]
         unmodified = bool(attrs.get("unmodified"))  # a paired baseline run of the trainer as it is
         job = build_job(self.spec, self.name, number, repeat_index, values, early_exit=attrs.get("early_exit"),
-                        steps=attrs.get("step_cut"), unmodified=unmodified)
+                        steps=attrs.get("step_cut"), unmodified=unmodified, checksums=self.code.checksums,
+                        spec_dir=Path(self.study.row.spec_dir or "."))  # + the warm plan (orchestrator/warm)
         workdir = (Path(machine.workdir) / self.name / f"trial-{number:04d}").resolve()
         try:
             diff = None if unmodified else apply_injection(self.spec, values, job, workdir,

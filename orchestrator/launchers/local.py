@@ -26,6 +26,7 @@ from typing import ClassVar, Literal
 
 import psutil
 
+from .. import warm
 from ..config.fleet import Capability, Machine
 from ..gpu import local_gpus
 from ..jobs import JobSpec
@@ -203,6 +204,8 @@ class LocalLauncher(Launcher):
     def start(self, job: JobSpec, machine: Machine, slot: Slot, workdir: Path,
               events: "queue.Queue[Event]") -> LocalJob:
         workdir.mkdir(parents=True, exist_ok=True)
+        job = warm.prepare(self, job, machine, str(workdir.resolve()))  # caches and data (orchestrator/warm)
+        events = warm.watch(events, job)
         log_path = workdir / "train.log"
         env = {**os.environ, **machine.env, **job.env, **job.secret_env}
         if slot.gpu_ids:
