@@ -52,6 +52,7 @@ from .scheduler import NoCapacity, Scheduler
 from .studies import OpenStudy, open_study, optuna_study_ids
 from .study_storage import LeasedStorage, on_step
 from .trial_queue import is_search_trial, next_trial, waiting_trials
+from .warm.plan import warm_plan
 
 # statements built once and bound per trial (SQLAlchemy caches their compiled form)
 _TRIALS, _POINTS, _EVENTS = TrialRow.__table__, MetricPointRow.__table__, EventRow.__table__
@@ -271,6 +272,7 @@ class Controller:
                     self.keeper.admit(machine, self.infos[machine.name])
             spec_dir = Path(opened.row.spec_dir or ".")
             self.code = code_info((spec_dir / self.spec.trainer.code_dir).resolve(), self.spec.trainer.files)
+            warm_plan(self.spec, spec_dir, self.code.checksums)  # a data file gone since create: stop now, naming it
             self._set_status("running")
             self._loop()
         except StopRequested:

@@ -124,7 +124,10 @@ def warm_plan(spec: StudySpec, spec_dir: Path, checksums: dict[str, str]) -> War
                 raise DataError(f"data file {source} ({name}) cannot be read: {exc.strerror or exc} (fix: restore it, "
                                 "or correct trainer.data)") from None
             files.append(StagedFile(name=name, sha256=sha, size=size, source=str(source)))
-    return WarmPlan(code=code_digest(checksums), data=tuple(files), link=data.link if data else "data",
+    # without `trainer.files` nothing says which code the caches hold: the command stands in for it (a changed
+    # script then keeps its key; docs/fleet.md asks for trainer.files)
+    code = code_digest(checksums) if checksums else code_digest({"command": json.dumps(spec.trainer.command)})
+    return WarmPlan(code=code, data=tuple(files), link=data.link if data else "data",
                     checksums=dict(checksums))
 
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import yaml
@@ -21,7 +24,10 @@ from sqlalchemy import select
 from db import Database, TrialRow
 from orchestrator.cli.fleet_view import fleet_status, render_fleet_status
 from orchestrator.cli.status import render_study_status, study_status
+from orchestrator.analysis.duty_cycle import duty_from_trials
 from orchestrator.config.fleet import load_fleet
+from orchestrator.warm.launch import MARK
+from orchestrator.warm.stage import ENTRY
 from tests.conftest import STAND_IN, dump_database, orch
 
 
@@ -94,6 +100,9 @@ def test_a_study_keeps_its_machine_warm_and_reports_the_duty_cycle(tmp_path):
     assert warm["trial"] == "s1#2" and warm["found"] and warm["entries"] == 1
     assert warm["data"] == {"files": 1, "bytes": 200000, "states": {"checked": 1}}
     assert "here warm: cache " in render_fleet_status(view)
+    md = orch("export", "s1", "--format", "md", *db_args)
+    assert md.returncode == 0 and "## Duty cycle" in md.stdout
+    assert f"{100 * duty['duty_cycle']:.1f} %" in md.stdout  # the same figure as the status
 
     # the staged copy rots (same size): the next trial is refused before its trainer starts, naming the file
     staged = store / sha
@@ -109,4 +118,65 @@ def test_a_study_keeps_its_machine_warm_and_reports_the_duty_cycle(tmp_path):
     assert _probes(refused) == []
     after = fleet_status(db, load_fleet(fleet))["machines"][0]["warm"]
     assert after["trial"] == "s2#0" and after["ok"] is False and str(staged) in after["error"]
+
+    # a data file gone from the controller's host since create: the run stops before its first trial, naming it
+    assert orch("study", "create", "s3", "--from", str(_study(tmp_path, "s3.yaml", sha, 1)), *db_args).returncode == 0
+    shard.rename(tmp_path / "elsewhere.bin")
+    gone = orch("study", "run", "s3", "--plain", "--fleet", str(fleet), *db_args)
+    assert gone.returncode == 2 and "Traceback" not in gone.stderr
+    assert str(shard) in gone.stderr and "cannot be read" in gone.stderr and "fix:" in gone.stderr
+    with db.session() as s:
+        assert s.scalars(select(TrialRow).where(TrialRow.study.has(name="s3"))).all() == []
     db.dispose()
+
+
+def _entry_key(tmp_path: Path, pythonpath: str | None, code: str = "c0") -> str:
+    """The cache key the entry program computes for a plan, in a real interpreter whose sys.path starts with
+    `pythonpath` (where a library's dist-info folder says its version)."""
+    plan = tmp_path / f"plan-{code}.json"
+    plan.write_text(json.dumps({"v": 1, "root": str(tmp_path / "warm"), "code": code, "link": "data", "keep": 8,
+                                "data": []}))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TORCHINDUCTOR_CACHE_DIR")}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    result = subprocess.run([sys.executable, str(ENTRY), str(plan), "--", sys.executable, "-c",
+                             "import os; print(os.environ['TORCHINDUCTOR_CACHE_DIR'])"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(next(line for line in result.stdout.splitlines() if line.startswith(MARK))[len(MARK):])
+    assert result.stdout.splitlines()[-1] == str(tmp_path / "warm" / "cache" / report["key"] / "inductor")
+    return report["key"]
+
+
+def test_another_library_version_or_another_code_gets_its_own_cache_key(tmp_path):
+    """The key follows the libraries the job's interpreter would import: a torch of another version on its path
+    (as after an upgrade, or in another container image) is another key; so is another code digest."""
+    base = _entry_key(tmp_path, None)
+    assert _entry_key(tmp_path, None) == base  # stable
+    for version in ("9.9.9", "9.9.10"):
+        fake = tmp_path / f"site-{version}"
+        (fake / f"torch-{version}.dist-info").mkdir(parents=True)
+        assert _entry_key(tmp_path, str(fake)) not in (base,)
+    keys = {_entry_key(tmp_path, str(tmp_path / f"site-{v}")) for v in ("9.9.9", "9.9.10")}
+    assert len(keys) == 2 and _entry_key(tmp_path, None, code="c1") != base
+
+
+def test_duty_cycle_counts_each_lane_and_the_time_between_trials():
+    """Two lanes of one machine: the time between trials and a lane idle at the end count against the machine;
+    a trial without a training time counts 0 s of it; another machine is its own row."""
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    at = lambda s: t0 + timedelta(seconds=s)  # noqa: E731
+    trials = [
+        {"machine": "a", "slot": "gpu0", "started_at": at(0), "ended_at": at(100), "timed_s": 80.0},
+        {"machine": "a", "slot": "gpu0", "started_at": at(110), "ended_at": at(200), "timed_s": 70.0},
+        {"machine": "a", "slot": "gpu1", "started_at": at(0), "ended_at": at(150), "timed_s": None},
+        {"machine": "b", "slot": "gpu0", "started_at": at(50), "ended_at": at(100), "timed_s": 40.0},
+        {"machine": "b", "slot": "gpu0", "started_at": at(60), "ended_at": None, "timed_s": None},  # still running
+    ]
+    duty = duty_from_trials(trials)
+    a, b = duty.machines
+    assert (a.machine, a.trials, a.lanes, a.span_s, a.trial_s, a.timed_s, a.untimed) == ("a", 3, 2, 200, 340, 150, 1)
+    assert a.duty == 150 / 400 and a.in_trial == 150 / 340 and a.occupancy == 340 / 400
+    assert (b.trials, b.lanes, b.duty) == (1, 1, 40 / 50)
+    assert duty.duty == (150 + 40) / (400 + 50)
+    assert duty.to_json()["machines"][0]["duty_cycle"] == round(150 / 400, 4)
