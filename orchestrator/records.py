@@ -14,7 +14,10 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .warm.plan import WarmPlan
 
 MAX_LINE_BYTES = 1024 * 1024  # a longer output line reaches the parser cut (the log file keeps it whole)
 DISK_FULL = "disk full"  # prefix of the ExitEvent error when the trial's log cannot be written for lack of space
@@ -95,6 +98,8 @@ class JobSpec:
     timeout_s: float = 3600.0
     image: str | None = None
     log_format: str = "orch"
+    #: per-machine caches and staged data (orchestrator/warm); None: the job runs as it is
+    warm: "WarmPlan | None" = None
 
     def stored_env(self) -> dict[str, str]:
         return dict(self.env) | {name: "***" for name in self.secret_env}

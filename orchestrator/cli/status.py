@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from db import Database, MetricPointRow, StudyRow, TrialRow
 
+from ..analysis.duty_cycle import duty_lines, study_duty_cycle
 from ..config.study import StudySpec
 from ..claims import study_waiting
 from ..study.lease import holder
@@ -77,6 +78,8 @@ def study_status(db: Database, name: str) -> dict:
         "refused_machines": study_refusals(db, row.id),
         # a running study that waits for slots other studies hold: since when, for what (orchestrator/claims)
         "waiting": study_waiting(db, row.id) if controller else None,
+        # timed training / machine time, per machine and for the study (analysis/duty_cycle.py)
+        "duty_cycle": study_duty_cycle(db, row.id).to_json(),
     }
 
 
@@ -102,6 +105,8 @@ def render_study_status(view: dict) -> str:
         lines.append(f"waiting: {w['trials']} trial(s) since {w['since']} ({w['waited_s']:.0f}s), for: {w['for']}")
     for r in view.get("refused_machines", []):
         lines.append(f"refused: machine {r['machine']} ({r['kind']}): {r['reason']} (fix: {r['fix']})")
+    if view.get("duty_cycle") is not None:
+        lines += duty_lines(view["duty_cycle"])
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from db import Database, StudyRow
 
+from ..analysis.duty_cycle import study_duty_cycle
 from ..analysis.pick import pick_text, study_pick
 from ..analysis.results import (STATS_KINDS, Variant, full_records, json_field, optuna_trials, top_variants,
                                 variants_of)
@@ -60,6 +61,7 @@ class Report:
     pick: Any = None  # the pick rule's Recommendation over every counted run
     notes: list[str] = field(default_factory=list)
     page: Any = None  # record_page.Sections: certification, saving, stage costs, the change, paired timing, step cut
+    duty: Any = None  # analysis.duty_cycle.DutyCycle: timed training / machine time, per machine
 
     @property
     def metric(self) -> str:
@@ -185,6 +187,7 @@ def build_report(db: Database, study: StudyRow) -> Report:
                     generated_at=_data_as_of(study, records), pick=pick, notes=notes)
     evidence = study_evidence(db, study, first=best.key if best is not None else None, records=records)
     report.page = record_page.sections(db, study, report, evidence)
+    report.duty = study_duty_cycle(db, study.id)
     return report
 
 
@@ -342,6 +345,38 @@ def early_exit_summary(report: Report) -> list[str]:
     return [text + "."]
 
 
+def duty_table(report: Report) -> tuple[list[str], list[str], list[list[str]]]:
+    """(sentences, columns, rows) of the duty-cycle section: timed training over machine time, per machine and in
+    all (analysis/duty_cycle.py)."""
+    duty = report.duty
+    if duty is None or not duty.machines:
+        return [], [], []
+    view = duty.to_json()
+
+    def pct(x: float | None) -> str:
+        return "" if x is None else f"{100 * x:.1f} %"
+
+    cols = ["machine", "trials", "lanes", "timed training s", "trial time s", "machine time s", "in-trial",
+            "occupancy", "duty cycle"]
+    rows = [[m["machine"], str(m["trials"]), str(m["lanes"]), f"{m['timed_s']:.1f}", f"{m['trial_s']:.1f}",
+             f"{m['span_s'] * m['lanes']:.1f}", pct(m["in_trial"]), pct(m["occupancy"]), pct(m["duty_cycle"])]
+            for m in view["machines"]]
+    if len(view["machines"]) > 1:
+        rows.append(["all", str(view["trials"]), str(sum(m["lanes"] for m in view["machines"])),
+                     f"{view['timed_s']:.1f}", f"{view['trial_s']:.1f}", f"{view['machine_s']:.1f}",
+                     pct(view["in_trial"]), pct(view["occupancy"]), pct(view["duty_cycle"])])
+    sentences = [f"The machines spent {pct(view['duty_cycle'])} of their time in timed training (the trainer's "
+                 f"train_time): {view['timed_s']:.1f} s of {view['machine_s']:.1f} s. Machine time is each machine's "
+                 "span from its first trial's slot taken to its last trial's end, times the slots (lanes) the study "
+                 "used there; in-trial is timed training over the trials' own time (start, imports, compile, data, "
+                 "validation are the rest), occupancy is the trials' time over machine time (dispatch and waiting "
+                 "between trials are the rest)."]
+    untimed = sum(m["untimed"] for m in view["machines"])
+    if untimed:
+        sentences.append(f"{untimed} trial(s) reported no training time and count as 0 s of it.")
+    return sentences, cols, rows
+
+
 def reproduction(report: Report) -> dict[str, Any]:
     """Facts of the best run, and the distinct environments of all runs."""
     r = report.best_run
@@ -449,6 +484,9 @@ def render_markdown(report: Report, plots: list[tuple[str, str]] | None = None) 
         extra = ["steps"] if any(r.get("metrics.steps") is not None for r in report.early_exit) else []
         cols, rows = run_table(report, report.early_exit, extra=extra)
         lines += md_table(cols, rows) + [""]
+    duty_sentences, duty_cols, duty_rows = duty_table(report)
+    if duty_rows:
+        lines += ["## Duty cycle", "", " ".join(duty_sentences), ""] + md_table(duty_cols, duty_rows) + [""]
     rep = reproduction(report)
     lines += ["## Reproduction", ""]
     if rep["run"] is None:

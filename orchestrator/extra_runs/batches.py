@@ -15,7 +15,7 @@ from sqlalchemy import select
 from db import BatchRow, Database, EventRow, StudyRow
 
 from ..config.errors import OrchError
-from ..jobs import variant_key
+from ..records import variant_key
 from ..study.queue import BATCH_ATTR, batch_of
 
 

@@ -26,7 +26,7 @@ from ..analysis.results import full_records
 from ..config.errors import OrchError
 from ..config.fleet import Fleet
 from ..config.study import StudySpec
-from ..jobs import variant_key
+from ..records import variant_key
 from ..launchers.base import Slot
 from ..fleet.preflight import check_fleet_fits, declared_gpus
 from ..fleet.scheduler import matches_labels

@@ -25,7 +25,7 @@ from ..certify.tracks import CertifyError
 from ..config.errors import OrchError
 from ..config.fleet import Fleet
 from ..config.study import StudySpec
-from ..jobs import variant_key
+from ..records import variant_key
 from ..fleet.preflight import check_fleet_fits
 from ..study.lifecycle import load_study_row, open_study
 from . import batches

@@ -68,6 +68,15 @@ class Launcher(ABC):
               events: "queue.Queue[Event]") -> JobHandle:
         """Start `job` on `slot`; its output lines and its exit go to `events`."""
 
+    def stage(self, machine: Machine, root: str, items: list) -> None:
+        """Put the files a job's warm plan needs (orchestrator/warm: the entry program, its plan, the study's data
+        files, each a content-addressed `warm.stage.StageItem`) under `root`, the machine's `.orch-warm` folder, each
+        only if the machine has no file of its size there yet. Raises OrchError naming a file that cannot be staged.
+        Default: the machine shares the controller's file system (local; a slurm node's workdir is shared)."""
+        from ..warm.stage import stage_local
+
+        stage_local(root, items)
+
     def run_command(self, machine: Machine, argv: list[str], timeout_s: float = 30.0) -> tuple[int, str]:
         """Run a short command on the machine itself (not in a container): (exit status, stdout+stderr). Raises
         OrchError when the machine cannot be reached, NotImplementedError when this launcher cannot run commands

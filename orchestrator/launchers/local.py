@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 
+from .. import warm
 from ..config.fleet import Capability, Machine
 from ..gpu import local_gpus
 from ..procs import KILL_GRACE_S, kill_group, process_alive, process_start_time, terminate_tree  # noqa: F401
@@ -145,6 +146,8 @@ class LocalLauncher(Launcher):
     def start(self, job: JobSpec, machine: Machine, slot: Slot, workdir: Path,
               events: "queue.Queue[Event]") -> LocalJob:
         workdir.mkdir(parents=True, exist_ok=True)
+        job = warm.prepare(self, job, machine, str(workdir.resolve()))  # caches and data (orchestrator/warm)
+        events = warm.watch(events, job)
         log_path = workdir / "train.log"
         env = {**os.environ, **machine.env, **job.env, **job.secret_env}
         if slot.gpu_ids:

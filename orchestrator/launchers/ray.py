@@ -32,6 +32,7 @@ from typing import Callable, ClassVar, Literal
 
 from pydantic import model_validator
 
+from .. import warm
 from ..config.errors import OrchError
 from ..config.fleet import Capability, Fleet, Machine
 from ..config.validation import FIX_MARK
@@ -292,6 +293,35 @@ class RayLauncher(Launcher):
         except ray.exceptions.RayError as exc:
             raise RayError(f"{_where(machine)}: {_first_line(exc)}") from None
 
+    def stage(self, machine: Machine, root: str, items: list) -> None:
+        """The items the node lacks (one command there), each written by tasks pinned to the node in chunks, checked
+        against its digest while it is sent, then renamed into place."""
+        from ..warm.stage import StageError, missing_argv, parse_missing, part_path, push_parts
+
+        status, out = self.run_command(machine, missing_argv(root, items), timeout_s=60)
+        if status != 0:
+            raise RayError(f"{_where(machine)}: cannot read the staged files under {root}: {out.strip()[-300:]}")
+        missing = parse_missing(out, items)
+        if not missing:
+            return
+        node = node_of(machine)
+        if node is None:
+            raise RayError(f"{_where(machine)}: no live node offers {machine_resource(machine)} (fix: `orch fleet up`)")
+        pinned = {"num_cpus": 0, "max_retries": 0, "scheduling_strategy": _node_affinity(node["NodeID"])}
+        write = ray.remote(ray_runner.write_part).options(**pinned)
+        finish = ray.remote(ray_runner.finish_part).options(**pinned)
+        for item in missing:
+            part, offset = part_path(root, item), 0
+            try:
+                for block in push_parts(item):
+                    offset = ray.get(write.remote(part, block, offset), timeout=self.start_timeout_s)
+            except StageError:
+                ray.get(finish.remote(part, "", False), timeout=self.start_timeout_s)
+                raise
+            except ray.exceptions.RayError as exc:
+                raise RayError(f"{_where(machine)}: cannot stage {item.what or item.dest}: {_first_line(exc)}") from None
+            ray.get(finish.remote(part, f"{root}/{item.dest}", True), timeout=self.start_timeout_s)
+
     def job_alive(self, record: JobRecord, machine: Machine) -> bool:
         """The job's process group on the node (its pid file in the trial directory): the wrapper kills it when the
         runner actor ends with its controller's driver."""
@@ -310,6 +340,8 @@ class RayLauncher(Launcher):
         try:
             hello = ray.get(runner.hello.remote(), timeout=self.start_timeout_s)
             remote_dir = self.remote_trial_dir(hello["home"], machine, job)
+            job = warm.prepare(self, job, machine, remote_dir)  # caches and data (orchestrator/warm): staged by tasks
+            events = warm.watch(events, job)
             command, exports, image_id, cleanup = self._command(runner, machine, job, slot, remote_dir)
             script = job_script(command, exports, remote_dir, kill_grace_s=self.kill_grace_s, cleanup=cleanup)
             ray.get(runner.start.remote(bootstrap_command(script), script), timeout=self.start_timeout_s)

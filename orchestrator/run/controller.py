@@ -44,6 +44,7 @@ from ..study import lease, trials
 from ..study.leased_storage import on_step
 from ..study.outcomes import decide
 from ..study.queue import cancel_queued, enqueue_retry, is_search_trial, waiting_trials
+from ..warm.plan import warm_plan
 from . import control
 from .fleet_state import HEALTH_CHECK_S, FleetState
 from .ledger import TrialLedger, now as _now
@@ -190,6 +191,7 @@ class Controller:
             self.machines.admit_reachable()
             spec_dir = Path(opened.row.spec_dir or ".")
             self.code = code_info((spec_dir / self.spec.trainer.code_dir).resolve(), self.spec.trainer.files)
+            warm_plan(self.spec, spec_dir, self.code.checksums)  # a data file gone since create: stop now, naming it
             self.source.set_status("running")
             self._loop()
         except StopRequested:
@@ -376,7 +378,8 @@ class Controller:
         info = self.infos[slot.machine]
         unmodified = bool(attrs.get("unmodified"))  # a paired baseline run of the trainer as it is
         job = build_job(self.spec, self.name, number, repeat_index, values, early_exit=attrs.get("early_exit"),
-                        steps=attrs.get("step_cut"), unmodified=unmodified)
+                        steps=attrs.get("step_cut"), unmodified=unmodified, checksums=self.code.checksums,
+                        spec_dir=Path(self.study.row.spec_dir or "."))  # + the warm plan (orchestrator/warm)
         workdir = (Path(machine.workdir) / self.name / f"trial-{number:04d}").resolve()
         try:
             diff = None if unmodified else apply_injection(self.spec, values, job, workdir,

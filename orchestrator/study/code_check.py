@@ -9,10 +9,12 @@
   is an error now, not a stream of invalid trials;
 - env values are formatted for their type: a parameter passed as `env:` to a variable the script reads with
   `int()` must format as a whole number (`1200`, not `1200.0`); packed scripts are unpacked before names and
-  types are read.
+  types are read;
+- the study's data (`trainer.data`, orchestrator/warm): every file exists and has the sha256 the study or its
+  manifest names.
 
 `check_study(spec, spec_dir)` returns the problems as (field path, message, fix) triples; `validate_study_file`
-wraps `orchestrator.studies.validate_study_file` and raises the first as a ConfigError naming the file and field.
+wraps `study.lifecycle.validate_study_file` and raises the first as a ConfigError naming the file and field.
 """
 
 from __future__ import annotations
@@ -123,12 +125,15 @@ def _env_type_problems(spec, script: Path) -> list[Problem]:
 
 
 def validate_study_file(path: str | Path):
-    """`orchestrator.studies.validate_study_file`, then `check_study`; raises ConfigErrors (or the one ConfigError)
+    """`study.lifecycle.validate_study_file`, then `check_study`; raises ConfigErrors (or the one ConfigError)
     naming the study file, the line and the field."""
 
     spec, text = validate_spec(path)
     warnings: list[str] = []
-    problems = check_study(spec, Path(path).resolve().parent, warnings)
+    from ..warm.plan import data_problems  # trainer.data: every file there, with the sha256 the study names
+
+    spec_dir = Path(path).resolve().parent
+    problems = check_study(spec, spec_dir, warnings) + data_problems(spec, spec_dir)
     for warning in warnings:
         print(f"{path}: warning: {warning}", file=sys.stderr)
     if problems:

@@ -44,7 +44,8 @@ from db.models import EventRow
 
 from ..config.errors import OrchError
 from ..config.study import StudySpec, load_study_text
-from ..jobs import InvalidParams, resolve_values, variant_key
+from ..jobs import InvalidParams, resolve_values
+from ..records import variant_key
 from ..samplers.space import distributions
 from .lifecycle import new_optuna_study, validate_study_file
 
