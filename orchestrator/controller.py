@@ -487,7 +487,10 @@ class Controller:
     def _dispatch(self, slots: list[Slot]) -> list[bool]:
         """Run a new trial on each of `slots`: asked and recorded `pending` in one transaction, started, then
         recorded `running` in one more. Per slot, False when nothing was started (invalid values, empty queue)."""
-        with self._unit():
+        with self._unit() as s:
+            slots = self.claims.take(slots, s)  # claimed with the trials: no other study's trial holds them
+            if not slots:
+                return []
             self._new_round()
             prepared = [self._prepare(slot) for slot in slots]
         self.claims.drop([slot for slot, p in zip(slots, prepared) if p is None])  # claimed, nothing to start there
@@ -736,7 +739,7 @@ class Controller:
             if versions:
                 change["versions"] = versions
             self._writes.add(_UPDATE_TRIAL_ROW, change)
-            self.claims.release(self._writes, number)  # its slot is free with its end
+            self.claims.release(s, self._writes, number)  # its slot is free with its end
             if state not in COUNTED_STATES and number in self._counted_here:
                 self._counted_here.discard(number)
                 if self._counted is not None:
@@ -964,8 +967,8 @@ class Controller:
 
     def _free_slots(self, wanted: int) -> list[Slot]:
         """Up to `wanted` free slots of machines that take trials, none held by a health check or a foreign process,
-        claimed for this study (`claims`: no other study's trial holds them, the fleet's policy gives them to it);
-        a machine where a waiting retry's trial hung comes last."""
+        offered to this study (`claims`: no other study's trial holds them, the fleet's policy gives them to it; the
+        dispatch claims them); a machine where a waiting retry's trial hung comes last."""
         candidates = self.scheduler.free({r.slot for r in self.running.values()})
         avoid = {t.user_attrs["avoid_machine"] for t in waiting_trials(self.study.optuna)
                  if "avoid_machine" in t.user_attrs} if candidates else set()
@@ -973,8 +976,7 @@ class Controller:
             candidates.sort(key=lambda slot: slot.machine in avoid)  # stable: the fleet's interleaving stays
         # screened before the offer cuts them to `wanted`: a GPU a foreign process holds stays refused while it is held
         candidates = self.keeper.screen(candidates, self.infos, len(candidates), avoid)
-        candidates = self.claims.offer(candidates, wanted)  # free across the fleet's studies: this study's share
-        return self.claims.take(candidates)
+        return self.claims.offer(candidates, wanted)  # free across the fleet's studies: this study's share
 
     def _update_refusals(self) -> None:
         """Report (and record as events) the machines that get no trials and why, as it changes."""
