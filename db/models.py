@@ -195,7 +195,7 @@ class SlotBlockRow(Base):
     of its units in one conditional UPDATE, so at most one trial across all studies holds a GPU."""
 
     __tablename__ = "orch_slot_blocks"
-    __table_args__ = (UniqueConstraint("machine", "kind", "block"), Index("ix_orch_slot_blocks_free", "free"))
+    __table_args__ = (UniqueConstraint("machine", "kind", "block"), Index("ix_orch_slot_blocks_free", "kind", "free"))
     id: Mapped[int] = mapped_column(primary_key=True)
     machine: Mapped[str] = mapped_column(String(255))  # the machine's claim key (its name; local: name@host)
     kind: Mapped[str] = mapped_column(String(8))  # gpu | cpu

@@ -84,6 +84,9 @@ class FleetClaims:
         self._held_by: tuple[float, list] = (-math.inf, [])  # (when read, (study, holder, units) of each holder)
         self._demand_read: tuple[float, list] = (-math.inf, [])  # (when read, the demand rows)
         self._messages: deque[str] = deque()
+        self._slot_units: dict[Slot, tuple[str, ...]] = {}  # a slot's units (`_units_of`)
+        self._slot_bits: dict[Slot, dict[tuple[str, int], int]] = {}  # the same as block masks (`_bits`)
+        self._known: set[Slot] = set()  # slots whose block rows are known (`_missing_blocks`)
         self._next_poll: float | None = None
         self.say = say
         self._told: str | None = None  # the waiting reason last said and recorded (`study.waiting` events)
@@ -112,6 +115,31 @@ class FleetClaims:
                     self.usage_at = now
         self.reaper.start()
 
+    def _missing_blocks(self, slots: list[Slot]) -> bool:
+        """Whether a claimable slot's block rows are not known yet (once known, a slot is not looked at again)."""
+        for slot in slots:
+            if slot in self._known:
+                continue
+            machine = self.machines.get(slot.machine)
+            if machine is None:
+                continue
+            if any((machine.claim_key, kind, block) not in self.ids for kind, block in self._bits(slot)):
+                return True
+            self._known.add(slot)
+        return False
+
+    def _units_of(self, slot: Slot) -> tuple[str, ...]:
+        units = self._slot_units.get(slot)
+        if units is None:
+            units = self._slot_units[slot] = slot_units(slot)
+        return units
+
+    def _bits(self, slot: Slot) -> dict[tuple[str, int], int]:
+        bits = self._slot_bits.get(slot)
+        if bits is None:
+            bits = self._slot_bits[slot] = bits_of(self._units_of(slot))
+        return bits
+
     def _ensure_blocks(self, s, slots: list[Slot]) -> None:
         """Block rows for the claimable `slots` whose rows this controller has not seen: a machine unreachable when it
         started that answers now, or one that came back with more units. Written in `s` (the caller's transaction)."""
@@ -121,7 +149,7 @@ class FleetClaims:
             if machine is None:
                 continue
             key = machine.claim_key
-            bits = bits_of(slot_units(slot))
+            bits = self._bits(slot)
             missing = [(kind, block) for kind, block in bits if (key, kind, block) not in self.ids]
             if not missing:
                 continue
@@ -140,7 +168,7 @@ class FleetClaims:
         if machine is None:
             return None
         key = machine.claim_key
-        return [(self.ids[(key, kind, block)], mask) for (kind, block), mask in bits_of(slot_units(slot)).items()]
+        return [(self.ids[(key, kind, block)], mask) for (kind, block), mask in self._bits(slot).items()]
 
     # ---- use ----------------------------------------------------------------------------------------------------
     def held_units(self) -> int:
@@ -194,10 +222,13 @@ class FleetClaims:
         if self._alone(now, clock):  # no other study wants or holds a slot: each of its own is free, claimed as is
             self._decided(now, want - min(want, len(own)), None)
             return passing[:wanted] + own[:min(want, max(0, wanted - len(passing)))]
-        with self.db.session() as s:
-            self._ensure_blocks(s, own)  # machines unreachable at start that answer now: their rows
-            free_rows = store.free_blocks(s)
+        if self._missing_blocks(own):  # machines unreachable at start that answer now: their rows first
+            with self.db.session() as s:
+                self._ensure_blocks(s, own)
+        with self.db.read_session() as s:  # advisory: the claim in the dispatch transaction is what decides
             rows = store.demand(s)
+            kinds = {"gpu" if self.gpus else "cpu"} | {"gpu" if r.gpus_per_trial else "cpu" for r in rows if r.wanted > 0}
+            free_rows = store.free_blocks(s, kinds)  # a GPU study reads no CPU slots unless another study wants them
             self._demand_read = (clock, rows)
             unknown = {r.study_id for r in rows} - set(self._names)
             if unknown:
@@ -208,7 +239,7 @@ class FleetClaims:
         mine = []
         for slot in own:
             key = self.machines[slot.machine].claim_key
-            units = slot_units(slot)
+            units = self._units_of(slot)
             if free.get(key, set()).issuperset(units):
                 mine.append(Candidate(key, units, slot))
         if not mine:
@@ -250,7 +281,7 @@ class FleetClaims:
         claim that fails reads both again at once): then the policy has nothing to weigh and its own view of the free
         slots is the database's."""
         if clock - self._demand_read[0] >= ALONE_S:
-            with self.db.session() as s:
+            with self.db.read_session() as s:
                 self._demand_read = (clock, store.demand(s))
         if any(r.study_id != self.study_id and r.wanted > 0 and _aware(r.expires_at) >= now
                and not lease.holder_gone(r.controller) for r in self._demand_read[1]):
@@ -260,7 +291,7 @@ class FleetClaims:
 
     def _read_holders(self, clock: float, every_s: float) -> None:
         if clock - self._held_by[0] >= every_s:
-            with self.db.session() as s:
+            with self.db.read_session() as s:
                 held = store.held_by_holder(s)
                 unknown = {sid for sid, _, _ in held if sid is not None} - set(self._names)
                 if unknown:

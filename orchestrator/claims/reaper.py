@@ -68,7 +68,7 @@ class Reaper:
     def gone(self, now: datetime | None = None) -> list[str]:
         """Holders whose claims may be taken over: lease expired, or their process on this host is gone."""
         now = now or datetime.now(timezone.utc)
-        with self.db.session() as s:
+        with self.db.read_session() as s:
             rows = store.holders(s)
         return [holder for holder, expires in rows if holder != self.owner
                 and ((_aware(expires) is not None and _aware(expires) < now) or lease.holder_gone(holder))]
@@ -77,7 +77,7 @@ class Reaper:
         """Check every claim of every gone holder; free those whose job no longer runs. Units freed."""
         freed = 0
         for holder in self.gone():
-            with self.db.session() as s:
+            with self.db.read_session() as s:
                 rows = store.claims_of(s, holder)
             groups: dict[tuple, list] = {}
             for row in rows:
@@ -118,7 +118,7 @@ class Reaper:
         runs)."""
         if number is None or study_id is None:
             return "no trial was started on it", False
-        with self.db.session() as s:
+        with self.db.read_session() as s:
             found = store.trial_of(s, study_id, number)
             if found is None:
                 return "its trial is not recorded", False

@@ -85,9 +85,9 @@ def ensure_blocks(s: Session, wanted: dict[tuple[str, str, int], int]) -> dict[t
     return ids
 
 
-def free_blocks(s: Session) -> list:
-    """(id, machine, kind, block, free) of every block with a free unit."""
-    return s.execute(_FREE).all()
+def free_blocks(s: Session, kinds: Iterable[str]) -> list:
+    """(id, machine, kind, block, free) of every block of `kinds` (gpu, cpu) with a free unit."""
+    return s.execute(_FREE.where(BLOCKS.c.kind.in_(sorted(kinds)))).all()
 
 
 def demand(s: Session) -> list[FleetDemandRow]:

@@ -29,7 +29,7 @@ def _live(row, now: datetime) -> bool:
 
 def fleet_queue(db: Database, now: datetime | None = None) -> dict:
     now = now or datetime.now(timezone.utc)
-    with db.session() as s:
+    with db.read_session() as s:
         claims = store.claims_of(s)
         demand = store.demand(s)
         names = dict(s.execute(select(StudyRow.id, StudyRow.name)).all())
@@ -74,7 +74,7 @@ def fleet_queue(db: Database, now: datetime | None = None) -> dict:
 def study_waiting(db: Database, study_id: int, now: datetime | None = None) -> dict | None:
     """Whether a running study waits for slots other studies hold, since when and for what (None: it does not)."""
     now = now or datetime.now(timezone.utc)
-    with db.session() as s:
+    with db.read_session() as s:
         row = next((r for r in store.demand(s) if r.study_id == study_id), None)
     if row is None or not _live(row, now) or row.waiting_since is None:
         return None

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
@@ -225,3 +226,25 @@ def test_allocation_priority_fair_share_and_burst():
     # a study that fits nowhere (its labels, its set size) does not hold the slot back from the next one
     wide = Contender(3, 5, 0.0, 5, 600.0, candidates=[Candidate("m0", tuple(f"gpu{g}" for g in range(16)))])
     assert len(allocate(free, [wide, equal[0]])[0]) == 8
+
+
+def test_the_offers_reads_wait_for_no_writer_on_sqlite(tmp_path):
+    """The claims' reads (the offer, the queue view) run in `Database.read_session`: on SQLite a deferred
+    transaction, answered while another process's connection holds the write lock (a BEGIN IMMEDIATE there would
+    wait out the 30 s busy timeout) with the last committed state."""
+    url = f"sqlite:///{tmp_path / 'orch.db'}"
+    writer, reader = Database(url), Database(url)
+    try:
+        with writer.session() as s:
+            s.add(StudyRow(name="w", optuna_study_name="w", spec={}, spec_yaml="", objective_metric="m",
+                           direction="minimize"))
+            s.flush()  # the write lock is held from here to the commit
+            t0 = time.monotonic()
+            with reader.read_session() as r:
+                assert r.scalar(select(StudyRow.name)) is None  # the committed state: the writer's row is not there
+            assert time.monotonic() - t0 < 5.0
+        with reader.read_session() as r:
+            assert r.scalar(select(StudyRow.name)) == "w"
+    finally:
+        writer.dispose()
+        reader.dispose()

@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.Column("free", sa.BigInteger(), nullable=False),
         sa.UniqueConstraint("machine", "kind", "block"),
     )
-    op.create_index("ix_orch_slot_blocks_free", "orch_slot_blocks", ["free"])
+    op.create_index("ix_orch_slot_blocks_free", "orch_slot_blocks", ["kind", "free"])
     op.create_table(
         "orch_slot_claims",
         sa.Column("id", sa.Integer(), primary_key=True),
