@@ -25,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from db import Database, EventRow, StudyRow
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from .. import lease
 from ..config.fleet import Fleet, Machine
@@ -399,6 +399,9 @@ class FleetClaims:
             ids = iter(store.add_claims(s, rows))
             for slot, parts in kept:
                 self._hold(slot, [(next(ids), block_id, bits) for block_id, bits in parts], now)
+            if kept:  # the claims are the transaction's: rolled back (a database error in the dispatch), not held
+                event.listen(s, "after_rollback", lambda _s, slots=[slot for slot, _ in kept]: self._forget(slots),
+                             once=True)
             lost = len(slots) - len(out)
             if lost:  # another controller is here: look at the database, not this controller's view, next time
                 self._demand_read = self._held_by = (-math.inf, [])
@@ -408,6 +411,14 @@ class FleetClaims:
             self.unmet += lost
             self._write_demand(s, now, force=True)
         return out
+
+    def _forget(self, slots: list[Slot]) -> None:
+        """Claims whose transaction rolled back (with the trials assigned to them in it): held no longer."""
+        now = _now()
+        gone = set(slots)
+        self.by_trial = {number: slot for number, slot in self.by_trial.items() if slot not in gone}
+        for slot in slots:
+            self._unhold(slot, now)
 
     @contextmanager
     def _transaction(self, session):

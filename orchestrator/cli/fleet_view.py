@@ -38,6 +38,7 @@ from ..launchers.registry import launcher_class
 from ..launchers.base import Launcher, MachineInfo, Slot
 from ..liveness.gpu_guard import busy_refusal, gpu_processes
 from ..liveness.refusals import Refusal, probe_refusal, split_fix
+from .queue_view import queue_view, render_queue
 from .status import _age_s, _running_trials, _table
 
 PROBE_TIMEOUT_S = 5.0
@@ -172,7 +173,7 @@ def fleet_status(db: Database, fleet: Fleet, prober: FleetProber | None = None) 
                          for r in _refusals(machine, info, row, foreign)],
         })
     return {"fleet": fleet.source, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machines": machines}
+            "machines": machines, "queue": queue_view(db, fleet)}  # `orch fleet queue` under the machines
 
 
 def _fmt(value, spec: str = "g", unit: str = "") -> str:
@@ -203,6 +204,8 @@ def render_fleet_status(view: dict) -> str:
                     f"temp {_fmt(g['temperature_c'], '.0f', 'C')}")
         for r in m.get("refusals", []):
             out += f"\n  {m['name']} gets no trials ({r['kind']}): {r['reason']} (fix: {r['fix']})"
+    if view.get("queue"):
+        out += "\n\n" + render_queue(view["queue"])
     return f"fleet: {view['fleet']} at {view['at']}\n{out}"
 
 

@@ -248,3 +248,26 @@ def test_the_offers_reads_wait_for_no_writer_on_sqlite(tmp_path):
     finally:
         writer.dispose()
         reader.dispose()
+
+
+def test_a_claim_whose_dispatch_transaction_rolls_back_is_not_held(db_url):
+    """The claim is made in the controller's dispatch transaction: when that transaction fails (a database error
+    while the trials are recorded), the block's bits and the claim row roll back with it, and the controller does
+    not count the slot as its own (it is claimed again, once, at the next dispatch)."""
+    fleet = Fleet(machines=[Machine(name="box", launcher="local", gpus=4, cpu_slots=1)])
+    db = Database(db_url)
+    claims = _claims(db, fleet, _study(db, "r"), "host-r:1:1", gpus=2)
+    claims.start(claims.infos)
+    pair = Slot("box", 0, gpu_ids=(0, 1))
+    try:
+        with db.session() as s:
+            assert claims.take([pair], s) == [pair]
+            claims.assign(_Writes(), pair, 0)
+            assert claims.held_units() == 2
+            raise RuntimeError("the dispatch failed")
+    except RuntimeError:
+        pass
+    assert claims.held_units() == 0 and not claims.held and not claims.by_trial
+    assert _holders(db) == {} and _free_mask(db) == 0b1111
+    assert claims.take([pair]) == [pair] and claims.held_units() == 2 and _free_mask(db) == 0b1100
+    db.dispose()
