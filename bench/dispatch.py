@@ -348,7 +348,8 @@ def main() -> None:
     parser.add_argument("--json", default="", help="also write the results as JSON here")
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)
     parser.add_argument("--result", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--profile", default="", help="with --one orch-*: write a cProfile of the controller here")
+    parser.add_argument("--profile", default="", help="with --one orch-*: write a cProfile of the controller here; "
+                        "with --one shared-*: of each study's controller, to FILE.<study index>")
     parser.add_argument("--studies", type=int, default=4, help="shared-*: studies at once, --trials split between them")
     parser.add_argument("--shared-child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--db-url", default="", help=argparse.SUPPRESS)
@@ -387,7 +388,8 @@ def main() -> None:
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             argv = [sys.executable, __file__, "--one", system, "--result", out.name, "--machines", str(machines),
                     "--trials", str(args.trials), "--sampler", args.sampler, "--seed", str(args.seed),
-                    "--min-s", str(args.min_s), "--max-s", str(args.max_s), "--studies", str(args.studies)]
+                    "--min-s", str(args.min_s), "--max-s", str(args.max_s), "--studies", str(args.studies)] + (
+                        ["--profile", args.profile] if args.profile and system in SHARED_SYSTEMS else [])
             print(f"running {system}: {machines} machines, {args.trials} trials ...", flush=True)
             proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
             if proc.returncode != 0:

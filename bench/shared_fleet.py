@@ -68,7 +68,8 @@ def run_shared(args, db_url: str, work: Path) -> dict:
         argv = [sys.executable, str(ROOT / "bench" / "dispatch.py"), "--shared-child", str(i), "--db-url", db_url,
                 "--work", str(work), "--result", str(out), "--machines", str(args.machines), "--trials",
                 str(args.trials), "--studies", str(args.studies), "--seed", str(args.seed), "--min-s", str(args.min_s),
-                "--max-s", str(args.max_s), "--sampler", args.sampler]
+                "--max-s", str(args.max_s), "--sampler", args.sampler] + (
+                    ["--profile", f"{args.profile}.{i}"] if args.profile else [])
         log = open(work / f"child{i}.log", "w")
         children.append((subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), out, log))
     deadline = time.monotonic() + 300
@@ -123,9 +124,24 @@ def run_child(args) -> None:
     (work / f"ready{i}").touch()
     while not (work / GO).exists():
         time.sleep(0.01)  # the barrier: every controller starts at the same moment
+    profiler = None
+    if args.profile:  # `--profile FILE`: each child writes FILE.<its index>
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     cpu0, t0 = time.thread_time(), time.perf_counter()
     progress = controller.run()
     wall, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+    if profiler:
+        import io
+        import pstats
+
+        profiler.disable()
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(40)
+        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(60)
+        Path(args.profile).write_text(out.getvalue())
     fake.close()
     done = [r for r in fake.records.values() if r.delivered is not None and not r.cancelled]
     if progress.done != len(done) or len(done) != args.trials // args.studies:

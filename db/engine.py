@@ -24,6 +24,7 @@ from .reconnect import wait_for_server
 
 DEFAULT_DB_FILE = "orch.db"
 BUSY_TIMEOUT_S = 30.0
+READ_ONLY = "orch_read_only"  # execution option of `Database.read_session`'s connection
 
 
 def default_url() -> str:
@@ -59,6 +60,10 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # pragma: no cover
+        # a read-only transaction (`Database.read_session`) takes no write lock: under WAL it waits for no writer
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+            return
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -166,6 +171,15 @@ class Database:
             raise
         finally:
             s.close()
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A transaction that only reads: on SQLite a deferred BEGIN (no write lock, so it neither waits for the
+        writers of other processes nor makes them wait); elsewhere the same as `session`. A write in it fails on
+        SQLite when another writer came first (SQLITE_BUSY_SNAPSHOT), so it is for reads only."""
+        with self.session() as s:
+            s.connection(execution_options={READ_ONLY: True})
+            yield s
 
     def scalar(self, stmt):
         with self.session() as s:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint)
 from sqlalchemy import false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -188,25 +189,39 @@ class RequestRow(Base):
     outcome: Mapped[str | None] = mapped_column(Text)
 
 
-class SlotUnitRow(Base):
-    """One GPU (`gpu3`) or CPU slot (`cpu0`) of a fleet machine, shared by every controller of the database: held by
-    at most one trial across all studies (orchestrator/claims). `controller` NULL: free. A claim carries a lease that
-    its controller's heartbeat renews; a dead controller's claims are given again only once its launcher says the
-    job no longer runs."""
+class SlotBlockRow(Base):
+    """Up to 32 GPUs (kind `gpu`) or CPU slots (`cpu`) of one fleet machine, shared by every controller of the database
+    (orchestrator/claims): bit i of `free` is unit 32 x block + i, set while no trial holds it. A claim clears the bits
+    of its units in one conditional UPDATE, so at most one trial across all studies holds a GPU."""
 
-    __tablename__ = "orch_slot_units"
-    __table_args__ = (UniqueConstraint("machine", "unit"), Index("ix_orch_slot_units_controller", "controller"),
-                      Index("ix_orch_slot_units_study", "study_id", "trial_number"))
+    __tablename__ = "orch_slot_blocks"
+    __table_args__ = (UniqueConstraint("machine", "kind", "block"), Index("ix_orch_slot_blocks_free", "kind", "free"))
     id: Mapped[int] = mapped_column(primary_key=True)
     machine: Mapped[str] = mapped_column(String(255))  # the machine's claim key (its name; local: name@host)
-    unit: Mapped[str] = mapped_column(String(16))  # gpuN | cpuN
-    controller: Mapped[str | None] = mapped_column(String(255))  # holder (host:pid:start); NULL: free
+    kind: Mapped[str] = mapped_column(String(8))  # gpu | cpu
+    block: Mapped[int] = mapped_column(Integer)
+    units: Mapped[int] = mapped_column(Integer)  # units of the machine in this block (1..32)
+    free: Mapped[int] = mapped_column(BigInteger)  # bit mask of the free ones
+
+
+class SlotClaimRow(Base):
+    """Who holds which units of a block (`bits`), for which trial, since when, until when: the lease its controller's
+    heartbeat renews. A dead controller's claims are given again only once its launcher says the job no longer runs."""
+
+    __tablename__ = "orch_slot_claims"
+    __table_args__ = (Index("ix_orch_slot_claims_controller", "controller"),
+                      Index("ix_orch_slot_claims_study", "study_id", "trial_number"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    block_id: Mapped[int] = mapped_column(ForeignKey("orch_slot_blocks.id"))
+    bits: Mapped[int] = mapped_column(BigInteger)
+    machine: Mapped[str] = mapped_column(String(255))
+    units: Mapped[str] = mapped_column(String(255))  # e.g. gpu0,gpu1 (what the queue view shows)
+    controller: Mapped[str] = mapped_column(String(255))  # holder (host:pid:start)
     study_id: Mapped[int | None] = mapped_column(Integer)  # no foreign key: a claim may outlive its study's rows
     trial_number: Mapped[int | None] = mapped_column(Integer)  # NULL: claimed, its trial not recorded yet
     slot: Mapped[str | None] = mapped_column(String(64))  # the holding trial's slot label (`gpu:0,1`)
-    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    lease_expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    lease_expires: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class FleetDemandRow(Base):

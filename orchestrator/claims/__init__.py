@@ -1,10 +1,13 @@
 """One fleet, many studies: the fleet-level scheduler (issue 20).
 
-Every controller that uses a results database shares its machines through it. Each GPU (or CPU slot) of a machine is
-one row of `orch_slot_units`; a trial holds the units of its slot, claimed atomically (SQLite: the BEGIN IMMEDIATE
-every transaction opens with; PostgreSQL: one conditional UPDATE whose row locks make a second claimant skip), so at
-most one trial across all studies and controllers holds a GPU. A claim carries a lease its controller's heartbeat
-renews; a dead controller's claims are given again only once its launcher says the job no longer runs (`reaper`).
+Every controller that uses a results database shares its machines through it. A machine's GPUs (or CPU slots) are
+kept 32 to a row of `orch_slot_blocks` as a mask of the free ones; a trial holds the units of its slot, claimed by one
+conditional UPDATE that clears their bits only where all of them are still set (SQLite: inside the BEGIN IMMEDIATE
+every transaction opens with; PostgreSQL: a second claimant of a block row waits for the first one's commit and then
+reads the new mask), with a row of `orch_slot_claims` saying who holds them for which trial. The claim is made in the
+controller's dispatch transaction, so at most one trial across all studies and controllers holds a GPU. A claim
+carries a lease its controller's heartbeat renews; a dead controller's claims are given again only once its launcher
+says the job no longer runs (`reaper`).
 
 Which study gets a free slot is the policy (`policy`): a higher `scheduling.priority` first, then, between studies of
 equal priority, the one that used the fewest GPU-seconds recently (a decayed sum, `window_s`), within each study's

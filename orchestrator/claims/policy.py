@@ -73,7 +73,8 @@ def candidates_for(machines: Iterable[tuple[str, list[tuple[str, ...]]]], free: 
 def allocate(free: dict[str, set[str]], contenders: list[Contender], until: int | None = None) -> dict[int, list[Candidate]]:
     """Hand out `free` (machine key -> free units) to `contenders`; study id -> the candidates it gets. With `until`,
     stop once that study can get nothing more (what the others get after that does not change its share)."""
-    remaining = {key: set(units) for key, units in free.items()}
+    remaining = dict(free)  # a machine's set is copied the first time one of its units is handed out
+    copied: set[str] = set()
     given: dict[int, list[Candidate]] = {c.study_id: [] for c in contenders}
     cursor = {c.study_id: 0 for c in contenders}
     wanted = {c.study_id: c.wanted for c in contenders}
@@ -93,6 +94,9 @@ def allocate(free: dict[str, set[str]], contenders: list[Contender], until: int 
             if sid == until:
                 break
             continue
+        if pick.machine not in copied:
+            remaining[pick.machine] = set(remaining[pick.machine])
+            copied.add(pick.machine)
         remaining[pick.machine].difference_update(pick.units)
         given[sid].append(pick)
         wanted[sid] -= 1

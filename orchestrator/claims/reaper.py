@@ -7,7 +7,8 @@ job still runs (`Launcher.job_alive`: the ssh and ray wrappers' process group, t
 time). A job that still runs keeps its slot (asked again next time); a machine that cannot be asked, or that is not in
 this controller's fleet file, keeps it too. Each freed claim is recorded as an event (`claim.freed`).
 
-One thread per controller, every heartbeat; what it did goes to `say` (read by the loop, not printed from here).
+One thread per controller, every heartbeat, or every `RECHECK_S` while a gone holder's job still runs (a job stopping
+after its controller died takes seconds); what it did goes to `say` (read by the loop, not printed from here).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from . import store
 from .units import claimable
 
 
+RECHECK_S = 1.0
+
+
 def _aware(when: datetime | None) -> datetime | None:
     return None if when is None else when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
@@ -40,6 +44,7 @@ class Reaper:
         self._thread: threading.Thread | None = None
         self.freed = 0  # claims freed by this reaper (units)
         self._kept: set[tuple] = set()  # claims found with their job still running (recorded once each)
+        self.waiting_for_jobs = False  # the last pass kept a claim whose job still runs
 
     def start(self) -> None:
         if self._thread is None:
@@ -53,16 +58,17 @@ class Reaper:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self.waiting_for_jobs = False
             try:
                 self.reap_once()
             except Exception as exc:  # noqa: BLE001 - a database outage: the next pass tries again
                 self.say(f"fleet claims: could not check other controllers' claims ({type(exc).__name__}: {exc})")
-            self._stop.wait(self.period_s)
+            self._stop.wait(min(self.period_s, RECHECK_S) if self.waiting_for_jobs else self.period_s)
 
     def gone(self, now: datetime | None = None) -> list[str]:
         """Holders whose claims may be taken over: lease expired, or their process on this host is gone."""
         now = now or datetime.now(timezone.utc)
-        with self.db.session() as s:
+        with self.db.read_session() as s:
             rows = store.holders(s)
         return [holder for holder, expires in rows if holder != self.owner
                 and ((_aware(expires) is not None and _aware(expires) < now) or lease.holder_gone(holder))]
@@ -71,16 +77,17 @@ class Reaper:
         """Check every claim of every gone holder; free those whose job no longer runs. Units freed."""
         freed = 0
         for holder in self.gone():
-            with self.db.session() as s:
+            with self.db.read_session() as s:
                 rows = store.claims_of(s, holder)
             groups: dict[tuple, list] = {}
             for row in rows:
                 groups.setdefault((row.study_id, row.trial_number, row.machine, row.slot), []).append(row)
-            for (study_id, number, key, label), units in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            for (study_id, number, key, label), parts in sorted(groups.items(), key=lambda kv: str(kv[0])):
                 if self._stop.is_set():
                     return freed
                 why, running = self._free_to_give(study_id, number, key)
                 if why is None:
+                    self.waiting_for_jobs = self.waiting_for_jobs or running
                     if running and (holder, study_id, number, key) not in self._kept:
                         self._kept.add((holder, study_id, number, key))
                         with self.db.session() as s:
@@ -92,11 +99,12 @@ class Reaper:
                     continue
                 now = datetime.now(timezone.utc)
                 with self.db.session() as s:
-                    count = store.release_rows(s, [u.id for u in units], holder, now)
+                    if not store.give_back(s, [(p.id, p.block_id, p.bits) for p in parts], holder):
+                        continue  # another controller's reaper freed it first
                     s.add(EventRow(at=now, study_id=study_id, trial_number=number, machine=key, kind="claim.freed",
-                                   old=holder[:32], message=f"{label or ','.join(u.unit for u in units)} of controller "
-                                   f"{holder} (gone): {why}"))
-                freed += len(units) if count is None or count < 0 else count
+                                   old=holder[:32], message=f"{label or parts[0].units} of controller {holder} "
+                                   f"(gone): {why}"))
+                freed += sum(bin(p.bits).count("1") for p in parts)
                 self.say(f"fleet claims: {key} {label or ''} freed: controller {holder} is gone and {why}".replace("  ", " "))
             with self.db.session() as s:
                 for row in store.demand(s):
@@ -110,7 +118,7 @@ class Reaper:
         runs)."""
         if number is None or study_id is None:
             return "no trial was started on it", False
-        with self.db.session() as s:
+        with self.db.read_session() as s:
             found = store.trial_of(s, study_id, number)
             if found is None:
                 return "its trial is not recorded", False

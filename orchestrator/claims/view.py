@@ -29,24 +29,24 @@ def _live(row, now: datetime) -> bool:
 
 def fleet_queue(db: Database, now: datetime | None = None) -> dict:
     now = now or datetime.now(timezone.utc)
-    with db.session() as s:
-        held = store.held_units(s)
+    with db.read_session() as s:
+        claims = store.claims_of(s)
         demand = store.demand(s)
         names = dict(s.execute(select(StudyRow.id, StudyRow.name)).all())
     slots: dict[tuple, dict] = {}
-    for u in held:
-        key = (u.machine, u.study_id, u.trial_number, u.slot, u.controller)
-        entry = slots.setdefault(key, {
-            "machine": u.machine, "slot": u.slot, "units": [], "study": names.get(u.study_id, u.study_id),
-            "trial": u.trial_number, "since": _iso(u.claimed_at), "controller": u.controller,
-            "lease_expires": _iso(u.lease_expires),
-            "held_s": round((now - _aware(u.claimed_at)).total_seconds(), 1) if u.claimed_at else None,
-            "controller_gone": lease.holder_gone(u.controller) or (
-                u.lease_expires is not None and _aware(u.lease_expires) < now)})
-        entry["units"].append(u.unit)
     held_by: dict = {}
-    for u in held:
-        held_by[u.study_id] = held_by.get(u.study_id, 0) + 1
+    for c in claims:
+        key = (c.machine, c.study_id, c.trial_number, c.slot, c.controller)
+        entry = slots.setdefault(key, {
+            "machine": c.machine, "slot": c.slot, "units": [], "study": names.get(c.study_id, c.study_id),
+            "trial": c.trial_number, "since": _iso(c.claimed_at), "controller": c.controller,
+            "lease_expires": _iso(c.lease_expires),
+            "held_s": round((now - _aware(c.claimed_at)).total_seconds(), 1) if c.claimed_at else None,
+            "controller_gone": lease.holder_gone(c.controller) or _aware(c.lease_expires) < now})
+        for unit in c.units.split(","):
+            if unit not in entry["units"]:
+                entry["units"].append(unit)
+        held_by[c.study_id] = held_by.get(c.study_id, 0) + bin(c.bits).count("1")
     studies = []
     for row in demand:
         if not _live(row, now):
@@ -74,7 +74,7 @@ def fleet_queue(db: Database, now: datetime | None = None) -> dict:
 def study_waiting(db: Database, study_id: int, now: datetime | None = None) -> dict | None:
     """Whether a running study waits for slots other studies hold, since when and for what (None: it does not)."""
     now = now or datetime.now(timezone.utc)
-    with db.session() as s:
+    with db.read_session() as s:
         row = next((r for r in store.demand(s) if r.study_id == study_id), None)
     if row is None or not _live(row, now) or row.waiting_since is None:
         return None

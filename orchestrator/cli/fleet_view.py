@@ -42,6 +42,7 @@ from ..liveness.gpu_guard import busy_refusal, gpu_processes
 from ..liveness.refusals import Refusal, probe_refusal, split_fix
 from ..warm.report import machine_states
 from ..warm.report import render as render_warm
+from .queue_view import queue_view, render_queue
 from .status import _age_s, _running_trials, _table
 
 PROBE_TIMEOUT_S = 5.0
@@ -178,7 +179,7 @@ def fleet_status(db: Database, fleet: Fleet, prober: FleetProber | None = None) 
             "warm": warm_states.get(machine.name),
         })
     return {"fleet": fleet.source, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machines": machines}
+            "machines": machines, "queue": queue_view(db, fleet)}  # `orch fleet queue` under the machines
 
 
 def _fmt(value, spec: str = "g", unit: str = "") -> str:
@@ -211,6 +212,8 @@ def render_fleet_status(view: dict) -> str:
             out += f"\n  {m['name']} gets no trials ({r['kind']}): {r['reason']} (fix: {r['fix']})"
         if m.get("warm"):
             out += "\n" + render_warm(m["name"], m["warm"])
+    if view.get("queue"):
+        out += "\n\n" + render_queue(view["queue"])
     return f"fleet: {view['fleet']} at {view['at']}\n{out}"
 
 

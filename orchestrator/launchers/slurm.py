@@ -64,6 +64,12 @@ OWN_OPTIONS = ("--output", "--error", "--job-name", "--chdir", "--open-mode", "-
 ACTIVE = {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "REQUEUED", "RESIZING", "SIGNALING",
           "STAGE_OUT", "STOPPED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "PREEMPTED_REQUEUE"}
 NODE_LOST = {"NODE_FAIL", "BOOT_FAIL"}
+NODE_LOST = {"NODE_FAIL", "BOOT_FAIL"}
+#: squeue's fields for the queue view, `|`-separated; the job name last (it may hold a `|` itself)
+QUEUE_KEYS = ("job", "state", "reason", "nodes", "requested", "partition", "user", "submitted", "started", "resources",
+              "name")
+QUEUE_FIELDS = ("JobID:|,State:|,Reason:300|,NodeList:2000|,ReqNodes:2000|,Partition:|,UserName:|,SubmitTime:|,"
+                "StartTime:|,tres-per-node:200|,Name:500")
 
 
 class SlurmError(OrchError):
@@ -306,6 +312,55 @@ class SlurmLauncher(Launcher):
         self._gpus[machine.name] = count
         return MachineInfo(reachable=True, gpu_count=count, gpu_type=kind or machine.gpu_type if count else None,
                            cpu_count=cores)
+
+    # -- the manager's queue (`orch fleet queue`)
+    def queue(self, machines: list[Machine]) -> list[dict]:
+        """Slurm's jobs on these machines' nodes: running there, or pending for them (asked for one of the nodes,
+        or for no node in a partition they may run in: one a machine names, or any when a machine names none, since
+        the cluster's default is not known here). Orch's own trials are named by `job_name`: their study and trial
+        come with them. One squeue per set of client settings; a client that fails raises SlurmError."""
+        groups: dict[tuple, list[SlurmMachine]] = {}
+        for machine in machines:
+            key = (machine.slurm.bin_dir, tuple(sorted(machine.slurm.env.items())))
+            groups.setdefault(key, []).append(machine)
+        out = []
+        for group in groups.values():
+            by_node = {m.node: m for m in group}
+            partitions = {m.slurm.partition for m in group}
+            result = self._run(group[0], ["squeue", "-h", "--states=PENDING,RUNNING,CONFIGURING,COMPLETING,SUSPENDED",
+                                          "-O", QUEUE_FIELDS])
+            if result.returncode != 0:
+                raise SlurmError(f"squeue failed: {self._said(result)} (fix: check that slurmctld answers: "
+                                 "`scontrol ping`)")
+            for line in result.stdout.splitlines():
+                parts = [p.strip() for p in line.split("|", len(QUEUE_KEYS) - 1)]
+                if len(parts) < len(QUEUE_KEYS) or not parts[0]:
+                    continue
+                job = dict(zip(QUEUE_KEYS, parts))
+                nodes = self._hostnames(group[0], job["nodes"] if job["state"] != "PENDING" else job["requested"])
+                mine = [by_node[n] for n in nodes if n in by_node]
+                if not mine and not (job["state"] == "PENDING" and not nodes
+                                     and (None in partitions or job["partition"] in partitions)):
+                    continue
+                named = re.match(r"^orch\.(.+)\.(\d{4,})\.[0-9a-f]{10}$", job["name"])
+                out.append({"job": job["job"], "name": job["name"], "state": job["state"], "reason": job["reason"],
+                            "machine": ",".join(m.name for m in mine) or None, "partition": job["partition"],
+                            "user": job["user"], "submitted": job["submitted"],
+                            "started": job["started"] if job["state"] != "PENDING" else None,
+                            "resources": job["resources"] if job["resources"] not in ("", "N/A") else None,
+                            "study": named.group(1) if named else None,
+                            "trial": int(named.group(2)) if named else None})
+        return out
+
+    def _hostnames(self, machine: SlurmMachine, nodes: str) -> list[str]:
+        """A Slurm host list (`sa,sb`, `gpu[01-04]`) as names; Slurm expands the bracketed forms itself."""
+        nodes = nodes.strip()
+        if not nodes or nodes in ("(null)", "N/A") or nodes.startswith("("):
+            return []
+        if "[" not in nodes:
+            return nodes.split(",")
+        result = self._run(machine, ["scontrol", "show", "hostnames", nodes])
+        return result.stdout.split() if result.returncode == 0 else []
 
     # -- start
     def start(self, job: JobSpec, machine: Machine, slot: Slot, workdir: Path,

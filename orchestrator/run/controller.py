@@ -342,10 +342,12 @@ class Controller:
         started, then recorded `running` in one more. Per slot, False when nothing was started (invalid values, an
         empty queue)."""
         chosen = self.source.choose(slots)
-        self.claims.drop([slot for slot in slots if slot not in chosen])  # claimed, the source wants them not
         if not chosen:
             return []
-        with self.ledger.unit():
+        with self.ledger.unit() as s:
+            chosen = self.claims.take(chosen, s)  # claimed with the trials: no other study's trial holds them
+            if not chosen:
+                return []
             self.ledger.new_round()
             prepared = [self._prepare(slot) for slot in chosen]
         self.claims.drop([slot for slot, p in zip(chosen, prepared) if p is None])  # claimed, nothing to start there

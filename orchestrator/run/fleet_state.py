@@ -197,15 +197,14 @@ class FleetState:
     # ---- slots -----------------------------------------------------------------------------------------------
     def free_slots(self, wanted: int, busy: Iterable[Slot], avoid: set[str]) -> list[Slot]:
         """Up to `wanted` free slots of machines that take trials, none held by a health check or a foreign process,
-        claimed for this study (`claims`: no other study's trial holds them, the fleet's policy gives them to it);
-        machines in `avoid` (where a waiting retry's trial hung) come last."""
+        offered to this study (`claims`: no other study's trial holds them, the fleet's policy gives them to it; the
+        dispatch claims them in its transaction); machines in `avoid` (where a waiting retry's trial hung) come last."""
         candidates = self.scheduler.free(set(busy))
         if avoid:
             candidates.sort(key=lambda slot: slot.machine in avoid)  # stable: the fleet's interleaving stays
         # screened before the offer cuts them to `wanted`: a GPU a foreign process holds stays refused while it is held
         candidates = self.keeper.screen(candidates, self.infos, len(candidates), avoid)
-        candidates = self.claims.offer(candidates, wanted)  # free across the fleet's studies: this study's share
-        return self.claims.take(candidates)
+        return self.claims.offer(candidates, wanted)  # free across the fleet's studies: this study's share
 
     def update_refusals(self) -> list[str]:
         """Report (and record as events) the machines that get no trials and why, as it changes; the lines now."""

@@ -54,7 +54,7 @@ def now() -> datetime:
 
 class TrialLedger:
     def __init__(self, db: Database, study: OpenStudy, progress: "Progress",
-                 release_slot: Callable[[WriteBatch, int], None]) -> None:
+                 release_slot: Callable[[object, WriteBatch, int], None]) -> None:
         self.db, self.study, self.spec, self.progress = db, study, study.spec, progress
         self.release_slot = release_slot  # a trial's slot claim ends in the transaction that records its end
         self.round: int | None = None  # the study's round counter, read once under the lease (`new_round`)
@@ -148,7 +148,7 @@ class TrialLedger:
             if versions:
                 change["versions"] = versions
             self.writes.add(_UPDATE_TRIAL_ROW, change)
-            self.release_slot(self.writes, number)
+            self.release_slot(s, self.writes, number)
             if state not in COUNTED_STATES and number in self._counted_here:
                 self._counted_here.discard(number)
                 if self._counted is not None:

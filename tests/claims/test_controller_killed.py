@@ -11,7 +11,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from db import Database, EventRow, FleetDemandRow, SlotUnitRow
+from db import Database, EventRow, FleetDemandRow, SlotBlockRow, SlotClaimRow
 from tests.conftest import orch, wait_for
 from tests.orch._checks import assert_agrees_with_optuna, rows_of
 
@@ -68,7 +68,8 @@ def test_a_killed_controllers_gpus_wait_for_its_jobs_then_go_to_the_waiting_stud
     assert sorted((r.state, r.retry_of) for r in rows) == [("complete", 0), ("complete", 1), ("lost", None),
                                                             ("lost", None)]
     with db.session() as s:
-        assert s.scalar(select(SlotUnitRow).where(SlotUnitRow.controller.is_not(None))) is None  # nothing held
+        assert s.scalar(select(SlotClaimRow)) is None  # nothing held
+        assert all(b.free == (1 << b.units) - 1 for b in s.scalars(select(SlotBlockRow)))  # every unit free again
         assert s.scalar(select(FleetDemandRow)) is None
     assert [r.state for r in rows_of(db, "b")] == ["complete", "complete"]
 

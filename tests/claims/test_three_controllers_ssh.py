@@ -14,7 +14,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from db import Database, EventRow, FleetDemandRow, SlotUnitRow, StudyRow, TrialRow
+from db import Database, EventRow, FleetDemandRow, SlotBlockRow, SlotClaimRow, StudyRow, TrialRow
 from orchestrator.claims.policy import jain
 from tests.conftest import orch, wait_for
 from tests.orch._checks import assert_agrees_with_optuna
@@ -34,7 +34,7 @@ def test_three_controllers_share_two_ssh_machines_on_postgres(ssh_machines, post
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(yaml.safe_dump({"machines": [m.fleet_entry(workdirs[m.name], gpus=2) for m in pair]}))
     record = tmp_path / "record.jsonl"
-    specs = {"a": dict(trials=10, parallel=4), "b": dict(trials=10, parallel=4), "c": dict(trials=4, parallel=2, priority=1)}
+    specs = {"a": dict(trials=14, parallel=4), "b": dict(trials=10, parallel=4), "c": dict(trials=4, parallel=2, priority=1)}
     for name, extra in specs.items():
         path = study_file(tmp_path, name, record, wall_s=1.0, linger_s=LINGER_S, **extra)
         assert orch("study", "create", name, "--from", str(path), "--db", db_url, cwd=tmp_path).returncode == 0
@@ -45,7 +45,8 @@ def test_three_controllers_share_two_ssh_machines_on_postgres(ssh_machines, post
         wait_for(lambda: len(_running(db)) == 4, 60, "a and b to fill the fleet's 4 GPUs")
         procs["c"] = start(db_url, tmp_path, "c", fleet)
         outputs["c"] = procs["c"].communicate(timeout=120)[0]
-        wait_for(lambda: any(r[0] == "a" for r in _running(db)), 30, "a trial of a running")
+        where = {str(path): name for name, path in workdirs.items()}
+        wait_for(lambda: any(r.study == "a" and r.end is None for r in runs(record, where)), 30, "a job of a running")
         procs["a"].kill()
         procs["a"].wait(timeout=10)
         outputs["b"] = procs["b"].communicate(timeout=180)[0]
@@ -64,7 +65,7 @@ def test_three_controllers_share_two_ssh_machines_on_postgres(ssh_machines, post
         assert sorted(r.state for r in assert_agrees_with_optuna(db, name)) == ["complete"] * count
     a_rows = assert_agrees_with_optuna(db, "a")
     lost = {r.number for r in a_rows if r.state == "lost"}
-    assert lost and sorted(r.state for r in a_rows) == ["complete"] * 10 + ["lost"] * len(lost)
+    assert lost and sorted(r.state for r in a_rows) == ["complete"] * 14 + ["lost"] * len(lost)
     assert {r.retry_of for r in a_rows if r.retry_of is not None} == lost  # re-run as recorded retries
 
     # c (priority 1) was served first: it got the first two GPUs freed after it began to wait ...
@@ -79,9 +80,10 @@ def test_three_controllers_share_two_ssh_machines_on_postgres(ssh_machines, post
     starts = sorted(r.start for r in c_runs)[2:]
     assert all(start - end < SLACK_S + 1.0 for end, start in zip(ends, starts)), c_runs
 
-    # a and b within the fair-share bound while both ran
-    killed_at = min(r.end for r in seen if r.study == "a" and r.termed)
-    both = (max(min(r.start for r in seen if r.study == s) for s in "ab"), killed_at - LINGER_S)
+    # a and b within the fair-share bound while both had trials to start (until b's last start, or a's kill)
+    killed_at = min(r.end for r in seen if r.study == "a" and r.termed) - LINGER_S
+    both = (max(min(r.start for r in seen if r.study == s) for s in "ab"),
+            min(killed_at, *(max(r.start for r in seen if r.study == s and r.start < killed_at) for s in "ab")))
     used = [gpu_seconds(seen, s, *both) for s in "ab"]
     assert jain(used) >= 0.95, (used, both)
 
@@ -94,7 +96,8 @@ def test_three_controllers_share_two_ssh_machines_on_postgres(ssh_machines, post
         assert "job no longer runs" in released[run.trial].message
         assert released[run.trial].at.replace(tzinfo=timezone.utc).timestamp() >= run.end - 0.5
     with db.session() as s:
-        assert s.scalar(select(SlotUnitRow).where(SlotUnitRow.controller.is_not(None))) is None
+        assert s.scalar(select(SlotClaimRow)) is None  # nothing held
+        assert all(b.free == (1 << b.units) - 1 for b in s.scalars(select(SlotBlockRow)))  # every unit free again
         assert s.scalar(select(FleetDemandRow)) is None
 
 

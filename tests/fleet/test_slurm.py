@@ -189,3 +189,50 @@ def test_a_killed_controller_is_restarted_and_reattaches_to_the_running_slurm_jo
     for row in rows:  # each log holds one run: one start line, one final line
         text = Path(row.log_path).read_text()
         assert text.count('"event": "start"') == 1 and text.count('"event": "final"') == 1, text
+
+
+def test_orch_fleet_queue_shows_slurms_queue_with_orchs_trials_and_other_jobs(slurm_lab, tmp_path):
+    """Slurm queues, orch shows it (issue 20, item 5): two trials that each take all of node sa's GPUs, submitted
+    at once (one runs, Slurm holds the other PENDING for resources), and a job of someone else's on sb. `orch fleet
+    queue` (and `orch fleet status` under its machines) lists all three from squeue: orch's with their study and
+    trial, the other with its own name, each on its machine, the pending one with Slurm's reason."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(yaml.safe_dump({"defaults": {"launcher": "slurm", "gpus": "auto", "slurm": {"env": slurm_lab.env}},
+                                     "machines": [{"name": "sa"}, {"name": "sb"}]}))
+    machine = _machine(slurm_lab, "sa", tmp_path)
+    launcher = SlurmLauncher()
+    foreign = slurm_lab.run("sbatch", "--parsable", "--job-name=someone-elses", "--nodelist=sb",
+                            f"--output={tmp_path / 'other.out'}", "--wrap", "sleep 60").stdout.strip()
+    handles = []
+    try:
+        assert launcher.probe(machine).gpu_count == 4
+        handles += [launcher.start(JobSpec("qstudy", n, ["sleep", "60"], {}, timeout_s=120), machine,
+                                  Slot("sa", 0, gpu_ids=(0, 1, 2, 3)), tmp_path / f"t{n}", queue.Queue())
+                   for n in (1, 2)]
+        wait_for(lambda: sorted(j.get("JobState") for j in slurm_lab.jobs()
+                                if j["JobId"] in {h.job_id for h in handles}) == ["PENDING", "RUNNING"], 30,
+                 "one of the two whole-node jobs to run and the other to wait")
+        db = f"sqlite:///{tmp_path / 'o.db'}"
+        result = orch("fleet", "queue", "--fleet", str(fleet), "--db", db, "--json", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        jobs = {j["job"]: j for j in json.loads(result.stdout)["manager_queue"]}
+        assert "error" not in str(jobs), jobs
+        ours = sorted((jobs[h.job_id] for h in handles), key=lambda j: j["state"])
+        assert [(j["state"], j["machine"], j["study"]) for j in ours] == [("PENDING", "sa", "qstudy"),
+                                                                           ("RUNNING", "sa", "qstudy")]
+        assert {j["trial"] for j in ours} == {1, 2} and ours[0]["reason"] in ("Resources", "Priority")
+        assert ours[1]["started"] and ours[0]["started"] is None and "gpu:4" in (ours[1]["resources"] or "")
+        other = jobs[foreign]
+        assert (other["name"], other["machine"], other["study"], other["state"]) == ("someone-elses", "sb", None,
+                                                                                     "RUNNING")
+        text = orch("fleet", "queue", "--fleet", str(fleet), "--db", db, cwd=tmp_path).stdout
+        pending = next(j for j in ours if j["state"] == "PENDING")
+        assert f"slurm job {pending['job']} PENDING on sa" in text and f"study qstudy#{pending['trial']}" in text
+        assert f"slurm job {foreign} RUNNING on sb: someone-elses" in text
+        status = orch("fleet", "status", "--fleet", str(fleet), "--db", db, "--json", cwd=tmp_path)
+        assert {j["job"] for j in json.loads(status.stdout)["queue"]["manager_queue"]} >= {foreign, *jobs}
+    finally:
+        for handle in handles:
+            handle.cancel("test over")
+        slurm_lab.run("scancel", foreign, check=False)
+        launcher.close()

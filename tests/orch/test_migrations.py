@@ -67,7 +67,8 @@ def test_a_pre_migration_table_missing_a_baseline_column_gets_it(db_url):
         conn.execute(text("ALTER TABLE orch_machines DROP COLUMN drain_reason"))
         conn.execute(text("DROP TABLE orch_requests"))
         conn.execute(text("ALTER TABLE orch_trials DROP COLUMN job_ref"))  # added by 0003, after the baseline
-        conn.execute(text("DROP TABLE orch_slot_units"))  # added by 0004
+        conn.execute(text("DROP TABLE orch_slot_claims"))  # added by 0004
+        conn.execute(text("DROP TABLE orch_slot_blocks"))
         conn.execute(text("DROP TABLE orch_fleet_demand"))
         conn.execute(text(f"DROP TABLE {VERSION_TABLE}"))
     db.dispose()
