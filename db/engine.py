@@ -14,7 +14,7 @@ from typing import Iterator
 
 from sqlalchemy import create_engine, event, inspect, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .migrate import NewerSchema, upgrade
@@ -148,13 +148,19 @@ class Database:
             upgrade(self.engine)  # Alembic: a new database gets our tables, an older one the revisions it lacks
         except NewerSchema as exc:
             raise DatabaseError(f"database {safe_url(self.url)}: {exc} (fix: upgrade orch)") from None
-        with self.session() as s:
-            row = s.get(Meta, "schema_version")
-            if row is None:
-                s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(row.value) > SCHEMA_VERSION:
-                raise DatabaseError(f"database {safe_url(self.url)} has schema version {row.value}, newer than this "
-                                    f"orch ({SCHEMA_VERSION}) (fix: upgrade orch)")
+        for attempt in range(2):
+            try:
+                with self.session() as s:
+                    row = s.get(Meta, "schema_version")
+                    if row is None:
+                        s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                    elif int(row.value) > SCHEMA_VERSION:
+                        raise DatabaseError(f"database {safe_url(self.url)} has schema version {row.value}, newer than "
+                                            f"this orch ({SCHEMA_VERSION}) (fix: upgrade orch)")
+                return
+            except IntegrityError:  # PostgreSQL: another process opening the new database wrote the row first
+                if attempt:
+                    raise
 
     def has_schema(self) -> bool:
         return inspect(self.engine).has_table("orch_studies")

@@ -111,8 +111,9 @@ def test_study_on_three_namespaces_one_in_podman_and_the_status_view(lab, podman
                                     nc.fleet_entry(tmp_path / "r-nc", cpu_slots="auto", container=container)])
     url = f"sqlite:///{tmp_path / 'orch.db'}"
     db = Database(url)
+    # 6 s a trial: the view below (probes over ssh, podman) is read while every machine still runs its first trial
     create_study(db, "s", _study(tmp_path, max_trials=6, parallel=3, dispatch="continuous", retries=0,
-                                 extra_args=["--wall-s", "3", "--val-every", "10"]))
+                                 extra_args=["--wall-s", "6", "--val-every", "10"]))
     launcher = _launcher(podman=podman_image.options)
     controller = Controller(db, "s", fleet, launchers={"ssh": launcher}, heartbeat_s=HEARTBEAT_S,
                             health_check_s=HEALTH_CHECK_S)
