@@ -1,7 +1,7 @@
 """Dispatch overhead and fleet utilisation of the real controller on a simulated fleet, side by side with
 Ray Tune running the same fake trials.
 
-Our side: `orchestrator.controller.Controller` runs a study (random sampler: its cost does not grow with the
+Our side: `orchestrator.run.controller.Controller` runs a study (random sampler: its cost does not grow with the
 number of trials) against a real results database (a SQLite file, and a private PostgreSQL server), with
 bench/fake_fleet.py's launcher behind every machine of a generated fleet (8 GPUs each, whole-machine trials).
 Ray Tune's side: a function trainable that sleeps the same durations and reports the same val points, one
@@ -170,8 +170,8 @@ def count_statements() -> list[int]:
 
 def run_orch(db_url: str, args, work: Path) -> dict:
     from db import Database
-    from orchestrator.controller import Controller
-    from orchestrator.studies import create_study
+    from orchestrator.run.controller import Controller
+    from orchestrator.study.lifecycle import create_study
     from fake_fleet import FakeFleetLauncher
 
     os.chdir(work)

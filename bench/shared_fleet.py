@@ -51,7 +51,7 @@ def run_shared(args, db_url: str, work: Path) -> dict:
     """Parent: studies, children, barrier, records, measures."""
     from db import Database
     from dispatch import STUDY, count_statements, measures, study_yaml  # noqa: F401
-    from orchestrator.studies import create_study
+    from orchestrator.study.lifecycle import create_study
 
     from orchestrator.claims.policy import jain
 
@@ -112,7 +112,7 @@ def run_child(args) -> None:
     from db import Database
     from dispatch import TimedQueue, count_statements, sim_fleet
     from fake_fleet import FakeFleetLauncher
-    from orchestrator.controller import Controller
+    from orchestrator.run.controller import Controller
 
     i, work = args.shared_child, Path(args.work)
     os.chdir(work)

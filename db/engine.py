@@ -19,25 +19,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .migrate import NewerSchema, upgrade
 from .models import SCHEMA_VERSION, Meta
+from .errors import DatabaseError, DatabaseUrlError  # noqa: F401 (re-exported by the package)
 from .reconnect import wait_for_server
 
 DEFAULT_DB_FILE = "orch.db"
 BUSY_TIMEOUT_S = 30.0
 READ_ONLY = "orch_read_only"  # execution option of `Database.read_session`'s connection
-
-
-class DatabaseError(Exception):
-    """The database cannot be used; the message names the URL (password hidden) and the fix."""
-
-    exit_code = 3
-
-
-class DatabaseUrlError(DatabaseError):
-    """The URL itself is wrong (not a URL, a SQLite path that is a directory, is not a database, or lies in a
-    directory that does not exist): bad input, exit 2 like every other, where exit 3 means a database that
-    cannot be reached."""
-
-    exit_code = 2
 
 
 def default_url() -> str:

@@ -20,6 +20,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
+from .errors import DatabaseError
+
 DEFAULT_WAIT_S = 120.0
 FIRST_DELAY_S, MAX_DELAY_S = 0.1, 2.0
 
@@ -88,8 +90,6 @@ def wait_for_server(engine: Engine, shown_url: str, on_wait=None) -> None:
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect, _record, cargs, cparams):
-        from .engine import DatabaseError  # engine imports this module
-
         refused = dialect.loaded_dbapi.OperationalError
         retrying = Retrying(retry=retry_if_exception_type(refused), after=lambda _state: outage.failed(),
                             stop=_give_up, wait=_delay, before_sleep=_before_sleep, reraise=True)

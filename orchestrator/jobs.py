@@ -6,37 +6,20 @@ formatted from validated numbers/choices; nothing is ever interpolated into a sh
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config.expressions import ExpressionError, evaluate, parse_expression
 from .config.study import StudySpec, early_exit_templates, template_fields
+from .records import JobSpec
+from .warm.plan import warm_plan
 
 
 class InvalidParams(ValueError):
     """The sampled or enqueued values cannot make a valid job (out of range, derived bound broken)."""
-
-
-@dataclass
-class JobSpec:
-    study: str
-    trial: int
-    argv: list[str]
-    env: dict[str, str]  # set for the job; stored on the trial
-    secret_env: dict[str, str] = field(default_factory=dict, repr=False)  # set for the job, never stored
-    gpus: int = 0
-    timeout_s: float = 3600.0
-    image: str | None = None
-    log_format: str = "orch"
-
-    def stored_env(self) -> dict[str, str]:
-        return dict(self.env) | {name: "***" for name in self.secret_env}
 
 
 def format_value(value: Any, spec: str = "") -> str:
@@ -49,13 +32,6 @@ def format_value(value: Any, spec: str = "") -> str:
             raise InvalidParams(f"value {value} is not finite")
         return format(value, ".10g")
     return str(value)
-
-
-def variant_key(params: dict[str, Any]) -> str:
-    """A stable short key for a parameter set: repeats of one variant share it."""
-    canonical = json.dumps({k: (round(v, 10) if isinstance(v, float) else v) for k, v in sorted(params.items())},
-                           sort_keys=True)
-    return hashlib.sha1(canonical.encode()).hexdigest()[:12]
 
 
 def resolve_values(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
@@ -114,11 +90,15 @@ def _render(template: str, names: dict[str, Any]) -> str:
 def build_job(spec: StudySpec, study: str, trial: int, repeat: int, values: dict[str, Any],
               python: str | None = None, environ: dict[str, str] | None = None,
               early_exit: dict[str, Any] | None = None, steps: int | None = None,
-              unmodified: bool = False) -> JobSpec:
+              unmodified: bool = False, checksums: dict[str, str] | None = None,
+              spec_dir: Path | None = None) -> JobSpec:
     """The job for one trial. `{python}` in the command is the interpreter that runs jobs. `early_exit`
     ({"target": X, "max_steps": S}, an early-exit run's user attr) adds the study's early-exit templates; `steps`
     (a step-cut run's user attr) the study's `trainer.steps` templates. `unmodified`: the trainer's command and
-    env alone, none of the study's parameters or arguments (a paired baseline of the unmodified script)."""
+    env alone, none of the study's parameters or arguments (a paired baseline of the unmodified script).
+    `checksums` (the training files' checksums, as the trial row stores them) and `spec_dir` (the study file's
+    folder) give the job its warm plan (orchestrator/warm): caches keyed by them, the study's data staged; without
+    `checksums` the job has none (a job built only to be shown)."""
     environ = os.environ if environ is None else environ
     names = {**values, "trial": trial, "repeat": repeat, "seed": trial, "study": study}
     argv = [python or sys.executable if part == "{python}" else part for part in spec.trainer.command]
@@ -163,5 +143,6 @@ def build_job(spec: StudySpec, study: str, trial: int, repeat: int, values: dict
     for name in spec.trainer.secret_env:
         if name in environ:
             secrets[name] = environ[name]
+    plan = None if checksums is None else warm_plan(spec, Path(spec_dir or "."), checksums)
     return JobSpec(study=study, trial=trial, argv=argv, env=env, secret_env=secrets, gpus=spec.resources.gpus,
-                   timeout_s=spec.timeout_s, image=spec.trainer.image, log_format=spec.trainer.log_format)
+                   timeout_s=spec.timeout_s, image=spec.trainer.image, log_format=spec.trainer.log_format, warm=plan)

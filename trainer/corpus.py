@@ -333,7 +333,7 @@ def add_arguments(p):
 def prepare(a) -> int:
     import numpy as np
 
-    from trainer.data import write_shard
+    from trainer.shards import write_shard
 
     names = DEFAULT_SOURCES if a.sources == "default" else [s.strip() for s in a.sources.split(",") if s.strip()]
     bad = [n for n in names if n not in SOURCES]

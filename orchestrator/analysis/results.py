@@ -36,7 +36,7 @@ from sqlalchemy import select
 from db import Database, StudyRow, TrialRow
 
 from ..config.study import Constraint, StudySpec
-from ..outcomes import named_constraints
+from ..study.outcomes import named_constraints
 from .variants import VariantStats, rank_for_confirmation, variant_stats
 
 STATS_KINDS = ("search", "baseline", "confirmation")  # runs that count for per-variant statistics
@@ -101,7 +101,7 @@ def trial_kind(note: str | None, user_attrs: dict[str, Any], system_attrs: dict[
 
 def optuna_trials(db: Database, study: StudyRow) -> dict[int, Any]:
     """Optuna's FrozenTrials of the study by number ({} when its Optuna study is missing)."""
-    from ..studies import optuna_storage
+    from ..study.lifecycle import optuna_storage
 
     storage = optuna_storage(db)
     try:
@@ -115,6 +115,17 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def json_field(value: Any) -> Any:
+    """A record's JSON column as a value: a JSON text read back (a record's `versions`, `command`, `env`, ...), anything
+    else as it is."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 def full_records(db: Database, study: StudyRow, trials: dict[int, Any] | None = None) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
 """The tracks' record rules as plug-ins: each track names its metric and the value its test is read against,
-runs its statistical test over the counted runs (orchestrator/rules.py does the arithmetic) and checks every
+runs its statistical test over the counted runs (orchestrator/certify/rules.py does the arithmetic) and checks every
 counted run against the limits its rules list. Each track owns its settings (a pydantic model); `TRACKS` is
 the one registry.
 
@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import rules
+from . import rules
 
 
 class CertifyError(ValueError):

@@ -27,7 +27,7 @@ from typing import Callable
 from db import Database, EventRow, StudyRow
 from sqlalchemy import event, select
 
-from .. import lease
+from ..study import lease
 from ..config.fleet import Fleet, Machine
 from ..config.study import StudySpec
 from ..launchers.base import Launcher, MachineInfo, Slot

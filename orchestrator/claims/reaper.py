@@ -20,7 +20,7 @@ from typing import Callable
 
 from db import Database, EventRow
 
-from .. import lease
+from ..study import lease
 from ..config.errors import OrchError
 from ..config.fleet import Fleet, Machine
 from ..launchers.base import JobRecord, Launcher

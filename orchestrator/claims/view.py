@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from db import Database, StudyRow
 
-from .. import lease
+from ..study import lease
 from . import store
 from .policy import decayed, share
 

@@ -12,7 +12,8 @@ import typer
 from db import Database, safe_url
 
 from ..config.errors import OrchError
-from ..config.fleet import Fleet, load_fleet
+from ..config.fleet import Fleet
+from ..config.fleet_file import load_fleet
 
 DEFAULT_FLEET_FILE = "fleet.yaml"
 

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:  # the controller is imported where a run starts, not by every command that shows something
-    from ..controller import Progress, Running
+    from ..run.controller import Progress, Running
 
 
 def _summary(p: Progress) -> Text:

@@ -51,7 +51,7 @@ def fleet_drain(name: str, db: Optional[str] = DbOption, fleet: Optional[Path] =
                 reason: Optional[str] = typer.Option(None, "--reason", help="why (shown by `orch fleet status`)"),
                 as_json: bool = JsonOption) -> None:
     """Let machine NAME finish its running trials and give it no new ones (every controller, no restart)."""
-    from ..drain import set_drain
+    from ..fleet.drain import set_drain
 
     result = set_drain(open_db(db), load_inventory(fleet), name, True, reason)
     typer.echo(json.dumps(asdict(result), indent=2) if as_json else result.message())
@@ -60,7 +60,7 @@ def fleet_drain(name: str, db: Optional[str] = DbOption, fleet: Optional[Path] =
 @fleet_app.command("undrain")
 def fleet_undrain(name: str, db: Optional[str] = DbOption, fleet: Optional[Path] = FleetOption) -> None:
     """Put a drained machine NAME back in service."""
-    from ..drain import set_drain
+    from ..fleet.drain import set_drain
 
     typer.echo(set_drain(open_db(db), load_inventory(fleet), name, False).message())
 

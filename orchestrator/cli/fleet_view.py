@@ -15,6 +15,8 @@ recorded, and the state:
   idle       reachable, nothing running
 
 Each machine that gets no trials (or some of its GPUs none) has `refusals`: the kind, the reason and the fix.
+`warm` is its cache and data state as its newest trial's entry program reported it (orchestrator/warm/report.py):
+the cache key, warm or cold, its files and bytes, older keys kept, the study's data files and their check.
 
 `--watch` redraws the view in place (rich Live) every `--interval` seconds on a terminal; piped, it prints one
 frame after another (`--json`: one JSON object a line). `--count N` stops after N frames; Ctrl-C exits cleanly.
@@ -33,11 +35,13 @@ from sqlalchemy import func, select
 from db import Database, MachineRow, TrialRow
 
 from ..config.fleet import Fleet, Machine
-from ..health import HealthChecker
+from ..fleet.health import HealthChecker
 from ..launchers.registry import launcher_class
 from ..launchers.base import Launcher, MachineInfo, Slot
 from ..liveness.gpu_guard import busy_refusal, gpu_processes
 from ..liveness.refusals import Refusal, probe_refusal, split_fix
+from ..warm.report import machine_states
+from ..warm.report import render as render_warm
 from .queue_view import queue_view, render_queue
 from .status import _age_s, _running_trials, _table
 
@@ -146,6 +150,7 @@ def fleet_status(db: Database, fleet: Fleet, prober: FleetProber | None = None) 
         beats = dict(s.execute(select(TrialRow.machine, func.max(TrialRow.heartbeat_at)).where(
             TrialRow.machine.in_(names), TrialRow.state == "running").group_by(TrialRow.machine)).all())
     running = _running_trials(db, TrialRow.machine.in_(names))
+    warm_states = machine_states(db, names)  # caches and data as each machine's newest trial found them
     machines = []
     for machine in fleet.machines:
         info, row = infos[machine.name], rows.get(machine.name)
@@ -171,6 +176,7 @@ def fleet_status(db: Database, fleet: Fleet, prober: FleetProber | None = None) 
                                "foreign": p.gpu not in ours} for p in processes],
             "refusals": [{k: v for k, v in r.as_dict().items() if k != "machine"}
                          for r in _refusals(machine, info, row, foreign)],
+            "warm": warm_states.get(machine.name),
         })
     return {"fleet": fleet.source, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machines": machines, "queue": queue_view(db, fleet)}  # `orch fleet queue` under the machines
@@ -204,6 +210,8 @@ def render_fleet_status(view: dict) -> str:
                     f"temp {_fmt(g['temperature_c'], '.0f', 'C')}")
         for r in m.get("refusals", []):
             out += f"\n  {m['name']} gets no trials ({r['kind']}): {r['reason']} (fix: {r['fix']})"
+        if m.get("warm"):
+            out += "\n" + render_warm(m["name"], m["warm"])
     if view.get("queue"):
         out += "\n\n" + render_queue(view["queue"])
     return f"fleet: {view['fleet']} at {view['at']}\n{out}"

@@ -17,9 +17,9 @@ import typer
 from db import DatabaseError
 
 from ..config.errors import OrchError
-from ..controller import StopRequested
+from ..run.controller import StopRequested
 from ..export import RENDERERS
-from ..studies import load_study_row
+from ..study.lifecycle import load_study_row
 from .common import DbOption, JsonOption, State, check_name, open_db, where
 from .fleet_cmds import fleet_app
 from .record_cmd import register as register_record
@@ -100,7 +100,7 @@ def import_csv(file: Path, study: str = typer.Option(..., "--study", help="name 
                                                               "repeatable (default val_loss <= 3.28; 'none' for none)"),
                from_: Optional[Path] = typer.Option(None, "--from", help="study YAML to import under (else one is generated)")) -> None:
     """Create study NAME from a CSV table of finished runs (round, parameters, machine, time_s, val_loss, note)."""
-    from ..importing import import_csv as do_import
+    from ..study.csv_import import import_csv as do_import
 
     check_name(study)
     database = open_db(db)

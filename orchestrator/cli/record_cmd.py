@@ -10,7 +10,7 @@ import typer
 
 from ..certify.tracks import TRACKS
 from ..config.errors import OrchError
-from ..studies import load_study_row
+from ..study.lifecycle import load_study_row
 from .common import DbOption, open_db
 
 

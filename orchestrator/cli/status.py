@@ -13,11 +13,12 @@ from sqlalchemy import func, select
 
 from db import Database, MetricPointRow, StudyRow, TrialRow
 
+from ..analysis.duty_cycle import duty_lines, study_duty_cycle
 from ..config.study import StudySpec
 from ..claims import study_waiting
-from ..lease import holder
+from ..study.lease import holder
 from ..liveness.refusals import study_refusals
-from ..studies import load_study_row, optuna_study_ids
+from ..study.lifecycle import load_study_row, optuna_study_ids
 
 
 def _age_s(when: datetime | None) -> float | None:
@@ -72,11 +73,13 @@ def study_status(db: Database, name: str) -> dict:
         "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params,
                                            "machine": best.machine},
         "running": _running_trials(db, TrialRow.study_id == row.id),
-        "controller": controller,  # the live holder of the study's lease (lease.py), else None
+        "controller": controller,  # the live holder of the study's lease (study/lease.py), else None
         # machines the study's controller last found getting no trials, and why (liveness/refusals.py)
         "refused_machines": study_refusals(db, row.id),
         # a running study that waits for slots other studies hold: since when, for what (orchestrator/claims)
         "waiting": study_waiting(db, row.id) if controller else None,
+        # timed training / machine time, per machine and for the study (analysis/duty_cycle.py)
+        "duty_cycle": study_duty_cycle(db, row.id).to_json(),
     }
 
 
@@ -102,6 +105,8 @@ def render_study_status(view: dict) -> str:
         lines.append(f"waiting: {w['trials']} trial(s) since {w['since']} ({w['waited_s']:.0f}s), for: {w['for']}")
     for r in view.get("refused_machines", []):
         lines.append(f"refused: machine {r['machine']} ({r['kind']}): {r['reason']} (fix: {r['fix']})")
+    if view.get("duty_cycle") is not None:
+        lines += duty_lines(view["duty_cycle"])
     return "\n".join(lines)
 
 

@@ -9,12 +9,13 @@ from typing import Optional
 
 import typer
 
-from .. import control, lease
+from ..run import control
+from ..study import lease
 from ..config.errors import OrchError
-from ..controller import Controller, install_signal_handlers
+from ..run.controller import Controller, install_signal_handlers
 from ..export import markdown
-from ..injection.study_check import validate_study_file  # + what a first trial would hit (code_dir, script, injection)
-from ..studies import create_study, deleted_in_optuna, delete_study, load_study_row, set_status
+from ..study.code_check import validate_study_file  # + what a first trial would hit (code_dir, script, injection)
+from ..study.lifecycle import create_study, deleted_in_optuna, delete_study, load_study_row, set_status
 from . import status as status_views
 from .common import DbOption, FleetOption, JsonOption, check_name, load_inventory, open_db, where
 from .display import make_reporter, show_markdown

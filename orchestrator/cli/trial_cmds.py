@@ -12,11 +12,13 @@ from sqlalchemy import select
 from db import Database, StudyRow, TrialRow
 from db.write_batch import WriteBatch
 
-from .. import control, lease
+from ..run import control
+from ..study import lease
 from ..config.errors import OrchError
-from ..controller import cancel_queued
-from ..studies import load_study_row, open_study
-from ..trial_queue import waiting_trials
+from ..study import trials
+from ..study.queue import cancel_queued
+from ..study.lifecycle import load_study_row, open_study
+from ..study.queue import waiting_trials
 from . import trial_view
 from .common import DbOption, JsonOption, open_db
 
@@ -111,9 +113,9 @@ def _cancel_without_controller(db: Database, study: StudyRow, number: int, reaso
         if not queued:
             return f"not cancelled: study {study.name!r} has no trial {number} (`orch trial list {study.name}`)", False
         note = "cancelled by `orch trial cancel` (it was queued)" + (f": {reason}" if reason else "")
-        storage, batch = opened.optuna._storage, WriteBatch()
+        batch = WriteBatch()
         with db.session() as s:
-            with storage.bind(s.connection(), batch):
+            with trials.one_transaction(opened.optuna, s.connection(), batch):
                 cancel_queued(s, opened, queued[0], note)
             batch.flush(s.connection())
         return f"trial {number} cancelled (it was queued, not started)", True

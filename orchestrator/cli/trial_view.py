@@ -17,7 +17,8 @@ from db import Database, EventRow, MetricPointRow, StudyRow, TrialRow
 
 from ..config.errors import OrchError
 from ..config.study import StudySpec
-from ..studies import load_study_row, optuna_storage, optuna_study_ids
+from ..study.lifecycle import load_study_row, optuna_storage, optuna_study_ids
+from ..study.trials import enqueued_params
 from .status import _age_s, _table
 
 LIVE_STATES = ("pending", "running")
@@ -73,7 +74,7 @@ def trial_list(db: Database, name: str, states: list[str] | None = None) -> dict
     trials = [_summary(r, spec) for r in rows]
     for frozen in _queued(db, study):
         trials.append({"trial": frozen.number, "round": None, "state": "queued", "machine": None, "slot": None,
-                       "params": frozen.system_attrs.get("fixed_params") or dict(frozen.params), "value": None,
+                       "params": enqueued_params(frozen), "value": None,
                        **{c.metric: None for c in spec.objective.constraints}, "hit": None, "duration_s": None,
                        "exit_reason": None, "attempt": int(frozen.user_attrs.get("attempt", 1)),
                        "retry_of": frozen.user_attrs.get("retry_of")})

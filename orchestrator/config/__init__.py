@@ -1,8 +1,4 @@
-"""Typed configuration models (fleet inventory, study definitions), validated at the edge."""
-
-from .errors import ConfigError, ConfigErrors, OrchError
-from .fleet import Fleet, Machine, load_fleet
-from .study import StudySpec, check_metrics, load_study_file, load_study_text
-
-__all__ = ["ConfigError", "ConfigErrors", "OrchError", "Fleet", "Machine", "load_fleet", "StudySpec",
-           "check_metrics", "load_study_file", "load_study_text"]
+"""Typed configuration models (fleet inventory, study definitions), validated at the edge: `fleet.py` (the machine
+models the launchers build on), `fleet_file.py` (reading a fleet file), `study.py`, and the errors, YAML source and
+validation helpers every part uses. Import the module you need: the package imports nothing, so a launcher that
+reads `config.fleet` does not load the study models."""

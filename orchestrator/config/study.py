@@ -256,6 +256,68 @@ class StepCount(_Templates):
 STEP_TEMPLATE_NAMES = frozenset({"steps"})
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _relative_name(value: str, what: str) -> str:
+    """A path inside the trial directory: relative, `/`-separated, no `..`, nothing a shell or a glob reads."""
+    parts = value.split("/")
+    if (not value or value.startswith("/") or any(p in ("", ".", "..") for p in parts)
+            or not re.match(r"^[A-Za-z0-9_.+/-]+$", value)):
+        raise bad(f"{what} {value!r} is not a relative path inside the trial directory",
+                  "write a path like data or data/fineweb10B (letters, digits, . _ + - and /; no `..`)")
+    return value
+
+
+class DataFile(_Strict):
+    """One file of a study's data: where it is on the controller's host, and its checksum."""
+
+    path: str  # relative to the study file's directory
+    sha256: str  # 64 lower-case hex digits (`sha256sum FILE`)
+    name: str | None = None  # its path under `data.link` in the trial directory (default: the file's name)
+
+    @field_validator("sha256")
+    @classmethod
+    def _digest(cls, value: str) -> str:
+        if not _SHA256.match(value):
+            raise bad(f"sha256 {value!r} is not 64 lower-case hex digits", "paste the digest `sha256sum FILE` prints")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return None if value is None else _relative_name(value, "name")
+
+
+class DataSpec(_Strict):
+    """The data a study's trainer reads (orchestrator/warm): staged once per machine into its workdir, checked
+    against the checksums before every trial, and linked into each trial directory under `link`. Either `files`
+    (each with its sha256) or `manifest` (a `sha256sum` file: `DIGEST  PATH` lines, PATH relative to the manifest's
+    folder and also the file's path under `link`)."""
+
+    files: list[DataFile] = Field(default_factory=list)
+    manifest: str | None = None  # relative to the study file's directory
+    link: str = "data"  # the folder in the trial directory the files appear in (the trainer's working directory)
+
+    @field_validator("link")
+    @classmethod
+    def _link(cls, value: str) -> str:
+        return _relative_name(value, "link")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSpec":
+        if bool(self.files) == bool(self.manifest):
+            raise bad("data needs exactly one of `files:` and `manifest:`",
+                      "list the files with their sha256, or name a sha256sum manifest file")
+        names = [f.name or f.path.replace("\\", "/").rsplit("/", 1)[-1] for f in self.files]
+        for name in names:
+            _relative_name(name, "file name")
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise bad(f"two data files are both {dup!r} in the trial directory", "give one of them `name:`")
+        return self
+
+
 class Trainer(_Strict):
     command: list[str] = Field(min_length=1)
     inject: Inject | None = None
@@ -267,6 +329,10 @@ class Trainer(_Strict):
     image: str | None = None  # overrides the machine's container image
     early_exit: EarlyExit | None = None  # how `orch study early-exit` tells the trainer; default for log_format orch
     steps: StepCount | None = None  # how `orch study step-cut` tells the trainer its step count
+    #: per-machine compile caches kept across trials (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR, ... under the
+    #: machine's workdir, keyed by the training files' checksums and the library versions; orchestrator/warm)
+    warm: bool = True
+    data: DataSpec | None = None  # the data its trainer reads, staged once per machine (orchestrator/warm)
 
     @field_validator("image")
     @classmethod

@@ -8,7 +8,7 @@ from html import escape
 from typing import Any
 
 from . import record_page
-from .report import (Report, early_exit_summary, headline, reproduction, run_table, variant_table)
+from .report import (Report, duty_table, early_exit_summary, headline, reproduction, run_table, variant_table)
 from .tables import HIT, MISS
 
 CSS = """
@@ -114,6 +114,10 @@ def render_html(report: Report, plots: list[Any]) -> str:
         parts.append("<h2>Early-exit analysis</h2>" + "".join(f"<p>{escape(s)}</p>" for s in early_exit_summary(report))
                      + _table(cols, rows, table_id="early-exit"))
     rep = reproduction(report)
+    duty_sentences, duty_cols, duty_rows = duty_table(report)
+    if duty_rows:
+        parts.append("<h2>Duty cycle</h2><p>" + escape(" ".join(duty_sentences)) + "</p>"
+                     + _table(duty_cols, duty_rows, table_id="duty-cycle"))
     parts.append("<h2>Reproduction</h2>")
     if rep["run"] is None:
         parts.append("<p>No complete run to reproduce.</p>")

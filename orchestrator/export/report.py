@@ -9,18 +9,18 @@ docs/export.md describes the sections and the conventions (kinds of trials, base
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from db import Database, StudyRow
 
+from ..analysis.duty_cycle import study_duty_cycle
 from ..analysis.pick import pick_text, study_pick
-from ..analysis.results import STATS_KINDS, Variant, full_records, optuna_trials, top_variants, variants_of
+from ..analysis.results import (STATS_KINDS, Variant, full_records, json_field, optuna_trials, top_variants,
+                                variants_of)
 from ..config.study import Constraint, StudySpec
 from ..certify.summary import study_evidence
 from . import record_page
@@ -61,6 +61,7 @@ class Report:
     pick: Any = None  # the pick rule's Recommendation over every counted run
     notes: list[str] = field(default_factory=list)
     page: Any = None  # record_page.Sections: certification, saving, stage costs, the change, paired timing, step cut
+    duty: Any = None  # analysis.duty_cycle.DutyCycle: timed training / machine time, per machine
 
     @property
     def metric(self) -> str:
@@ -186,6 +187,7 @@ def build_report(db: Database, study: StudyRow) -> Report:
                     generated_at=_data_as_of(study, records), pick=pick, notes=notes)
     evidence = study_evidence(db, study, first=best.key if best is not None else None, records=records)
     report.page = record_page.sections(db, study, report, evidence)
+    report.duty = study_duty_cycle(db, study.id)
     return report
 
 
@@ -343,13 +345,36 @@ def early_exit_summary(report: Report) -> list[str]:
     return [text + "."]
 
 
-def _loads(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
+def duty_table(report: Report) -> tuple[list[str], list[str], list[list[str]]]:
+    """(sentences, columns, rows) of the duty-cycle section: timed training over machine time, per machine and in
+    all (analysis/duty_cycle.py)."""
+    duty = report.duty
+    if duty is None or not duty.machines:
+        return [], [], []
+    view = duty.to_json()
+
+    def pct(x: float | None) -> str:
+        return "" if x is None else f"{100 * x:.1f} %"
+
+    cols = ["machine", "trials", "lanes", "timed training s", "trial time s", "machine time s", "in-trial",
+            "occupancy", "duty cycle"]
+    rows = [[m["machine"], str(m["trials"]), str(m["lanes"]), f"{m['timed_s']:.1f}", f"{m['trial_s']:.1f}",
+             f"{m['span_s'] * m['lanes']:.1f}", pct(m["in_trial"]), pct(m["occupancy"]), pct(m["duty_cycle"])]
+            for m in view["machines"]]
+    if len(view["machines"]) > 1:
+        rows.append(["all", str(view["trials"]), str(sum(m["lanes"] for m in view["machines"])),
+                     f"{view['timed_s']:.1f}", f"{view['trial_s']:.1f}", f"{view['machine_s']:.1f}",
+                     pct(view["in_trial"]), pct(view["occupancy"]), pct(view["duty_cycle"])])
+    sentences = [f"The machines spent {pct(view['duty_cycle'])} of their time in timed training (the trainer's "
+                 f"train_time): {view['timed_s']:.1f} s of {view['machine_s']:.1f} s. Machine time is each machine's "
+                 "span from its first trial's slot taken to its last trial's end, times the slots (lanes) the study "
+                 "used there; in-trial is timed training over the trials' own time (start, imports, compile, data, "
+                 "validation are the rest), occupancy is the trials' time over machine time (dispatch and waiting "
+                 "between trials are the rest)."]
+    untimed = sum(m["untimed"] for m in view["machines"])
+    if untimed:
+        sentences.append(f"{untimed} trial(s) reported no training time and count as 0 s of it.")
+    return sentences, cols, rows
 
 
 def reproduction(report: Report) -> dict[str, Any]:
@@ -374,16 +399,16 @@ def reproduction(report: Report) -> dict[str, Any]:
             ("started", r.get("started_at")),
             ("log", "/".join(str(r["log_path"]).replace("\\", "/").split("/")[-2:]) if r.get("log_path") else None),
         ]
-        out["versions"] = sorted((_loads(r.get("versions")) or {}).items())
-        out["checksums"] = sorted((_loads(r.get("file_checksums")) or {}).items())
+        out["versions"] = sorted((json_field(r.get("versions")) or {}).items())
+        out["checksums"] = sorted((json_field(r.get("file_checksums")) or {}).items())
         params = {n: r.get(f"params.{n}") for n in report.spec.parameters}
         try:  # rebuilt from the study: `python`, not the path of the machine's interpreter
             command = portable_command(report.spec, report.name, params)
         except (ValueError, KeyError):
             command = None
-        argv = _loads(r.get("command"))
+        argv = json_field(r.get("command"))
         if command is None and argv:  # an imported run: its command as recorded
-            env = _loads(r.get("env")) or {}
+            env = json_field(r.get("env")) or {}
             prefix = [f"{k}={v}" for k, v in sorted(env.items())]
             command = shlex.join(["env", *prefix, *map(str, argv)] if prefix else list(map(str, argv)))
         out["command"] = command
@@ -399,7 +424,7 @@ def reproduction(report: Report) -> dict[str, Any]:
             out["across"].append((label, ", ".join(f"{k} ({n})" for k, n in sorted(counts.items()))))
     lib: dict[str, dict[str, int]] = {}
     for rec in report.records:
-        for k, v in (_loads(rec.get("versions")) or {}).items():
+        for k, v in (json_field(rec.get("versions")) or {}).items():
             lib.setdefault(k, {})
             lib[k][str(v)] = lib[k].get(str(v), 0) + 1
     for k in sorted(lib):
@@ -459,6 +484,9 @@ def render_markdown(report: Report, plots: list[tuple[str, str]] | None = None) 
         extra = ["steps"] if any(r.get("metrics.steps") is not None for r in report.early_exit) else []
         cols, rows = run_table(report, report.early_exit, extra=extra)
         lines += md_table(cols, rows) + [""]
+    duty_sentences, duty_cols, duty_rows = duty_table(report)
+    if duty_rows:
+        lines += ["## Duty cycle", "", " ".join(duty_sentences), ""] + md_table(duty_cols, duty_rows) + [""]
     rep = reproduction(report)
     lines += ["## Reproduction", ""]
     if rep["run"] is None:
@@ -503,40 +531,3 @@ def _data_as_of(study: StudyRow, records: list[dict[str, Any]]) -> str:
     ends = [r["ended_at"] for r in records if r.get("ended_at")]
     when = max(ends) if ends else study.created_at.isoformat()
     return datetime.fromisoformat(str(when)).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def html_report(db: Database, study: StudyRow) -> str:
-    """RENDERERS['html']: one self-contained HTML file, plots inline."""
-    from .html import render_html
-    from .plots import render_plots
-
-    report = build_report(db, study)
-    return render_html(report, render_plots(report))
-
-
-def export_text(fmt: str, db: Database, study: StudyRow, out: Path | None = None, plots: bool | None = None) -> str:
-    """What `orch export` writes. Markdown with plots writes PNG files beside `out` and links them."""
-    from . import RENDERERS
-
-    if fmt == "html":
-        from .html import render_html
-        from .plots import render_plots
-
-        report = build_report(db, study)
-        return render_html(report, render_plots(report) if plots is not False else [])
-    if fmt == "md" and plots:
-        from ..config.errors import OrchError
-        from .plots import render_plots
-
-        if out is None:
-            raise OrchError("markdown plots are PNG files written beside the .md (fix: add --out FILE.md, "
-                            "or drop --plots)")
-        report = build_report(db, study)
-        links = []
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for plot in render_plots(report):
-            path = out.parent / f"{out.stem}.{plot.name}.png"
-            path.write_bytes(plot.png)
-            links.append((path.name, plot.caption))
-        return render_markdown(report, links)
-    return RENDERERS[fmt](db, study)

@@ -2,8 +2,8 @@
 analysis (`orch study early-exit`) and baseline runs (`orch study baseline`); docs/runs.md.
 
 Each command plans a *batch* (an `orch_batches` row), queues its runs as Optuna trials with fixed params and
-the user attrs `kind`, `batch`, `batch_index`, and runs them through the study's controller (`BatchController`:
-same recovery, lease and log handling as `orch study run`). Running the command again after a crash resumes
+the user attrs `kind`, `batch`, `batch_index`, and runs them through the study's `Controller` fed by `BatchTrials`
+(the same recovery, lease and log handling as `orch study run`). Running the command again after a crash resumes
 the open batch instead of queueing another.
 
 Modules: `selection` (which variant: ranking, `best`, `#N`, `k=v,...`), `batches` (planning and queueing),

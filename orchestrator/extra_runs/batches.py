@@ -15,8 +15,8 @@ from sqlalchemy import select
 from db import BatchRow, Database, EventRow, StudyRow
 
 from ..config.errors import OrchError
-from ..jobs import variant_key
-from ..trial_queue import BATCH_ATTR, batch_of
+from ..records import variant_key
+from ..study.queue import BATCH_ATTR, batch_of
 
 
 def plan_runs(variants: list[dict[str, Any]], repeats: int) -> list[dict[str, Any]]:

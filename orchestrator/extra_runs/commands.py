@@ -1,5 +1,6 @@
 """The three extra-runs commands end to end: check the arguments (nothing is written on error), plan or resume
-the batch, run it through `BatchController`, close it and return its summary."""
+the batch, run it (`controller.run_batch`: the study's controller fed by `BatchTrials`), close it and return its
+summary."""
 
 from __future__ import annotations
 
@@ -8,24 +9,20 @@ from typing import Any, Callable
 
 from db import BatchRow, Database, StudyRow
 
-from .. import lease
+from ..study import lease
 from ..config.errors import OrchError
 from ..config.fleet import Fleet
 from ..config.study import StudySpec, early_exit_templates
-from ..controller import Progress, StopRequested, install_signal_handlers
+from ..run.controller import Progress
 from ..jobs import format_value
-from ..preflight import check_fleet_fits
-from ..studies import load_study_row, open_study
+from ..fleet.preflight import check_fleet_fits
+from ..study.lifecycle import load_study_row, open_study
 from . import batches
-from .controller import BatchController
+from .controller import run_batch
 from .selection import arg_error, check_job, parse_params, pick_top, pick_variant
 from .summary import batch_summary
 
 Reporter = Callable[[Progress, str], None]
-
-
-class BatchStopped(OrchError):
-    exit_code = 130
 
 
 @dataclass
@@ -112,16 +109,8 @@ def run_request(db: Database, name: str, fleet: Fleet, request: Request, reporte
         what = f"{request.kind} batch #{batch.id}"
         reporter_message(reporter, f"{'resuming' if resumed else 'queued'} {what}: {len(batch.runs)} runs"
                          + (f" ({queued} queued now)" if resumed and queued else ""))
-        kwargs = {} if heartbeat_s is None else {"heartbeat_s": heartbeat_s}
-        controller = BatchController(db, name, fleet, reporter=reporter, batch_id=batch.id,
-                                     batch_size=len(batch.runs), **kwargs)
-        if signals:
-            install_signal_handlers(controller)
-        try:
-            controller.run()
-        except StopRequested as exc:
-            raise BatchStopped(f"stopped ({exc}); the batch's running trials were re-queued (fix: run "
-                               f"`{request.command}` with the same arguments again to finish {what})") from None
+        run_batch(db, name, fleet, batch_id=batch.id, batch_size=len(batch.runs), reporter=reporter,
+                  command=request.command, resume_hint=f" to finish {what}", heartbeat_s=heartbeat_s, signals=signals)
         if not batches.unfinished(opened.optuna, batch):
             batches.close_batch(db, batch)
     finally:

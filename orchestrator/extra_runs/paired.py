@@ -20,21 +20,20 @@ from optuna.trial import FrozenTrial
 
 from db import BatchRow, Database
 
-from .. import lease
+from ..study import lease
 from ..certify.paired import ABBA, paired_timing
 from ..analysis.results import full_records
 from ..config.errors import OrchError
 from ..config.fleet import Fleet
 from ..config.study import StudySpec
-from ..controller import StopRequested, install_signal_handlers
-from ..jobs import variant_key
+from ..records import variant_key
 from ..launchers.base import Slot
-from ..preflight import check_fleet_fits, declared_gpus
-from ..scheduler import matches_labels
-from ..studies import load_study_row, open_study
-from ..trial_queue import batch_of, claim, waiting_trials
+from ..fleet.preflight import check_fleet_fits, declared_gpus
+from ..fleet.scheduler import matches_labels
+from ..study.lifecycle import load_study_row, open_study
+from ..study.queue import batch_of, claim, waiting_trials
 from . import batches
-from .controller import BatchController
+from .controller import BatchTrials, run_batch
 from .selection import arg_error, check_job, parse_params, pick_variant
 from .sequential import _pick_rule_variant
 
@@ -109,20 +108,20 @@ def paired_request(db: Database, name: str, fleet: Fleet, variant: str, baseline
     return PairedRequest(name, command, args, plan_blocks(machines, candidate, base, per_machine))
 
 
-class PairedController(BatchController):
-    """Runs a paired batch: on each machine its block's runs one at a time, in block order."""
+class PairedTrials(BatchTrials):
+    """A paired batch: on each machine its block's runs one at a time, in block order."""
 
     def _batch_trials(self) -> list[FrozenTrial]:
-        return [t for t in self.study.optuna.get_trials(deepcopy=False) if batch_of(t) == self.batch_id]
+        return [t for t in self.run.study.optuna.get_trials(deepcopy=False) if batch_of(t) == self.batch_id]
 
     def _ready(self) -> dict[str, FrozenTrial]:
         """machine -> the queued trial its block runs next (a block runs one trial at a time, in order)."""
         trials = self._batch_trials()
-        running = {t.number for t in trials if t.number in self.running}
+        running = {t.number for t in trials if t.number in self.run.running}
         by_block: dict[int, list[FrozenTrial]] = {}
         for t in trials:
             by_block.setdefault(int(t.user_attrs.get("paired_block", -1)), []).append(t)
-        waiting = {t.number for t in waiting_trials(self.study.optuna)}
+        waiting = {t.number for t in waiting_trials(self.run.study.optuna)}
         ready: dict[str, FrozenTrial] = {}
         for block, group in sorted(by_block.items()):
             machine = str(group[0].user_attrs.get("paired_machine"))
@@ -148,33 +147,33 @@ class PairedController(BatchController):
 
     def _free_by_machine(self) -> dict[str, list[Slot]]:
         out: dict[str, list[Slot]] = {}
-        for slot in self.scheduler.free({r.slot for r in self.running.values()}):
+        for slot in self.run.scheduler.free({r.slot for r in self.run.running.values()}):
             out.setdefault(slot.machine, []).append(slot)
         return out
 
-    def _slots_to_fill(self) -> int:
-        queued = len(self._queued())
-        self.progress.queued, self.progress.max_trials = queued, self.batch_size
+    def slots_to_fill(self) -> int:
+        queued = len(self.queued())
+        self.run.progress.queued, self.run.progress.max_trials = queued, self.batch_size
         free = self._free_by_machine()
         return sum(1 for machine in self._ready() if machine in free)
 
-    def _dispatch(self, free: list[Slot]) -> list[bool]:
+    def choose(self, free: list[Slot]) -> list[Slot]:
         ready, by_machine = self._ready(), self._free_by_machine()
         chosen = []
         for machine in ready:
             slots = by_machine.get(machine, [])
             if slots:
                 chosen.append(min(slots, key=lambda s: s.index))
-        return super()._dispatch(chosen) if chosen else []
+        return chosen
 
-    def _ask(self, slot: Slot):
+    def ask(self, slot: Slot):
         trial = self._ready().get(slot.machine)
-        return None if trial is None else claim(self.study.optuna, self.dists, [trial])
+        return None if trial is None else claim(self.run.study.optuna, self.run.dists, [trial])
 
 
 def run_paired(db: Database, name: str, fleet: Fleet, request: PairedRequest, reporter,
                heartbeat_s: float | None = None, signals: bool = False) -> dict[str, Any]:
-    from .commands import BatchStopped, reporter_message
+    from .commands import reporter_message
     from .summary import batch_summary
 
     row = load_study_row(db, name)
@@ -192,16 +191,8 @@ def run_paired(db: Database, name: str, fleet: Fleet, request: PairedRequest, re
         blocks = len({r["attrs"]["paired_block"] for r in batch.runs})
         reporter_message(reporter, f"{'resuming' if resumed else 'queued'} paired batch #{batch.id}: {blocks} ABBA "
                          f"block(s), {len(batch.runs)} runs")
-        kwargs = {} if heartbeat_s is None else {"heartbeat_s": heartbeat_s}
-        controller = PairedController(db, name, fleet, reporter=reporter, batch_id=batch.id,
-                                      batch_size=len(batch.runs), **kwargs)
-        if signals:
-            install_signal_handlers(controller)
-        try:
-            controller.run()
-        except StopRequested as exc:
-            raise BatchStopped(f"stopped ({exc}); the batch's running trials were re-queued (fix: run "
-                               f"`{request.command}` with the same arguments again)") from None
+        run_batch(db, name, fleet, batch_id=batch.id, batch_size=len(batch.runs), reporter=reporter,
+                  command=request.command, resume_hint="", heartbeat_s=heartbeat_s, signals=signals, source=PairedTrials)
         left = batches.unfinished(opened.optuna, batch)
         if not left:
             batches.close_batch(db, batch)

@@ -2,7 +2,7 @@
 until the track's test passes or can no longer pass within the maximum (orchestrator/certify/sequential.py).
 
 Order, crash-safe: the design is computed and stored in the batch row (`args.plan`) before any run is queued;
-then, look by look, the runs up to the look are queued and run (`BatchController`), and the look is read from the
+then, look by look, the runs up to the look are queued and run (`controller.run_batch`), and the look is read from the
 batch's runs in plan order. A decision is a function of the batch's runs, so a killed command, run again with
 its arguments, reads the same looks and goes on where it stopped. Runs lost to a machine are re-run as recorded
 retries (the study's `retries`); a run that failed (diverged, crashed) counts and stops the plan.
@@ -16,7 +16,7 @@ from typing import Any
 
 from db import BatchRow, Database, EventRow, StudyRow
 
-from .. import lease
+from ..study import lease
 from ..analysis.pick import study_pick
 from ..analysis.results import STATS_KINDS, full_records, study_variants
 from ..certify.evidence import certify_variant, choose_track, study_plans, study_target
@@ -25,12 +25,11 @@ from ..certify.tracks import CertifyError
 from ..config.errors import OrchError
 from ..config.fleet import Fleet
 from ..config.study import StudySpec
-from ..controller import StopRequested, install_signal_handlers
-from ..jobs import variant_key
-from ..preflight import check_fleet_fits
-from ..studies import load_study_row, open_study
+from ..records import variant_key
+from ..fleet.preflight import check_fleet_fits
+from ..study.lifecycle import load_study_row, open_study
 from . import batches
-from .controller import BatchController
+from .controller import run_batch
 from .selection import arg_error, check_job, checked_params, pick_variant, study_params
 
 
@@ -152,7 +151,7 @@ def _event(db: Database, study_id: int, kind: str, message: str) -> None:
 
 def run_sequential(db: Database, name: str, fleet: Fleet, request: SequentialRequest, reporter,
                    heartbeat_s: float | None = None, signals: bool = False) -> dict[str, Any]:
-    from .commands import BatchStopped, reporter_message
+    from .commands import reporter_message
     from .summary import batch_summary
 
     row = load_study_row(db, name)
@@ -188,16 +187,8 @@ def run_sequential(db: Database, name: str, fleet: Fleet, request: SequentialReq
             target = plan.looks[decision.look] if decision.look else plan.looks[0]
             lease.acquire(db, row.id, owner)
             batches.enqueue_missing(opened.optuna, batch, None, limit=target)
-            kwargs = {} if heartbeat_s is None else {"heartbeat_s": heartbeat_s}
-            controller = BatchController(db, name, fleet, reporter=reporter, batch_id=batch.id, batch_size=target,
-                                         **kwargs)
-            if signals:
-                install_signal_handlers(controller)
-            try:
-                controller.run()
-            except StopRequested as exc:
-                raise BatchStopped(f"stopped ({exc}); the batch's running trials were re-queued (fix: run "
-                                   f"`{request.command}` with the same arguments again to go on)") from None
+            run_batch(db, name, fleet, batch_id=batch.id, batch_size=target, reporter=reporter, command=request.command,
+                      resume_hint=" to go on", heartbeat_s=heartbeat_s, signals=signals)
             values, failed, lost = _batch_values(db, row, batch, plan.metric)
             if len(values) + len(failed) < target:
                 raise OrchError(f"confirmation batch #{batch.id}: look at {target} runs cannot be read: "

@@ -20,8 +20,9 @@ from ..certify.step_cut import plan_steps, step_cut
 from ..config.errors import OrchError
 from ..config.fleet import Fleet
 from ..config.study import StudySpec
-from ..jobs import InvalidParams, build_job, resolve_values, variant_key
-from ..studies import load_study_row
+from ..jobs import InvalidParams, build_job, resolve_values
+from ..records import variant_key
+from ..study.lifecycle import load_study_row
 from .commands import Request, run_request
 from .selection import arg_error, check_job, parse_params, pick_variant
 from .sequential import _pick_rule_variant

@@ -14,43 +14,12 @@ from __future__ import annotations
 
 import queue
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Callable, ClassVar
 
 from ..config.fleet import Capability, Fleet, Machine
-from ..jobs import JobSpec
-
-
-@dataclass(frozen=True)
-class Slot:
-    """A share of a machine one trial runs on: a GPU set, or a CPU slot on a machine without GPUs."""
-
-    machine: str
-    index: int
-    gpu_ids: tuple[int, ...] = ()
-    cpu_ids: tuple[int, ...] = ()
-
-    @property
-    def label(self) -> str:
-        if self.gpu_ids:
-            return "gpu:" + ",".join(map(str, self.gpu_ids))
-        return f"cpu:{self.index}"
-
-
-@dataclass
-class MachineInfo:
-    reachable: bool
-    gpu_count: int = 0
-    gpu_type: str | None = None
-    driver_version: str | None = None
-    gpus: list[dict] = field(default_factory=list)  # per GPU: index, name, util %, memory used/total MiB, temp C
-    error: str | None = None
-    cpu_count: int | None = None  # usable cores on the machine itself (remote `nproc`); None: unknown
-    #: what a resource manager says of a machine that takes no jobs (`drained`, `draining`, `down`), with
-    #: `reachable` False (Capability.NODE_STATE); `orch fleet status` shows it as the machine's state
-    node_state: str | None = None
+from ..records import (Event, ExitEvent, JobRecord, JobSpec, LineEvent,  # noqa: F401 (the interface's records)
+                       MachineInfo, Slot)
 
 
 def machine_info(machine: Machine, gpus: list[dict], cpu_count: int | None = None) -> MachineInfo:
@@ -62,40 +31,6 @@ def machine_info(machine: Machine, gpus: list[dict], cpu_count: int | None = Non
         count = len(gpus) if machine.gpus == "auto" else 0
     return MachineInfo(reachable=True, gpu_count=count, gpu_type=gpus[0]["name"] if gpus else machine.gpu_type,
                        driver_version=gpus[0]["driver_version"] if gpus else None, gpus=gpus, cpu_count=cpu_count)
-
-
-@dataclass
-class LineEvent:
-    key: int  # the trial number
-    line: str
-
-
-@dataclass
-class ExitEvent:
-    key: int
-    returncode: int | None
-    error: str | None = None  # the launcher's own failure (could not start, connection lost, ...)
-
-
-Event = LineEvent | ExitEvent
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """What the database kept of a job a controller started (its trial row): what `Launcher.reattach` gets after
-    a controller restart to find the job again."""
-
-    study: str
-    trial: int
-    machine: str
-    slot: str | None  # the slot's label, `gpu:0,1` or `cpu:0`
-    workdir: Path
-    log_path: Path
-    pid: int | None = None
-    pid_start: str | None = None
-    job_ref: str | None = None  # `JobHandle.job_ref` as it was recorded; None: the job was never seen started
-    controller: str | None = None  # host:pid of the controller that started it
-    started_at: datetime | None = None
 
 
 class JobHandle(ABC):
@@ -132,6 +67,15 @@ class Launcher(ABC):
     def start(self, job: JobSpec, machine: Machine, slot: Slot, workdir: Path,
               events: "queue.Queue[Event]") -> JobHandle:
         """Start `job` on `slot`; its output lines and its exit go to `events`."""
+
+    def stage(self, machine: Machine, root: str, items: list) -> None:
+        """Put the files a job's warm plan needs (orchestrator/warm: the entry program, its plan, the study's data
+        files, each a content-addressed `warm.stage.StageItem`) under `root`, the machine's `.orch-warm` folder, each
+        only if the machine has no file of its size there yet. Raises OrchError naming a file that cannot be staged.
+        Default: the machine shares the controller's file system (local; a slurm node's workdir is shared)."""
+        from ..warm.stage import stage_local
+
+        stage_local(root, items)
 
     def run_command(self, machine: Machine, argv: list[str], timeout_s: float = 30.0) -> tuple[int, str]:
         """Run a short command on the machine itself (not in a container): (exit status, stdout+stderr). Raises

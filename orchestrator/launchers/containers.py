@@ -25,7 +25,7 @@ from pathlib import PurePosixPath
 from ..config.errors import OrchError
 from ..config.fleet import ContainerSpec, Machine
 from ..config.images import IMAGE_FIX, image_reference_problem
-from ..jobs import JobSpec
+from ..records import JobSpec
 from .base import Slot
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -154,6 +154,10 @@ def container_command(container: ContainerSpec, job: JobSpec, slot: Slot, workdi
     if data_path:
         mounts.append(f"{data_path}:{data_path}")
     mounts.append(f"{workdir}:{workdir}")
+    if job.warm is not None:  # the machine's caches and staged data, at the same path (orchestrator/warm)
+        from ..warm.launch import warm_root
+
+        mounts.append(f"{warm_root(workdir)}:{warm_root(workdir)}")
     mounts += list(container.mounts)
     for mount in mounts:
         argv += ["-v", mount]

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import os
@@ -20,79 +19,23 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import psutil
 
+from .. import warm
 from ..config.fleet import Capability, Machine
 from ..gpu import local_gpus
-from ..jobs import JobSpec
+from ..procs import KILL_GRACE_S, kill_group, process_alive, process_start_time, terminate_tree  # noqa: F401
+from ..records import DISK_FULL, MAX_LINE_BYTES, JobSpec  # noqa: F401
 from .base import Event, ExitEvent, JobHandle, JobRecord, Launcher, LineEvent, MachineInfo, Slot, machine_info
 from .containers import local_container
 
-KILL_GRACE_S = 5.0
-MAX_LINE_BYTES = 1024 * 1024  # a longer output line reaches the parser cut (the log file keeps it whole)
-DISK_FULL = "disk full"  # prefix of the ExitEvent error when the trial's log cannot be written for lack of space
 _PR_SET_PDEATHSIG = 1
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
 except OSError:  # pragma: no cover - non-Linux
     _libc = None
-
-
-def process_start_time(pid: int) -> str | None:
-    """When `pid` started (psutil, seconds since the epoch, to the kernel's tick): with the pid it names one
-    process, so a pid reused by another process is not mistaken for it."""
-    try:
-        return f"{psutil.Process(pid).create_time():.2f}"
-    except (psutil.Error, ValueError):  # gone, not ours to see, or not a valid pid
-        return None
-
-
-def process_alive(pid: int | None, start: str | None) -> bool:
-    """Whether the process `pid` that started at `start` still runs (a zombie, dead but not reaped, does not)."""
-    if pid is None or start is None:
-        return False
-    try:
-        process = psutil.Process(pid)
-        return f"{process.create_time():.2f}" == start and process.status() != psutil.STATUS_ZOMBIE
-    except (psutil.Error, ValueError):
-        return False
-
-
-def kill_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def terminate_tree(proc: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> None:
-    """SIGTERM to the job's process group and to every descendant (also one that left the group), SIGKILL to
-    whatever is left `grace_s` later. The leader is waited for through `proc` (psutil would reap our own child
-    and its exit status with it), the others through psutil."""
-    deadline = time.monotonic() + grace_s
-    others = _descendants(proc.pid)
-    kill_group(proc.pid, signal.SIGTERM)
-    for child in others:
-        with contextlib.suppress(psutil.Error):
-            child.terminate()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace_s)
-    _, alive = psutil.wait_procs(others, timeout=max(0.0, deadline - time.monotonic()))
-    kill_group(proc.pid, signal.SIGKILL)  # also the group's members that outlived the leader
-    for child in alive + _descendants(proc.pid):
-        with contextlib.suppress(psutil.Error):
-            child.kill()
 
 
 class LocalJob(JobHandle):
@@ -203,6 +146,8 @@ class LocalLauncher(Launcher):
     def start(self, job: JobSpec, machine: Machine, slot: Slot, workdir: Path,
               events: "queue.Queue[Event]") -> LocalJob:
         workdir.mkdir(parents=True, exist_ok=True)
+        job = warm.prepare(self, job, machine, str(workdir.resolve()))  # caches and data (orchestrator/warm)
+        events = warm.watch(events, job)
         log_path = workdir / "train.log"
         env = {**os.environ, **machine.env, **job.env, **job.secret_env}
         if slot.gpu_ids:

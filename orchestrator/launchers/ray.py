@@ -18,80 +18,43 @@
 - Machine fields (`RayMachine`): the ssh ones (`orch fleet up` may start a node over SSH) and `ray:` (`RaySpec`,
   the cluster's address, required). A fleet's ray machines form one cluster (`RayMachine.check_fleet`).
 - Jobs die with the controller's driver (the runner actor ends with it), so `reattach` returns None.
-- `ray` itself is imported on first use (`_ray`): loading a fleet file reads this module's models without it.
+- `ray` itself is imported on first use (ray_common.py): loading a fleet file reads this module's models without it.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
-import re
-import signal
-import socket
 import threading
 import time
 from pathlib import Path
 from typing import Callable, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import model_validator
 
+from .. import warm
 from ..config.errors import OrchError
-from ..config.fleet import Capability, EnvMap, Fleet, Machine, _Strict
+from ..config.fleet import Capability, Fleet, Machine
 from ..config.validation import FIX_MARK
 from ..config.yaml_source import YamlDoc
 from ..gpu import gpu_query_argv, parse_nvidia_smi
-from ..jobs import JobSpec
-from . import ray_runner
+from ..records import JobSpec
+from . import ray_common, ray_runner
+from .ray_common import (RayError, RayResourceError, RaySpec, _where, auth_env, connect,  # noqa: F401
+                         machine_resource, node_of)
 from .base import Event, ExitEvent, JobHandle, JobRecord, Launcher, LineEvent, MachineInfo, Slot, machine_info
 from .containers import PodmanOptions, container_command, containerized_env, job_env, parse_image_id
 from .remote_script import ScriptError, alive_check, bootstrap_command, job_script, remote_workdir, trial_directory
 from .ssh import SshAccess
 
 
-class _LazyRay:
-    """Stands for the `ray` module until its first use, then puts the real one in its place (importing Ray takes
-    about 0.6 s; a fleet file, `orch fleet status` of other launchers and the CLI need only the models below)."""
-
-    def __getattr__(self, name: str):
-        import ray as module
-
-        globals()["ray"] = module
-        return getattr(module, name)
-
-
-ray = _LazyRay()
+ray = ray_common.ray  # imported on first use (ray_common._LazyRay)
 
 
 def _node_affinity(node_id: str):
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     return NodeAffinitySchedulingStrategy(node_id, soft=False)
-
-
-ADDRESS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.-]*:[0-9]{1,5}$"
-
-
-class RaySpec(_Strict):
-    """How a `launcher: ray` machine's node joins the cluster (usually set once under `defaults:`)."""
-
-    address: str | None = None  # the head's GCS address HOST:PORT
-    auth: Literal["token", "disabled"] = "token"
-    token_file: str | None = None  # RAY_AUTH_TOKEN_PATH on every node and the controller (default ~/.ray/auth_token)
-    start: Literal["auto", "local", "ssh"] = "auto"  # how `orch fleet up` starts the node: auto = local on loopback
-    ray_command: list[str] | None = None  # the `ray` executable on the node (default: beside this Python, or `ray`)
-    temp_dir: str | None = None  # `ray start --temp-dir` (keep it short: Ray's socket paths must fit 107 bytes)
-    start_args: list[str] = Field(default_factory=list)  # more `ray start` flags, e.g. --object-store-memory=...
-    env: EnvMap = Field(default_factory=dict)  # environment of `ray start` on the node
-    dead_after_s: float = Field(default=15.0, gt=0, le=86400)  # a trial whose node does not answer this long is lost
-
-    @field_validator("address")
-    @classmethod
-    def _address_form(cls, value: str | None) -> str | None:
-        if value is not None and (not re.match(ADDRESS_PATTERN, value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536):
-            raise ValueError(f"address {value!r} is not HOST:PORT{FIX_MARK}write the head node's IP and GCS port, "
-                             "e.g. 10.0.0.11:6379")
-        return value
 
 
 class RayMachine(SshAccess):
@@ -131,80 +94,6 @@ PROBE_TIMEOUT_S = 30.0
 KILL_GRACE_S = 5.0
 POLL_S = 1.0  # how long one read() waits on the node for output
 SHARE_DIGITS = 4  # Ray's precision for fractional resources
-
-
-class RayError(OrchError):
-    """Cannot reach or use the Ray cluster."""
-
-
-class RayResourceError(RayError):
-    """A request no live node can ever satisfy."""
-
-
-def machine_resource(machine: Machine | str) -> str:
-    return f"machine:{machine if isinstance(machine, str) else machine.name}"
-
-
-def _where(machine: Machine) -> str:
-    return f"ray machine {machine.name!r} (node {machine.host}, cluster {machine.ray.address})"
-
-
-# ---- the cluster connection (one per process) -------------------------------------------------------------------
-_lock = threading.Lock()
-_address: str | None = None
-
-
-def auth_env(spec: RaySpec) -> dict[str, str]:
-    """The variables that give a node or a driver the cluster's authentication (a path, never the token)."""
-    if spec.auth == "disabled":
-        return {"RAY_AUTH_MODE": "disabled"}
-    env = {"RAY_AUTH_MODE": "token"}
-    if spec.token_file:
-        env["RAY_AUTH_TOKEN_PATH"] = os.path.expanduser(spec.token_file)
-    return env
-
-
-def connect(spec: RaySpec) -> None:
-    """Join the cluster at `spec.address` as a driver, once per process."""
-    global _address
-    with _lock:
-        if ray.is_initialized():
-            if _address == spec.address:
-                return
-            raise RayError(f"this controller is already connected to the Ray cluster at {_address}, not "
-                           f"{spec.address} (fix: one fleet is one cluster: give every ray machine the same address)")
-        host, port = spec.address.rsplit(":", 1)
-        try:
-            socket.create_connection((host, int(port)), timeout=5).close()
-        except OSError as exc:
-            raise RayError(f"cannot reach the Ray head at {spec.address}: {exc} (fix: `orch fleet up` starts the "
-                           "fleet's Ray nodes; check `ray.address` in the fleet file)") from None
-        os.environ.update(auth_env(spec))
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        main = threading.current_thread() is threading.main_thread()
-        saved = signal.getsignal(signal.SIGTERM) if main else None
-        try:
-            ray.init(address=spec.address, namespace="orch", logging_level=logging.ERROR, log_to_driver=False)
-        except Exception as exc:  # noqa: BLE001 - ray.init raises ConnectionError, RuntimeError, AuthenticationError...
-            raise RayError(f"cannot join the Ray cluster at {spec.address}: {type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''} (fix: check `ray.auth`/`ray.token_file` "
-                           "and that the head runs the same Ray version)") from None
-        finally:
-            if main and saved is not None:
-                signal.signal(signal.SIGTERM, saved)  # ray.init installs its own; the controller's must stay
-        ray.cloudpickle.register_pickle_by_value(ray_runner)  # the nodes need not have this project installed
-        _address = spec.address
-
-
-def node_of(machine: Machine) -> dict | None:
-    """The live node that offers `machine:NAME` (its `ray.nodes()` entry), or None."""
-    resource = machine_resource(machine)
-    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(resource)]
-    if len(nodes) > 1:
-        ips = ", ".join(n["NodeManagerAddress"] for n in nodes)
-        raise RayError(f"{_where(machine)}: several live nodes offer {resource} ({ips}) (fix: start exactly one "
-                       f"node with --resources '{{\"{resource}\": 1}}')")
-    return nodes[0] if nodes else None
 
 
 def trial_request(machine: Machine, slot: Slot, node: dict, cpu_count: int | None = None) -> dict:
@@ -404,6 +293,35 @@ class RayLauncher(Launcher):
         except ray.exceptions.RayError as exc:
             raise RayError(f"{_where(machine)}: {_first_line(exc)}") from None
 
+    def stage(self, machine: Machine, root: str, items: list) -> None:
+        """The items the node lacks (one command there), each written by tasks pinned to the node in chunks, checked
+        against its digest while it is sent, then renamed into place."""
+        from ..warm.stage import StageError, missing_argv, parse_missing, part_path, push_parts
+
+        status, out = self.run_command(machine, missing_argv(root, items), timeout_s=60)
+        if status != 0:
+            raise RayError(f"{_where(machine)}: cannot read the staged files under {root}: {out.strip()[-300:]}")
+        missing = parse_missing(out, items)
+        if not missing:
+            return
+        node = node_of(machine)
+        if node is None:
+            raise RayError(f"{_where(machine)}: no live node offers {machine_resource(machine)} (fix: `orch fleet up`)")
+        pinned = {"num_cpus": 0, "max_retries": 0, "scheduling_strategy": _node_affinity(node["NodeID"])}
+        write = ray.remote(ray_runner.write_part).options(**pinned)
+        finish = ray.remote(ray_runner.finish_part).options(**pinned)
+        for item in missing:
+            part, offset = part_path(root, item), 0
+            try:
+                for block in push_parts(item):
+                    offset = ray.get(write.remote(part, block, offset), timeout=self.start_timeout_s)
+            except StageError:
+                ray.get(finish.remote(part, "", False), timeout=self.start_timeout_s)
+                raise
+            except ray.exceptions.RayError as exc:
+                raise RayError(f"{_where(machine)}: cannot stage {item.what or item.dest}: {_first_line(exc)}") from None
+            ray.get(finish.remote(part, f"{root}/{item.dest}", True), timeout=self.start_timeout_s)
+
     def job_alive(self, record: JobRecord, machine: Machine) -> bool:
         """The job's process group on the node (its pid file in the trial directory): the wrapper kills it when the
         runner actor ends with its controller's driver."""
@@ -422,6 +340,8 @@ class RayLauncher(Launcher):
         try:
             hello = ray.get(runner.hello.remote(), timeout=self.start_timeout_s)
             remote_dir = self.remote_trial_dir(hello["home"], machine, job)
+            job = warm.prepare(self, job, machine, remote_dir)  # caches and data (orchestrator/warm): staged by tasks
+            events = warm.watch(events, job)
             command, exports, image_id, cleanup = self._command(runner, machine, job, slot, remote_dir)
             script = job_script(command, exports, remote_dir, kill_grace_s=self.kill_grace_s, cleanup=cleanup)
             ray.get(runner.start.remote(bootstrap_command(script), script), timeout=self.start_timeout_s)

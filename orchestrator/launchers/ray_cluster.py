@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..config.errors import ConfigError, OrchError
 from ..config.fleet import Fleet, Machine
-from .ray import auth_env, machine_resource
+from .ray_common import auth_env, machine_resource
 from .remote_script import quote_path, remote_workdir
 
 STATE_DIR = ".orch-ray"
@@ -267,7 +267,7 @@ def _wait_for_port(address: str, node, deadline: float) -> None:
 
 
 def _wait_registered(machines: list[Machine], nodes: dict, deadline: float) -> None:
-    from .ray import connect, node_of
+    from .ray_common import connect, node_of
 
     connect(machines[0].ray)
     missing = list(machines)

@@ -102,6 +102,26 @@ def run_argv(argv: list[str], timeout_s: float) -> tuple[int, str]:
     return result.returncode, result.stdout + result.stderr
 
 
+def write_part(path: str, data: bytes, offset: int) -> int:
+    """Write `data` at `offset` of `path` on the node (a staged file's temporary copy; orchestrator/warm): its size."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "r+b" if offset else "wb") as f:
+        f.seek(offset)
+        f.write(data)
+        return f.tell()
+
+
+def finish_part(part: str, dest: str, keep: bool) -> None:
+    """Put a staged file's temporary copy in place (`keep`), or remove it."""
+    if keep:
+        os.replace(part, dest)
+    else:
+        try:
+            os.unlink(part)
+        except OSError:
+            pass
+
+
 def node_facts(nvidia_smi_argv: list[str], timeout_s: float) -> dict:
     """The node's usable cores and nvidia-smi's CSV (empty without nvidia-smi: a CPU node)."""
     facts = {"cpus": len(os.sched_getaffinity(0)), "nvidia_smi": "", "hostname": socket.gethostname()}

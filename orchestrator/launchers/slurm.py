@@ -48,13 +48,14 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from .. import warm
 from ..config.errors import OrchError
 from ..config.fleet import COMMAND_PATTERN, Capability, EnvMap, Machine, _Strict
 from ..config.validation import FIX_MARK
 from ..config.yaml_source import YamlDoc
-from ..jobs import JobSpec
+from ..records import JobSpec
 from .base import Event, ExitEvent, JobHandle, JobRecord, Launcher, LineEvent, MachineInfo, Slot
-from .local import MAX_LINE_BYTES
+from ..records import MAX_LINE_BYTES
 
 TAIL_S = 0.1  # how often the job files are read for new output
 #: sbatch options the launcher sets itself (the machine's `sbatch_args` must not)
@@ -366,6 +367,8 @@ class SlurmLauncher(Launcher):
               events: "queue.Queue[Event]") -> "SlurmJob":
         self._cancel_orphans()
         workdir.mkdir(parents=True, exist_ok=True)
+        job = warm.prepare(self, job, machine, str(workdir.resolve()))  # the shared workdir: staged from here
+        events = warm.watch(events, job)
         log_path = workdir / "train.log"
         script = workdir / "job.sbatch"
         script.write_text(f"#!/bin/bash\n# trial {job.trial} of study {job.study}, submitted by orch\n"

@@ -25,6 +25,7 @@ import base64
 import getpass
 import hashlib
 import os
+import posixpath
 import queue
 import re
 import shlex
@@ -37,15 +38,16 @@ from typing import ClassVar, Literal
 import paramiko
 from pydantic import Field, model_validator
 
+from .. import warm
 from ..config.errors import OrchError
 from ..config.fleet import Capability, Machine, User
 from ..config.validation import FIX_MARK
 from ..config.yaml_source import YamlDoc
 from ..gpu import gpu_query_argv, parse_nvidia_smi
-from ..jobs import JobSpec
+from ..records import JobSpec
 from .base import Event, ExitEvent, JobHandle, JobRecord, Launcher, LineEvent, MachineInfo, Slot, machine_info
 from .containers import PodmanOptions, container_command, containerized_env, job_env, parse_image_id
-from .local import MAX_LINE_BYTES
+from ..records import MAX_LINE_BYTES
 from .remote_script import ScriptError, alive_check, bootstrap_command, job_script, remote_workdir, trial_directory
 
 KEEPALIVE_S = float(os.environ.get("ORCH_SSH_KEEPALIVE_S", "5"))
@@ -480,6 +482,52 @@ class SshLauncher(Launcher):
         status, _ = self.run_command(machine, argv, timeout_s=self.probe_timeout_s)
         return status == 0
 
+    # -- warm files (orchestrator/warm)
+    def stage(self, machine: Machine, root: str, items: list) -> None:
+        """One command lists the items the machine lacks; each is then streamed through its own channel into a
+        temporary file (`cat`), checked against its digest while it is sent, and renamed into place."""
+        from ..warm.stage import missing_argv, parse_missing
+
+        conn = self.connection(machine)
+        status, out = conn.run(shlex.join(missing_argv(root, items)), timeout_s=60)
+        if status != 0:
+            raise SshError(f"{_where(machine)}: cannot read the staged files under {root}: {out.strip()[-300:]} "
+                           "(fix: check the machine's workdir)")
+        for item in parse_missing(out, items):
+            self._push(conn, machine, root, item)
+
+    def _push(self, conn: _Connection, machine: Machine, root: str, item) -> None:
+        from ..warm.stage import StageError, part_path, push_parts
+
+        dest, part = f"{root}/{item.dest}", part_path(root, item)
+        try:
+            channel = conn.transport.open_session(timeout=self.connect_timeout_s)
+            channel.set_combine_stderr(True)
+            channel.exec_command(f"mkdir -p -- {shlex.quote(posixpath.dirname(dest))} && exec cat > {shlex.quote(part)}")
+            try:
+                for block in push_parts(item):
+                    channel.sendall(block)
+            except StageError:
+                channel.close()
+                conn.run(shlex.join(["rm", "-f", "--", part]))
+                raise
+            channel.shutdown_write()
+            said = b"".join(iter(lambda: channel.recv(65536), b""))
+            status = channel.recv_exit_status()
+            channel.close()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SshError(f"{_where(machine)}: cannot stage {item.what or item.dest} to {dest}: "
+                           f"{exc or type(exc).__name__}") from None
+        if status == 0:
+            status, said_text = conn.run(shlex.join(["mv", "-f", "--", part, dest]))
+        else:
+            said_text = said.decode("utf-8", errors="replace")
+        if status != 0:
+            conn.run(shlex.join(["rm", "-f", "--", part]))
+            raise SshError(f"{_where(machine)}: cannot stage {item.what or item.dest} to {dest}: "
+                           f"{said_text.strip()[-300:]} (fix: free space in the machine's workdir or check its "
+                           "permissions)")
+
     # -- start
     def remote_trial_dir(self, conn: _Connection, machine: Machine, job: JobSpec) -> str:
         return f"{remote_workdir(machine.workdir, conn.remote_home())}/{job.study}/trial-{job.trial:04d}"
@@ -488,6 +536,8 @@ class SshLauncher(Launcher):
               events: "queue.Queue[Event]") -> SshJob:
         conn = self.connection(machine)
         remote_dir = self.remote_trial_dir(conn, machine, job)
+        job = warm.prepare(self, job, machine, remote_dir)  # caches and data (orchestrator/warm): staged over SSH
+        events = warm.watch(events, job)
         env = job_env(machine, job, slot)
         image_id = None
         cleanup = None

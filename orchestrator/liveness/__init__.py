@@ -7,6 +7,6 @@
 - `refusals`: every reason a machine gets no trials, as one record the controller reports, stores as events and
   the status views show.
 
-The controller (orchestrator/controller.py) drives all of them from the events the launchers stream, so they work
+The controller (orchestrator/run/) drives all of them from the events the launchers stream, so they work
 the same for every launcher.
 """

@@ -29,7 +29,7 @@ from typing import Callable
 
 from ..config.errors import OrchError
 from ..config.fleet import Fleet, Machine
-from ..jobs import JobSpec
+from ..records import JobSpec
 from ..launchers.base import ExitEvent, Launcher, LineEvent, MachineInfo, Slot
 from .refusals import Refusal
 

@@ -2,7 +2,7 @@
 (`GpuGuard`) and the refusals (`RefusalBoard`), with what each writes: a sick machine's state and note in
 `orch_machines`, and `machine.health`, `machine.state`, `machine.refused` and `machine.accepted` events.
 
-The controller calls it at fixed points of its loop (orchestrator/controller.py): `admit` after a probe found a
+The controller calls it at fixed points of its loop (orchestrator/run/): `admit` after a probe found a
 machine reachable, `screen` on the free slots of a dispatch, `after_failure` when a trial failed on a slot,
 `collect` when woken, `update` once a pass (which reports the refusals that changed).
 """
@@ -18,7 +18,7 @@ from db import Database, EventRow, MachineRow
 
 from ..config.fleet import Fleet, Machine
 from ..launchers.base import Launcher, MachineInfo, Slot
-from ..scheduler import matches_labels
+from ..fleet.scheduler import matches_labels
 from .gpu_guard import GpuGuard
 from .health_check import CheckResult, HealthGate
 from .refusals import ACCEPTED, REFUSED, Refusal, RefusalBoard, probe_refusal, split_fix

@@ -13,7 +13,7 @@ from typing import Any
 
 from db import Database, StudyRow
 
-from ..analysis.results import full_records
+from ..analysis.results import full_records, json_field
 from ..certify.evidence import Certification, study_plans
 from ..certify.paired import PairedTiming
 from ..certify.step_cut import StepCut
@@ -90,17 +90,6 @@ class RecordData:
     @property
     def alpha(self) -> float:
         return self.certification.test.alpha if self.certification.test else 0.01
-
-
-def _loads(value: Any) -> Any:
-    import json
-
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
 
 
 def _variant_of(spec: StudySpec, records: list[dict[str, Any]], text: str) -> str:
@@ -196,7 +185,7 @@ def gather(db: Database, study: StudyRow, track_name: str, *, variant: str | Non
         record=record, baseline=baseline, baseline_how=how, paired=paired, step_cut=evidence.step_cut, checks=checks,
         diff_name=diff_name, diff=diff,
         command=portable_command(spec, study.name, {n: cert.params.get(n) for n in spec.parameters}),
-        container=first.get("container_image"), hardware=gpu, versions=dict(_loads(first.get("versions")) or {}),
+        container=first.get("container_image"), hardware=gpu, versions=dict(json_field(first.get("versions")) or {}),
         code_revision=first.get("code_revision"), problems=problems, settings=settings, author=author,
         github_id=github_id)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from orchestrator.analysis.pick import study_pick
-from orchestrator.studies import validate_study_file
+from orchestrator.study.lifecycle import validate_study_file
 
 STUDY = """\
 trainer:

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from db import Database
 from orchestrator.config.errors import OrchError
-from orchestrator.importing import CsvImportError, import_csv
+from orchestrator.study.csv_import import CsvImportError, import_csv
 from tests.conftest import orch
 from tests.orch._checks import assert_agrees_with_optuna, rows_of
 
@@ -98,7 +98,7 @@ def test_bad_tables_name_file_line_column_and_leave_the_database_untouched(impor
 def test_a_failure_while_writing_rolls_back_and_deletes_the_optuna_study(imported, monkeypatch):
     url, db, _ = imported
     before = dump_db(url)
-    import orchestrator.importing as importing
+    import orchestrator.study.csv_import as importing
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")

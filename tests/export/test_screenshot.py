@@ -9,8 +9,8 @@ import pytest
 
 from db import Database
 from orchestrator.export import RENDERERS
-from orchestrator.importing import import_csv
-from orchestrator.studies import load_study_row
+from orchestrator.study.csv_import import import_csv
+from orchestrator.study.lifecycle import load_study_row
 
 from ._helpers import reference_csv
 

@@ -18,10 +18,10 @@ from orchestrator.analysis.variants import ttest_1samp_pvalue
 from orchestrator.export import RENDERERS, export_text
 from orchestrator.export.plots import render_plots
 from orchestrator.export.report import build_report
-from orchestrator.importing import import_csv
+from orchestrator.study.csv_import import import_csv
 from orchestrator.samplers import build_sampler
 from orchestrator.samplers.space import distributions
-from orchestrator.studies import create_study, load_study_row
+from orchestrator.study.lifecycle import create_study, load_study_row
 from tests.conftest import orch
 from tests.orch._checks import rows_of
 

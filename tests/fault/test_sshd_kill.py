@@ -11,10 +11,10 @@ import yaml
 from sqlalchemy import select
 
 from db import Database, MachineRow, MetricPointRow, TrialRow
-from orchestrator.config.fleet import load_fleet
-from orchestrator.controller import Controller
+from orchestrator.config.fleet_file import load_fleet
+from orchestrator.run.controller import Controller
 from orchestrator.launchers.ssh import SshLauncher
-from orchestrator.studies import create_study
+from orchestrator.study.lifecycle import create_study
 from tests.conftest import stand_in_study, wait_for
 from tests.orch._checks import assert_agrees_with_optuna, rows_of
 

@@ -133,10 +133,10 @@ def contract_ray_lab(tmp_path_factory):
     finally:
         import ray
 
-        from orchestrator.launchers import ray as ray_launcher
+        from orchestrator.launchers import ray_common
 
         ray.shutdown()  # this process joined it as a driver; one cluster per process
-        ray_launcher._address = None
+        ray_common._address = None
         lab.down()
 
 

@@ -12,14 +12,15 @@ import yaml
 from sqlalchemy import select
 
 from db import Database, MetricPointRow, TrialRow
-from orchestrator.config.fleet import ContainerSpec, Machine, load_fleet
-from orchestrator.controller import Controller
+from orchestrator.config.fleet import ContainerSpec, Machine
+from orchestrator.config.fleet_file import load_fleet
+from orchestrator.run.controller import Controller
 from orchestrator.jobs import JobSpec
 from orchestrator.launchers.base import ExitEvent, LineEvent, Slot
 from orchestrator.launchers.containers import (ContainerError, PodmanOptions, container_command, local_container,
                                                parse_image_id)
 from orchestrator.launchers.ssh import SshLauncher
-from orchestrator.studies import create_study
+from orchestrator.study.lifecycle import create_study
 from tests.conftest import REPO, stand_in_study
 
 JOB = JobSpec("st", 12, ["python", "train.py", "--lr", "0.1"], {"A": "1"}, secret_env={"HF_TOKEN": "hf_secret_value"})
@@ -76,7 +77,8 @@ def test_study_runs_in_a_podman_container_over_ssh(ssh_lab, podman_image, tmp_pa
     fleet = load_fleet(_fleet_file(tmp_path, [m.fleet_entry(tmp_path / "remote", container=container)]))
     study = stand_in_study(tmp_path, max_trials=2, parallel=1)
     spec = yaml.safe_load(study.read_text())
-    spec["trainer"]["command"] = ["python3", "/trainer/stand_in_trainer.py", *spec["trainer"]["command"][2:]]
+    spec["trainer"]["command"] = ["python3", "/trainer/stand_in_trainer.py", *spec["trainer"]["command"][2:],
+                                  "--cache-probe"]  # its compile cache's stand-in (orchestrator/warm)
     study.write_text(yaml.safe_dump(spec, sort_keys=False))
     db = Database(f"sqlite:///{tmp_path / 'orch.db'}")
     create_study(db, "s", study)
@@ -91,6 +93,14 @@ def test_study_runs_in_a_podman_container_over_ssh(ssh_lab, podman_image, tmp_pa
                 assert row.container_image_id == podman_image.image_id
                 assert row.command[0] == "podman" and "--network=none" in row.command and podman_image.name in row.command
                 assert s.scalars(select(MetricPointRow).where(MetricPointRow.trial_id == row.id)).first() is not None
+        # warm machine: the machine's .orch-warm is mounted into the container; the second trial finds the first
+        # one's cache entry (written inside the container, kept on the machine)
+        root = tmp_path / "remote" / ".orch-warm"
+        assert f"{root}:{root}" in rows[0].command
+        probes = [[line.split()[2] for line in Path(row.log_path).read_text().splitlines()
+                   if line.startswith("stand-in: cache ")] for row in rows]
+        assert probes == [["created"], ["found"]]
+        assert len(list(root.glob("cache/*/inductor/stand-in-*"))) == 1
         # cancel in a container: the job ignores TERM; the container is removed after the grace period
         machine = fleet.machine("boxed")
         events: queue.Queue = queue.Queue()

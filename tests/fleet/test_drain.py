@@ -18,10 +18,11 @@ from sqlalchemy import select
 
 from db import Database, EventRow, MachineRow, TrialRow
 from orchestrator.config.errors import ConfigError
-from orchestrator.config.fleet import load_fleet
-from orchestrator.controller import MACHINE_STATE_READ_S, Controller
-from orchestrator.drain import set_drain
-from orchestrator.studies import create_study
+from orchestrator.config.fleet_file import load_fleet
+from orchestrator.run.controller import Controller
+from orchestrator.run.fleet_state import MACHINE_STATE_READ_S
+from orchestrator.fleet.drain import set_drain
+from orchestrator.study.lifecycle import create_study
 from tests.conftest import REPO, orch, stand_in_study, wait_for
 
 

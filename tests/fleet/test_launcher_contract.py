@@ -13,6 +13,7 @@ host cannot be lost without its controller) the test is skipped with the reason.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -27,7 +28,9 @@ import pytest
 from orchestrator.config.fleet import Capability
 from orchestrator.jobs import JobSpec
 from orchestrator.launchers.base import ExitEvent, JobRecord, LineEvent
-from tests.conftest import REPO, wait_for
+from orchestrator.warm import REFUSED, WarmPlan
+from orchestrator.warm.plan import StagedFile
+from tests.conftest import REPO, STAND_IN, wait_for
 from tests.fleet.launcher_cases import CASES, FACTORIES, contract_ray_lab  # noqa: F401 - a fixture
 
 STUB = Path(__file__).with_name("controller_stub.py")
@@ -224,6 +227,59 @@ def test_after_a_controller_restart_the_job_is_followed_or_nothing_of_it_runs(ca
             wait_for(lambda: not any(_alive(p) for p in pids), 15, f"the job ({pids}) to be gone")
     finally:
         launcher.close()
+
+
+# ---- warm machines (orchestrator/warm) ----------------------------------------------------------------------------
+def test_a_second_trial_finds_the_first_trials_cache_and_the_data_is_staged_once(case, launcher, tmp_path):
+    """The stand-in trainer keeps an entry in TORCHINDUCTOR_CACHE_DIR (as a compile cache does) and reads the study's
+    data through the link in its trial directory. On the same machine the second trial finds the first one's entry,
+    the data file was copied to the machine once, a changed script gets a fresh key, and a staged file whose bytes
+    changed is refused with its name before the trainer starts."""
+    _needs_commands(case)
+    source = tmp_path / "shard.bin"
+    source.write_bytes(os.urandom(300_000))
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    data = (StagedFile("shards/shard.bin", sha, source.stat().st_size, str(source)),)
+
+    def trial(number: int, code: str):
+        job = JobSpec(study="contract", trial=number, argv=[sys.executable, str(STAND_IN), "--steps", "5",
+                      "--cache-probe", "--read-data", "data/shards/shard.bin"], env={}, timeout_s=120,
+                      warm=WarmPlan(code=code, data=data))
+        events: queue.Queue = queue.Queue()
+        launcher.start(job, case.machine, case.slot, Path(case.machine.workdir) / "contract" / f"trial-{number:04d}",
+                       events)
+        lines, exit_event, _ = _until_exit(events, number, 90)
+        text = [line.rstrip("\n") for _, line in lines]
+        report = next(json.loads(line[len("@@warm "):]) for line in text if line.startswith("@@warm "))
+        return text, exit_event, report
+
+    def said(text: list[str], what: str) -> list[str]:
+        return [line.split()[2:] for line in text if line.startswith(f"stand-in: {what} ")]
+
+    text, exit_event, first = trial(1, "code-a")
+    assert (exit_event.returncode, exit_event.error) == (0, None), text
+    entry = said(text, "cache")[0]
+    assert entry[0] == "created" and not first["found"] and first["data"][0]["state"] == "verified"
+    assert said(text, "data") == [["data/shards/shard.bin", str(source.stat().st_size), sha]]
+    staged = Path(first["root"]) / "data" / sha
+    copied = staged.stat()
+    assert Path(entry[1]).is_relative_to(Path(first["root"]) / "cache" / first["key"])
+
+    text, exit_event, second = trial(2, "code-a")
+    assert (exit_event.returncode, exit_event.error) == (0, None), text
+    assert said(text, "cache") == [["found", entry[1]]] and second["key"] == first["key"] and second["found"]
+    assert said(text, "data") == [["data/shards/shard.bin", str(source.stat().st_size), sha]]
+    assert second["data"][0]["state"] == "checked"
+    assert (staged.stat().st_ino, staged.stat().st_mtime_ns) == (copied.st_ino, copied.st_mtime_ns)  # copied once
+
+    blob = bytearray(staged.read_bytes())
+    blob[:16] = bytes(b ^ 0xFF for b in blob[:16])  # the staged copy rots, same size
+    staged.write_bytes(bytes(blob))
+    text, exit_event, refused = trial(3, "code-b")  # and another training script
+    assert refused["key"] != first["key"] and not refused["found"]  # another key: a cold cache of its own
+    assert exit_event.returncode == REFUSED and not refused["ok"]
+    assert exit_event.error.startswith("warm machine: staged data file") and str(staged) in exit_event.error
+    assert "sha256" in exit_event.error and not said(text, "cache")  # the trainer never started
 
 
 # ---- a machine that goes away (last: it breaks the case's machine) -------------------------------------------------

@@ -20,10 +20,10 @@ from sqlalchemy import select
 
 from db import Database, EventRow, MachineRow, MetricPointRow, TrialRow
 from orchestrator.cli.fleet_view import FleetProber, fleet_status, render_fleet_status
-from orchestrator.config.fleet import load_fleet
-from orchestrator.controller import Controller
+from orchestrator.config.fleet_file import load_fleet
+from orchestrator.run.controller import Controller
 from orchestrator.launchers.ssh import SshLauncher
-from orchestrator.studies import create_study
+from orchestrator.study.lifecycle import create_study
 from tests.conftest import REPO, group_alive, orch, stand_in_study, wait_for
 from tests.fleet.netns_lab import LabUnavailable, NetnsLab
 

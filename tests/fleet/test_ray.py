@@ -15,9 +15,10 @@ import yaml
 from sqlalchemy import select
 
 from db import Database, MetricPointRow, TrialRow
-from orchestrator.config.fleet import load_fleet
+from orchestrator.config.fleet_file import load_fleet
 from orchestrator.jobs import JobSpec
 from orchestrator.launchers import ray as ray_launcher
+from orchestrator.launchers import ray_common
 from orchestrator.launchers.base import ExitEvent, LineEvent, Slot
 from tests.conftest import REPO, group_alive, orch, stand_in_study
 from tests.helpers.ray_lab import RayLab, children, ray_study
@@ -46,7 +47,7 @@ def in_process_cluster(lab):
     import ray
 
     ray.shutdown()
-    ray_launcher._address = None
+    ray_common._address = None
 
 
 def _node_reports(log: Path) -> list[dict]:

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from orchestrator.config.errors import ConfigError
-from orchestrator.config.fleet import load_fleet
+from orchestrator.config.fleet_file import load_fleet
 from orchestrator.launchers.ray_cluster import node_argv, node_env, start_mode
 from tests.conftest import orch, stand_in_study
 from tests.helpers.ray_lab import free_port

@@ -13,10 +13,10 @@ from sqlalchemy import select
 
 from db import Database, TrialRow
 from orchestrator.config.fleet import Fleet, Machine
-from orchestrator.controller import Controller
+from orchestrator.run.controller import Controller
 from orchestrator.launchers.base import MachineInfo
-from orchestrator.scheduler import NoCapacity, Scheduler
-from orchestrator.studies import create_study
+from orchestrator.fleet.scheduler import NoCapacity, Scheduler
+from orchestrator.study.lifecycle import create_study
 from tests.conftest import stand_in_study
 
 

@@ -17,12 +17,13 @@ import yaml
 from sqlalchemy import select
 
 from db import Database, MachineRow, MetricPointRow, TrialRow
-from orchestrator.config.fleet import Machine, load_fleet
-from orchestrator.controller import Controller
+from orchestrator.config.fleet import Machine
+from orchestrator.config.fleet_file import load_fleet
+from orchestrator.run.controller import Controller
 from orchestrator.jobs import JobSpec
 from orchestrator.launchers.base import ExitEvent, LineEvent, Slot
 from orchestrator.launchers.ssh import ChangedHostKey, SshLauncher, UnknownHostKey
-from orchestrator.studies import create_study
+from orchestrator.study.lifecycle import create_study
 from tests.conftest import group_alive, orch, stand_in_study
 from tests.orch._checks import assert_agrees_with_optuna
 

@@ -45,7 +45,21 @@ def main() -> int:
     ap.add_argument("--step-loss", type=float, default=0.0, help="loss added per unit of ref_steps/steps - 1 (a "
                     "schedule cut to fewer steps ends higher)")
     ap.add_argument("--time-noise", type=float, default=0.0, help="relative std of the run's speed (seeded)")
+    ap.add_argument("--real-time", action="store_true", help="report the real wall time of the step loop as its "
+                    "train_time (with --wall-s: a trainer whose timed training is part of its process's life)")
+    ap.add_argument("--cache-probe", action="store_true", help="look for this script's entry in "
+                    "$TORCHINDUCTOR_CACHE_DIR (a compile cache's stand-in), write it if missing, and print "
+                    "`stand-in: cache found|created PATH`")
+    ap.add_argument("--read-data", default="", help="print `stand-in: data NAME BYTES SHA256` of this file (the "
+                    "study's staged data, linked into the trial directory)")
     args = ap.parse_args()
+    if args.cache_probe:
+        cache_probe()
+    if args.read_data:
+        import hashlib
+
+        blob = open(args.read_data, "rb").read()
+        print(f"stand-in: data {args.read_data} {len(blob)} {hashlib.sha256(blob).hexdigest()}", flush=True)
     fractions = [float(x) for x in args.stage_durations.split(",")]
     if abs(sum(fractions) - 1) > 1e-6 or any(f < 0 for f in fractions):
         print(f"trainer: error: stage durations {fractions} must be >= 0 and sum to 1 (fix the study)", file=sys.stderr)
@@ -77,6 +91,7 @@ def main() -> int:
     emit = lambda obj: print("@@metrics " + json.dumps(obj), flush=True)  # noqa: E731
     emit({"event": "start", "versions": {"python": sys.version.split()[0]}, "world_size": 1, "gpu_name": None})
     elapsed = 0.0
+    loop_began = time.monotonic()
     for step in range(1, total + 1):
         if args.wall_s:
             time.sleep(args.wall_s / total)
@@ -86,7 +101,7 @@ def main() -> int:
             print(f"stand-in: stalling at step {step}, wall {time.time():.3f}", flush=True)
             while True:
                 time.sleep(3600)
-        elapsed += step_ms[step - 1]
+        elapsed = (time.monotonic() - loop_began) * 1000 if args.real_time else elapsed + step_ms[step - 1]
         if step == args.crash_at:
             print("Traceback (most recent call last):\nRuntimeError: simulated crash", flush=True)
             return 1
@@ -104,6 +119,23 @@ def main() -> int:
             if args.early_exit_at and round(loss, 4) <= args.early_exit_at and step < total:
                 return final(emit, step, total, loss, elapsed, "early_exit")
     return final(emit, total, total, final_loss if total == args.steps else loss, elapsed, "completed")
+
+
+def cache_probe() -> None:
+    """What a compiled trainer does with its compile cache: reuse its entry when the folder has it, else make it.
+    The entry is named by this script's content (a compile cache keys its entries by the code)."""
+    import hashlib
+
+    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not folder:
+        print("stand-in: cache none (no TORCHINDUCTOR_CACHE_DIR)", flush=True)
+        return
+    entry = os.path.join(folder, "stand-in-" + hashlib.sha256(open(__file__, "rb").read()).hexdigest()[:12])
+    found = os.path.exists(entry)
+    if not found:
+        with open(entry, "w") as f:
+            f.write("compiled\n")
+    print(f"stand-in: cache {'found' if found else 'created'} {entry}", flush=True)
 
 
 def final(emit, step: int, total: int, loss: float, elapsed: float, reason: str) -> int:

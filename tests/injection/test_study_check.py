@@ -1,4 +1,4 @@
-"""Validate-time checks (orchestrator/injection/study_check.py, Injector.check): what a study's first trial would
+"""Validate-time checks (orchestrator/study/code_check.py, Injector.check): what a study's first trial would
 hit is an error of `orch study validate` / `create`, not a stream of invalid trials."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import yaml
 from orchestrator.config.errors import ConfigError, ConfigErrors
 from orchestrator.injection import InjectionError, get_injector
 from orchestrator.injection._script_scan import env_var_names, env_var_types, is_packed
-from orchestrator.injection.study_check import validate_study_file
+from orchestrator.study.code_check import validate_study_file
 
 GOLF = '''import os
 class Hyperparameters:

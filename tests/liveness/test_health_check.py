@@ -18,11 +18,11 @@ from sqlalchemy import select
 
 from db import Database, EventRow, MachineRow, TrialRow
 from orchestrator.config.fleet import Machine
-from orchestrator.controller import Controller
-from orchestrator.config.fleet import load_fleet
+from orchestrator.run.controller import Controller
+from orchestrator.config.fleet_file import load_fleet
 from orchestrator.launchers.local import LocalLauncher
 from orchestrator.liveness.health_check import PROGRAM, run_program
-from orchestrator.studies import create_study
+from orchestrator.study.lifecycle import create_study
 from tests.conftest import orch, stand_in_study, wait_for
 
 from .conftest import H100, cli, write_yaml

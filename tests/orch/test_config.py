@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import ConfigError, OrchError, load_fleet
-from orchestrator.config.fleet import parse_fleet
+from orchestrator.config.errors import ConfigError, OrchError
+from orchestrator.config.fleet_file import load_fleet
+from orchestrator.config.fleet_file import parse_fleet
 from orchestrator.config.yaml_source import load_yaml_text
-from orchestrator.studies import validate_study_file
+from orchestrator.study.lifecycle import validate_study_file
 
 GOOD_FLEET = """\
 defaults:
@@ -176,7 +177,7 @@ budget: {{max_trials: {len(choices)}}}
     ("tpe", False, "fail"),  # nothing to violate
 ])
 def test_a_crash_or_divergence_reaches_every_sampler_as_information_by_default(tmp_path, sampler, constraint, expected):
-    from orchestrator.outcomes import failure_policy
+    from orchestrator.study.outcomes import failure_policy
 
     subject = ', subject_to: ["val_loss <= 3.28"]' if constraint else ""
     text = f"""\

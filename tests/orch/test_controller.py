@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import select
 
 from db import Database, EventRow, MetricPointRow
-from orchestrator.config.fleet import load_fleet
-from orchestrator.controller import Controller
+from orchestrator.config.fleet_file import load_fleet
+from orchestrator.run.controller import Controller
 from orchestrator.launchers.local import process_alive
-from orchestrator.studies import create_study
+from orchestrator.study.lifecycle import create_study
 from tests.conftest import stand_in_study
 
 from ._checks import assert_agrees_with_optuna, rows_of

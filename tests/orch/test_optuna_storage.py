@@ -1,4 +1,4 @@
-"""The Optuna storage the studies open (orchestrator/studies.py): Optuna's cache, with the WAITING trials read by one
+"""The Optuna storage the studies open (orchestrator/study/lifecycle.py): Optuna's cache, with the WAITING trials read by one
 filtered query. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 
 from db import Database
-from orchestrator.studies import optuna_storage
+from orchestrator.study.lifecycle import optuna_storage
 
 DISTS = {"a": FloatDistribution(0.0, 1.0)}
 

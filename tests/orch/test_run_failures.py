@@ -47,7 +47,7 @@ def test_a_sampler_failing_at_run_time_stops_the_study_cleanly(study, monkeypatc
         raise TypeError("'<' not supported between instances of 'int' and 'str'")
 
     with monkeypatch.context() as patch:
-        patch.setattr("orchestrator.controller.next_trial", broken)
+        patch.setattr("orchestrator.run.sources.next_trial", broken)
         code = main(["study", "run", "s", "--fleet", fleet, "--db", url, "--plain"])
     output = capsys.readouterr()
     text = output.out + output.err

@@ -1,4 +1,4 @@
-"""The storage a leased controller runs its study through (orchestrator/study_storage.py): what it writes is what
+"""The storage a leased controller runs its study through (orchestrator/study/leased_storage.py): what it writes is what
 Optuna's own RDBStorage writes (read back by plain Optuna from another connection), its reads cost no SQL, and a
 transaction it joins commits or rolls back Optuna's rows together with ours. On SQLite and PostgreSQL."""
 
@@ -14,8 +14,8 @@ from sqlalchemy import event, select
 
 from db import Database, EventRow
 from db.write_batch import WriteBatch
-from orchestrator.studies import optuna_storage
-from orchestrator.study_storage import LeasedStorage
+from orchestrator.study.lifecycle import optuna_storage
+from orchestrator.study.leased_storage import LeasedStorage
 
 DISTS = {"a": FloatDistribution(0.0, 1.0), "n": IntDistribution(1, 9), "c": CategoricalDistribution(["x", "y"])}
 

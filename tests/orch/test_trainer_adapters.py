@@ -12,9 +12,9 @@ import yaml
 
 from db import Database
 from orchestrator.config.errors import OrchError
-from orchestrator.config.fleet import load_fleet
-from orchestrator.controller import Controller
-from orchestrator.studies import create_study
+from orchestrator.config.fleet_file import load_fleet
+from orchestrator.run.controller import Controller
+from orchestrator.study.lifecycle import create_study
 from tests.conftest import REPO, orch
 
 from ._checks import assert_agrees_with_optuna
@@ -89,7 +89,7 @@ def test_a_mapped_name_the_script_never_reads_is_refused_before_running(tmp_path
         "parameters": {"lr": {"type": "float", "low": 0.01, "high": 0.1}},
         "objective": {"minimize": "val_bpb"}, "budget": {"max_trials": 1}, "sampler": {"name": "random"},
     }
-    monkeypatch.setattr("orchestrator.controller.MAX_INVALID_IN_A_ROW", 3)
+    monkeypatch.setattr("orchestrator.run.controller.MAX_INVALID_IN_A_ROW", 3)
     with pytest.raises(OrchError, match="3 sampled points in a row could not make a valid job .*never reads"):
         _run(tmp_path, monkeypatch, spec)
     rows = assert_agrees_with_optuna(Database(f"sqlite:///{tmp_path / 'orch.db'}"), "s")

@@ -15,8 +15,8 @@ from sqlalchemy import or_, update
 
 from db import Database, StudyRow
 
-from .config.errors import OrchError
-from .launchers.local import process_alive, process_start_time
+from ..config.errors import OrchError
+from ..procs import process_alive, process_start_time
 
 LEASE_S = 60.0
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from orchestrator import rules
-from orchestrator.rules import (
+from orchestrator.certify import rules
+from orchestrator.certify.rules import (
     check_modded_nanogpt,
     check_nanochat,
     check_parameter_golf,
@@ -117,9 +117,9 @@ def test_nanochat_core():
 import csv  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from orchestrator.rules import PARAMETER_GOLF_CAP_STEP_FACTOR, check_parameter_golf_run  # noqa: E402
+from orchestrator.certify.rules import PARAMETER_GOLF_CAP_STEP_FACTOR, check_parameter_golf_run  # noqa: E402
 
-_WALLCLOCK = list(csv.DictReader((Path(__file__).parent / "parsers" / "records" / "wallclock.csv").open()))
+_WALLCLOCK = list(csv.DictReader((Path(__file__).parents[1] / "parsers" / "records" / "wallclock.csv").open()))
 #: the one accepted-folder log trained for 40 minutes (MAX_WALLCLOCK_SECONDS raised): not a 10-minute run
 _LONG_RUN = "2026-03-17_LoRA_TTT/train_v1.txt"
 

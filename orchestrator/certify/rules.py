@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .analysis.variants import student_t_cdf, ttest_1samp_pvalue
+from ..analysis.variants import student_t_cdf, ttest_1samp_pvalue
 
 __all__ = ["check_modded_nanogpt", "check_nanochat", "check_nanochat_runs", "check_parameter_golf",
            "check_parameter_golf_run", "one_sided_t_test", "one_sided_t_test_below", "parameter_golf_improvement",

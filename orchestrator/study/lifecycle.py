@@ -18,11 +18,11 @@ from db import Database, StudyRow, TrialRow, safe_url
 from db.models import BatchRow, EventRow, MetricPointRow, RequestRow
 from db.reconnect import wait_for_server
 
-from .config.errors import OrchError
-from .config.sampler_check import check_sampler
-from .config.study import StudySpec, check_metrics, load_study_file
-from .parsers import UnknownFormat, get_adapter
-from .study_storage import LeasedStorage
+from ..config.errors import OrchError
+from ..samplers.check import check_sampler
+from ..config.study import StudySpec, check_metrics, load_study_file
+from ..parsers import UnknownFormat, get_adapter
+from .leased_storage import LeasedStorage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -189,7 +189,7 @@ def _delete_rows(s, row: StudyRow, with_optuna: bool = True) -> dict[str, int]:
 
 def delete_study(db: Database, name: str) -> dict[str, int]:
     """Remove study NAME: orch's rows and its Optuna study, in one transaction. Refused while a controller runs it."""
-    from .lease import holder  # the lease module reads processes (launchers.local); only deletion needs it
+    from .lease import holder  # the lease module reads processes (procs); only deletion needs it
 
     with db.session() as s:
         row = s.scalar(select(StudyRow).where(StudyRow.name == name))
@@ -233,7 +233,7 @@ def load_study_row(db: Database, name: str, *, allow_deleted_in_optuna: bool = F
 def open_study(db: Database, name: str, sampler: optuna.samplers.BaseSampler | None = None,
                leased: bool = False) -> OpenStudy:
     """`leased`: for the controller holding the study's lease, the trials kept in memory and written through
-    its transactions (`study_storage.LeasedStorage`)."""
+    its transactions (`leased_storage.LeasedStorage`)."""
     row = load_study_row(db, name)
     spec = StudySpec.model_validate(row.spec)
     storage = optuna_storage(db)

@@ -8,8 +8,8 @@ the scheduler.
 
 from __future__ import annotations
 
-from .config.fleet import Fleet
-from .config.study import StudySpec
+from ..config.fleet import Fleet
+from ..config.study import StudySpec
 from .scheduler import NoCapacity, matches_labels
 
 

@@ -14,8 +14,8 @@ from sqlalchemy import select
 
 from db import Database, EventRow, MachineRow, StudyRow, TrialRow
 
-from .config.errors import ConfigError
-from .config.fleet import Fleet, Machine
+from ..config.errors import ConfigError
+from ..config.fleet import Fleet, Machine
 
 
 @dataclass

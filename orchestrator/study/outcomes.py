@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import TrialState
 
-from .config.study import StudySpec
-from .parsers import MetricPoint, ParsedRun
+from ..config.study import StudySpec
+from ..parsers import MetricPoint, ParsedRun
 
 
 @dataclass

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from .config.errors import OrchError
-from .config.fleet import Capability, Fleet, Machine
-from .launchers.base import MachineInfo, Slot
+from ..config.errors import OrchError
+from ..config.fleet import Capability, Fleet, Machine
+from ..launchers.base import MachineInfo, Slot
 
 
 class NoCapacity(OrchError):

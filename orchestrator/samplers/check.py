@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import warnings
 
-from .errors import ConfigError
-from .study import StudySpec
-from .yaml_source import YamlDoc
+from ..config.errors import ConfigError
+from ..config.study import StudySpec
+from ..config.yaml_source import YamlDoc
 
 DRY_RUN_TRIALS = 2
 
@@ -18,7 +18,7 @@ DRY_RUN_TRIALS = 2
 def check_sampler(spec: StudySpec, doc: YamlDoc) -> None:
     import optuna
 
-    from ..samplers import build_sampler, distributions
+    from . import build_sampler, distributions
 
     where = ("sampler", "options") if spec.sampler.options else ("sampler",)
     fix = "check each option's name, type and value against the sampler (docs/search.md)"

@@ -9,10 +9,12 @@
   is an error now, not a stream of invalid trials;
 - env values are formatted for their type: a parameter passed as `env:` to a variable the script reads with
   `int()` must format as a whole number (`1200`, not `1200.0`); packed scripts are unpacked before names and
-  types are read.
+  types are read;
+- the study's data (`trainer.data`, orchestrator/warm): every file exists and has the sha256 the study or its
+  manifest names.
 
 `check_study(spec, spec_dir)` returns the problems as (field path, message, fix) triples; `validate_study_file`
-wraps `orchestrator.studies.validate_study_file` and raises the first as a ConfigError naming the file and field.
+wraps `study.lifecycle.validate_study_file` and raises the first as a ConfigError naming the file and field.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config.errors import ConfigErrors
-from .base import InjectionError
-from .registry import get_injector
+from ..config.study import load_study_file
+from ..injection import InjectionError, env_var_types, get_injector
+from ..jobs import InvalidParams, format_value, resolve_values
+from .lifecycle import validate_study_file as validate_spec
 
 Problem = tuple[tuple, str, str]
 
@@ -32,7 +36,6 @@ def _ends(spec) -> list[dict[str, Any]]:
     """Parameter sets at the low and the high end of every range (categoricals: their first and last choice), with
     the derived values a trial there gets (a map may name them: stage2 = 1 - stage1 - stage3). An end whose derived
     values fall outside their min/max is left out: such a point is skipped at run time, never prepared."""
-    from ..jobs import InvalidParams, resolve_values  # jobs reaches the injectors through this package
 
     low, high = {}, {}
     for name, p in spec.parameters.items():
@@ -99,8 +102,6 @@ def check_study(spec, spec_dir: Path, warnings: list[str] | None = None) -> list
 
 
 def _env_type_problems(spec, script: Path) -> list[Problem]:
-    from ..jobs import format_value
-    from ._script_scan import env_var_types
 
     try:
         types = env_var_types(script)
@@ -124,14 +125,15 @@ def _env_type_problems(spec, script: Path) -> list[Problem]:
 
 
 def validate_study_file(path: str | Path):
-    """`orchestrator.studies.validate_study_file`, then `check_study`; raises ConfigErrors (or the one ConfigError)
+    """`study.lifecycle.validate_study_file`, then `check_study`; raises ConfigErrors (or the one ConfigError)
     naming the study file, the line and the field."""
-    from ..config.study import load_study_file
-    from ..studies import validate_study_file as validate_spec
 
     spec, text = validate_spec(path)
     warnings: list[str] = []
-    problems = check_study(spec, Path(path).resolve().parent, warnings)
+    from ..warm.plan import data_problems  # trainer.data: every file there, with the sha256 the study names
+
+    spec_dir = Path(path).resolve().parent
+    problems = check_study(spec, spec_dir, warnings) + data_problems(spec, spec_dir)
     for warning in warnings:
         print(f"{path}: warning: {warning}", file=sys.stderr)
     if problems:

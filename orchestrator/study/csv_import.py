@@ -42,11 +42,12 @@ import yaml
 from db import Database, StudyRow, TrialRow
 from db.models import EventRow
 
-from .config.errors import OrchError
-from .config.study import StudySpec, load_study_text
-from .jobs import InvalidParams, resolve_values, variant_key
-from .samplers.space import distributions
-from .studies import new_optuna_study, validate_study_file
+from ..config.errors import OrchError
+from ..config.study import StudySpec, load_study_text
+from ..jobs import InvalidParams, resolve_values
+from ..records import variant_key
+from ..samplers.space import distributions
+from .lifecycle import new_optuna_study, validate_study_file
 
 DEFAULT_OBJECTIVE = "minimize:train_time_s"
 DEFAULT_CONSTRAINTS = ("val_loss <= 3.28",)

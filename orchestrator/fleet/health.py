@@ -11,9 +11,9 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterable
 
-from .config.errors import OrchError
-from .config.fleet import Machine
-from .launchers.base import MachineInfo
+from ..config.errors import OrchError
+from ..config.fleet import Machine
+from ..launchers.base import MachineInfo
 
 Probe = Callable[[Machine], MachineInfo]
 

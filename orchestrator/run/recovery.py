@@ -10,8 +10,8 @@
 | row `lost` with no retry | died between marking and queueing | queue the retry |
 | row `failed`, study says `on_failure: retry`, no retry | the same | queue the retry |
 
-A retry is a new trial with the same parameters whose row says `retry_of` and `attempt`: nothing runs
-twice without being recorded as a retry.
+A retry is a new trial with the same parameters whose row says `retry_of` and `attempt` (`study.queue.enqueue_retry`):
+nothing runs twice without being recorded as a retry.
 """
 
 from __future__ import annotations
@@ -26,46 +26,17 @@ from sqlalchemy import select
 
 from db import Database, EventRow, MetricPointRow, TrialRow
 
-from .config.study import StudySpec
-from .jobs import variant_key
-from .outcomes import curve_value, decide, failure_constraints, failure_policy, tell
-from .parsers import LogAdapter
-from .studies import OpenStudy
-
-
-#: user attrs a retry keeps from the trial it re-runs (extra runs: their kind, batch and early-exit settings)
-#: a retry of an extra run stays one: its kind and batch, and what its batch planned for it (early exit, step cut,
-#: the unmodified trainer, its place in a paired ABBA block)
-CARRIED_ATTRS = ("kind", "batch", "batch_index", "early_exit", "step_cut", "unmodified", "paired_block",
-                 "paired_machine", "paired_pos", "paired_role")
+from ..config.study import StudySpec
+from ..records import variant_key
+from ..study.outcomes import curve_value, decide, failure_constraints, failure_policy, tell
+from ..parsers import LogAdapter
+from ..study.lifecycle import OpenStudy
+from ..study.queue import enqueue_retry
+from ..study import trials
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def enqueue_retry(study: optuna.Study, row: TrialRow, max_retries: int, spec: StudySpec | None = None,
-                  avoid_machine: str | None = None) -> bool:
-    """Queue a re-run of `row` unless one exists or its retries are spent. True when one was queued.
-    `avoid_machine`: the retry prefers a slot of another machine (the trial hung there)."""
-    if row.attempt > max_retries:
-        return False
-    for frozen in study.get_trials(deepcopy=False):
-        if frozen.user_attrs.get("retry_of") == row.number:
-            return False
-    params = dict(row.params)
-    if spec is not None:
-        params = {k: v for k, v in params.items() if k in spec.parameters}
-    else:
-        sampled = study._storage.get_trial(row.optuna_trial_id).params if row.optuna_trial_id is not None else {}
-        params = {k: v for k, v in params.items() if k in sampled} or params
-    original = study._storage.get_trial(row.optuna_trial_id).user_attrs if row.optuna_trial_id is not None else {}
-    carried = {k: v for k, v in original.items() if k in CARRIED_ATTRS}  # a retry of an extra run stays one
-    if avoid_machine is not None:
-        carried["avoid_machine"] = avoid_machine
-    study.enqueue_trial(params, user_attrs={**carried, "retry_of": row.number, "attempt": row.attempt + 1,
-                                            "repeat_index": row.repeat_index}, skip_if_exists=False)
-    return True
 
 
 #: asks the trial's launcher for its job (`Launcher.reattach`): a handle the caller now follows, or None
@@ -92,7 +63,7 @@ def recover(db: Database, opened: OpenStudy, spec: StudySpec, adapter: LogAdapte
         if number in rows or frozen.state != TrialState.RUNNING:
             continue
         with db.session() as s:
-            row = TrialRow(study_id=sid, number=number, optuna_trial_id=frozen._trial_id, round=0,
+            row = TrialRow(study_id=sid, number=number, optuna_trial_id=trials.trial_id(frozen), round=0,
                            variant=variant_key(frozen.params), params=dict(frozen.params), state="lost",
                            exit_reason="never_started", retry_of=frozen.user_attrs.get("retry_of"),
                            attempt=int(frozen.user_attrs.get("attempt", 1)),
@@ -101,7 +72,7 @@ def recover(db: Database, opened: OpenStudy, spec: StudySpec, adapter: LogAdapte
             s.add(row)
             s.add(EventRow(study_id=sid, trial_number=number, kind="trial.state", new="lost", message=row.note))
         rows[number] = row
-        tell(study, frozen._trial_id, number, "failed", None, {})
+        tell(study, trials.trial_id(frozen), number, "failed", None, {})
         enqueue_retry(study, row, spec.retries, spec)
         report(f"recovery: trial {number} was asked but never started; re-queued")
         touched += 1
@@ -156,11 +127,9 @@ def _recover_unfinished(db: Database, study: optuna.Study, spec: StudySpec, adap
         state, value, trial_id, number = live.state, live.value, live.optuna_trial_id, live.number
         machine = live.machine
     if outcome is not None:
-        unfinished = not study._storage.get_trial(trial_id).state.is_finished()  # else Optuna has it all already
-        for point in parsed.points if unfinished else []:  # the trial's curve, as the controller writes it live
-            point_value = curve_value(spec, point)
-            if point_value is not None:
-                study._storage.set_trial_intermediate_value(trial_id, point.step, point_value)
+        unfinished = not trials.stored_trial(study, trial_id).state.is_finished()  # else Optuna has it all already
+        curve = [(point.step, curve_value(spec, point)) for point in (parsed.points if unfinished else [])]
+        trials.record_curve(study, trial_id, [(step, v) for step, v in curve if v is not None])  # as written live
         tell(study, trial_id, number, state, value, outcome.constraints, machine=machine,
              exit_reason=outcome.exit_reason, metrics=outcome.metrics)
         report(f"recovery: trial {number} had finished; outcome taken from its log")

@@ -1,0 +1,246 @@
+"""Duty cycle of one machine, cold caches against warm: N consecutive trials of our trainer through `orch study run`.
+
+Two studies of the same trainer command run one after the other on one machine (one slot), each of N trials:
+
+- cold: every trial gets empty compile caches of its own (TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR set by the
+  study to a folder in the trial's directory, which the warm-machine entry leaves as it is): a fresh container or
+  node, every trial compiles from nothing;
+- warm: the machine's caches (orchestrator/warm): the first trial compiles and fills them, the others find them;
+- prime: one trial of the warm study's command on the machine's caches (same key), so that a later `warm` phase,
+  in another device call on the same machine, starts warm.
+
+Both stage the same data (the trainer's shards, with a sha256 manifest) once per machine through `trainer.data`.
+The duty cycle is what `orch study status --json` reports (timed training over the machine's time, analysis/
+duty_cycle.py); the warm study is also given without its first (cold) trial, as a machine that stays warm sees it.
+
+    python bench/duty_cycle.py                                  # CPU: tiny preset, one stage, --compile 1, 6 + 6 trials
+    python bench/duty_cycle.py --trials 6 --steps 200 --out DIR # DIR/duty_cycle.json and DIR/duty_cycle.md
+    python bench/duty_cycle.py --preset gpt2 --device cuda --phases prime --steps 100 --work runs/duty-gpu
+    python bench/duty_cycle.py --preset gpt2 --device cuda --phases warm --steps 100 --work runs/duty-gpu --out DIR
+
+`--work DIR` keeps the workspace (the database, the machine's workdir with its `.orch-warm`): the same command run
+again resumes the studies (`orch study run` resumes) with the caches as they were: `--phases prime` in one device
+call, `--phases warm` in the next on the same machine. (A phase cut by a call's end and resumed in the next finishes,
+but the time between the calls counts in its machine time.) Without `--data-dir` the tiny preset's byte-level shards are built here
+(`python -m trainer.data stdlib-bytes`); with it, the train/val shards matched by `--train-files`/`--val-files`
+there are the study's data. Nothing here needs a GPU unless `--device cuda`; `--compile 1` on CPU needs a C++
+compiler (inductor builds its kernels with g++).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from db import Database, StudyRow, TrialRow  # noqa: E402
+from orchestrator.analysis.duty_cycle import duty_from_trials  # noqa: E402
+from orchestrator.warm.report import log_report  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+
+#: one stage of one shape on CPU: one graph to compile (the tiny preset's three stages compile three, ~70 s cold)
+ONE_STAGE = ["--stage-durations", "1", "--stage-seq-lens", "64", "--stage-batch-tokens", "256",
+             "--stage-lr-mults", "1", "--stage-windows", "64"]
+
+
+def orch(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    # the trials inherit PYTHONPATH: `-m trainer` imports from this checkout where it is not installed (a device)
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    result = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args], capture_output=True, text=True,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": path})
+    if check and result.returncode != 0:
+        raise SystemExit(f"orch {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_data(work: Path, args) -> Path:
+    """The shards' folder with a SHA256SUMS manifest of the train and val files the trainer reads."""
+    if args.data_dir is None:
+        source = work / "source"
+        subprocess.run([sys.executable, "-m", "trainer.data", "stdlib-bytes", "--data-dir", str(source)], check=True,
+                       capture_output=True, cwd=REPO)
+        [folder] = source.glob("stdlib-bytes-*")
+    else:
+        folder = Path(args.data_dir).resolve()
+    files = sorted(glob.glob(str(folder / args.train_files))) + sorted(glob.glob(str(folder / args.val_files)))
+    if not files:
+        raise SystemExit(f"no shards match {args.train_files} / {args.val_files} in {folder}")
+    lines = [f"{sha256(Path(f))}  {os.path.relpath(f, folder)}" for f in files]
+    (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    return folder / "SHA256SUMS"
+
+
+def study_file(work: Path, phase: str, manifest: Path, args) -> Path:
+    command = ["{python}", "-m", "trainer", "--preset", args.preset, "--device", args.device, "--compile", args.compile,
+               "--dataset", "shards", "--data-dir", "data", "--train-files", args.train_files,
+               "--val-files", args.val_files, "--num-steps", str(args.steps), "--extension-steps", "0"]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    command += (ONE_STAGE if args.one_stage else []) + shlex.split(args.trainer_args)
+    env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
+    if phase == "cold":  # caches of the trial's own: each trial compiles from nothing
+        env |= {"TORCHINDUCTOR_CACHE_DIR": "cold-cache/inductor", "TRITON_CACHE_DIR": "cold-cache/triton"}
+    spec = {
+        "description": f"duty-cycle bench, {phase} caches",
+        "trainer": {"command": command, "log_format": "orch", "env": env, "code_dir": str(REPO),
+                    "files": ["trainer/*.py", "kernels/*.py"],
+                    "data": {"manifest": str(manifest)}},
+        "parameters": {"init_seed": {"type": "int", "low": 1, "high": 100000, "flag": "--seed"}},
+        "objective": {"minimize": "train_time_s", "subject_to": ["val_loss <= 100"]},
+        "sampler": {"name": "random", "seed": 0},
+        "budget": {"max_trials": 1 if phase == "prime" else args.trials, "parallel": 1},
+        "timeout_s": args.timeout_s,
+        "resources": {"gpus": 1 if args.device == "cuda" else 0},
+    }
+    path = work / f"{phase}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def fleet_file(work: Path, args) -> Path:
+    machine = {"name": "bench", "launcher": "local", "workdir": str(work / "machine")}
+    machine |= {"gpus": 1, "cpu_slots": 1} if args.device == "cuda" else {"gpus": "none", "cpu_slots": 1}
+    path = work / "fleet.yaml"
+    path.write_text(yaml.safe_dump({"machines": [machine]}, sort_keys=False))
+    return path
+
+
+def final_metrics(log_path: str | None) -> dict:
+    """The trainer's final `@@metrics` object (its untimed compile warm-up `warmup_s` is not a trial column)."""
+    final: dict = {}
+    try:
+        with open(log_path or "", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("@@metrics ") and '"final"' in line:
+                    final = json.loads(line[len("@@metrics "):])
+    except (OSError, ValueError):
+        pass
+    return final
+
+
+def trial_rows(url: str, study: str) -> list[dict]:
+    db = Database(url)
+    try:
+        with db.session() as s:
+            rows = s.scalars(select(TrialRow).join(StudyRow, StudyRow.id == TrialRow.study_id)
+                             .where(StudyRow.name == study).order_by(TrialRow.number)).all()
+            out = []
+            for r in rows:
+                metrics = r.metrics or {}
+                warm = log_report(r.log_path) or {}
+                timed = metrics.get("train_time_ms")
+                out.append({"number": r.number, "state": r.state, "machine": r.machine, "slot": r.slot,
+                            "started_at": r.created_at, "ended_at": r.ended_at,
+                            "timed_s": None if timed is None else timed / 1000,
+                            "wall_s": (r.ended_at - r.created_at).total_seconds() if r.ended_at else None,
+                            "warmup_s": final_metrics(r.log_path).get("warmup_s"), "cache_found": warm.get("found"),
+                            "data": [d.get("state") for d in warm.get("data", [])]})
+            return out
+    finally:
+        db.dispose()
+
+
+def phase_result(url: str, phase: str) -> dict:
+    status = json.loads(orch("study", "status", phase, "--json", "--db", url).stdout)
+    rows = trial_rows(url, phase)
+    result = {"phase": phase, "duty": status["duty_cycle"], "trials": [
+        {k: v for k, v in r.items() if k not in ("started_at", "ended_at", "machine", "slot")} for r in rows]}
+    if phase == "warm" and len(rows) > 1:  # the machine once warm: without its first trial
+        result["after_first"] = duty_from_trials(rows[1:]).to_json()
+    return result
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def table(results: list[dict]) -> list[str]:
+    out = ["| caches | trials | timed training s | machine time s | mean trial wall s | mean warm-up s | in-trial | "
+           "occupancy | duty cycle |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def row(name: str, duty: dict, trials: list[dict]) -> str:
+        walls = [t["wall_s"] for t in trials if t["wall_s"] is not None]
+        warmups = [t["warmup_s"] for t in trials if t["warmup_s"] is not None]
+        mean = lambda xs: f"{sum(xs) / len(xs):.1f}" if xs else "-"  # noqa: E731
+        return (f"| {name} | {len(trials)} | {duty['timed_s']:.1f} | {duty['machine_s']:.1f} | {mean(walls)} | "
+                f"{mean(warmups)} | {pct(duty['in_trial'])} | {pct(duty['occupancy'])} | {pct(duty['duty_cycle'])} |")
+
+    for r in results:
+        out.append(row(r["phase"], r["duty"], r["trials"]))
+        if "after_first" in r:
+            out.append(row("warm, trials 2..N", r["after_first"], r["trials"][1:]))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trials", type=int, default=6, help="trials per phase (N >= 6 for the issue's figure)")
+    ap.add_argument("--phases", default="cold,warm", help="cold, prime (one trial that fills the warm caches), warm; "
+                    "comma-separated, run in that order")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--compile", default="1", choices=["0", "1"])
+    ap.add_argument("--steps", type=int, default=200, help="--num-steps of each trial")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on CPU)")
+    ap.add_argument("--one-stage", type=int, default=None, help="one stage of one shape (default: 1 with tiny)")
+    ap.add_argument("--trainer-args", default="", help="more trainer flags, as one shell-quoted string")
+    ap.add_argument("--data-dir", default=None, help="shards to stage (default: build the tiny byte-level ones)")
+    ap.add_argument("--train-files", default="*train*.bin")
+    ap.add_argument("--val-files", default="*val*.bin")
+    ap.add_argument("--timeout-s", type=int, default=1800, help="per-trial timeout")
+    ap.add_argument("--work", type=Path, default=None, help="keep the workspace here (resumes when run again)")
+    ap.add_argument("--out", type=Path, default=None, help="write duty_cycle.json and duty_cycle.md here")
+    args = ap.parse_args()
+    args.threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
+    args.one_stage = bool(args.one_stage if args.one_stage is not None else args.preset == "tiny")
+    phases = [p for p in args.phases.split(",") if p]
+    if not set(phases) <= {"cold", "prime", "warm"} or args.trials < 1:
+        raise SystemExit("--phases takes cold, prime and warm, comma-separated; --trials at least 1")
+    work = (args.work or Path(tempfile.mkdtemp(prefix="duty-cycle-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{work / 'orch.db'}"
+    manifest = build_data(work, args)
+    fleet = fleet_file(work, args)
+    results = []
+    for phase in phases:
+        spec = study_file(work, phase, manifest, args)
+        if orch("study", "status", phase, "--json", "--db", url, check=False).returncode != 0:
+            orch("study", "create", phase, "--from", str(spec), "--db", url)
+        orch("study", "run", phase, "--plain", "--fleet", str(fleet), "--db", url)
+        results.append(phase_result(url, phase))
+        print("\n".join(table(results[-1:])[2:]), flush=True)
+    lines = table(results)
+    setup = (f"{args.trials} trials a phase, `python -m trainer --preset {args.preset} --device {args.device} "
+             f"--compile {args.compile} --num-steps {args.steps}`" + (" (one stage)" if args.one_stage else ""))
+    text = "\n".join([setup, ""] + lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "duty_cycle.md").write_text(text)
+        (args.out / "duty_cycle.json").write_text(json.dumps({"setup": setup, "results": results}, indent=1,
+                                                             default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
