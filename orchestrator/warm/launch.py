@@ -57,15 +57,21 @@ def prepare(launcher, job: "JobSpec", machine: Machine, trial_dir: str) -> "JobS
     return dataclasses.replace(job, argv=[entry_python(machine, job.argv), entry, plan, "--", *job.argv])
 
 
-def refusal(line: str) -> str | None:
-    """The refusal a `@@warm` line reports (problem and fix), or None."""
+def parse(line: str) -> dict | None:
+    """The report of a `@@warm` line (what the entry program found), or None for any other line."""
     if not line.startswith(MARK):
         return None
     try:
         report = json.loads(line[len(MARK):])
     except ValueError:
         return None
-    if not isinstance(report, dict) or report.get("ok", True):
+    return report if isinstance(report, dict) else None
+
+
+def refusal(line: str) -> str | None:
+    """The refusal a `@@warm` line reports (problem and fix), or None."""
+    report = parse(line)
+    if report is None or report.get("ok", True):
         return None
     return f"{report.get('error', 'refused')} (fix: {report.get('fix', 'see the trial log')})"
 

@@ -10,7 +10,6 @@ nothing.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,20 +17,11 @@ from sqlalchemy import select
 
 from db import Database, StudyRow, TrialRow
 
-from .launch import MARK
+from .launch import parse
 
 HEAD_LINES = 400  # the report is among the first lines of a log (the entry prints it before the trainer starts)
 RECENT = 3  # trials per machine looked at, newest first
 
-
-def parse(line: str) -> dict | None:
-    if not line.startswith(MARK):
-        return None
-    try:
-        report = json.loads(line[len(MARK):])
-    except ValueError:
-        return None
-    return report if isinstance(report, dict) else None
 
 
 def log_report(path: str | Path | None) -> dict | None:
