@@ -35,6 +35,8 @@ class MachineKeeper:
                  wake: Callable[[], None]) -> None:
         self.db, self.fleet, self.study_id, self.say = db, fleet, study_id, say
         self.gpus_per_trial, self.labels = gpus_per_trial, labels
+        # the machines with the study's labels: the fleet file does not change during a run (read once, not per pass)
+        self._labelled = {m.name for m in fleet.machines if matches_labels(m, labels)}
         self.gate = HealthGate(fleet, launcher_for, multi_gpu=gpus_per_trial > 1, wake=wake)
         self.guard = GpuGuard(fleet, launcher_for)
         self.board = RefusalBoard()
@@ -44,7 +46,7 @@ class MachineKeeper:
     # ---- health checks ------------------------------------------------------------------------------------------
     def admit(self, machine: Machine, info: MachineInfo) -> None:
         """Check a reachable machine before it takes trials (its first, or after it came back)."""
-        if not matches_labels(machine, self.labels):
+        if machine.name not in self._labelled:
             return
         result = self.gate.admit(machine, info)
         if result is None:
@@ -140,7 +142,7 @@ class MachineKeeper:
         for machine in self.fleet.machines:
             name, info = machine.name, infos.get(machine.name)
             state, note, drain = rows.get(name, ("idle", None, False))
-            if not matches_labels(machine, self.labels):
+            if name not in self._labelled:
                 refusals.append(Refusal(name, "labels", f"it lacks resources.labels {self.labels} of the study",
                                         "add the labels to the machine in the fleet file, or change resources.labels"))
                 continue
