@@ -95,8 +95,9 @@ def caches(plan, env, report):
     entries, size = _walk(cache) if os.path.isdir(cache) else (0, 0)
     os.makedirs(cache, exist_ok=True)
     kept = {}
+    keep_vars = set(plan.get("keep_vars", ()))
     for var, sub in CACHE_VARS:
-        if env.get(var):
+        if var in keep_vars and env.get(var):
             kept[var] = env[var]  # set by the study or the machine: theirs
             continue
         env[var] = os.path.join(cache, sub)

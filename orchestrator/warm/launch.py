@@ -23,6 +23,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..config.fleet import Machine
+from .entry import CACHE_VARS
 from .stage import stage_items
 
 if TYPE_CHECKING:  # jobs imports this package (its plan): no import back at run time
@@ -52,7 +53,11 @@ def prepare(launcher, job: "JobSpec", machine: Machine, trial_dir: str) -> "JobS
     if job.warm is None:
         return job
     root = warm_root(trial_dir)
-    items, entry, plan = stage_items(job.warm, root)
+    # a cache variable the study or the machine sets is theirs; one the controller's own environment happens to hold
+    # (torch sets TORCHINDUCTOR_CACHE_DIR in the process that imports inductor) is not, and the warm one replaces it
+    declared = {**machine.env, **machine.container.env, **job.env, **job.secret_env}
+    keep = tuple(var for var, _ in CACHE_VARS if var in declared)
+    items, entry, plan = stage_items(job.warm, root, keep)
     launcher.stage(machine, root, items)
     return dataclasses.replace(job, argv=[entry_python(machine, job.argv), entry, plan, "--", *job.argv])
 

@@ -57,13 +57,14 @@ def _blob(data: bytes, dest: str, what: str) -> StageItem:
     return StageItem(dest=dest, size=len(data), sha256=hashlib.sha256(data).hexdigest(), content=data, what=what)
 
 
-def stage_items(plan: WarmPlan, root: str) -> tuple[list[StageItem], str, str]:
-    """(items, the entry program's path on the machine, the plan's path on the machine) of a job's warm plan."""
+def stage_items(plan: WarmPlan, root: str, keep_vars: tuple[str, ...] = ()) -> tuple[list[StageItem], str, str]:
+    """(items, the entry program's path on the machine, the plan's path on the machine) of a job's warm plan.
+    `keep_vars`: the cache variables the study or the machine sets itself (the entry program leaves those alone)."""
     import json
 
     program = ENTRY.read_bytes()
     entry = _blob(program, f"bin/entry-{hashlib.sha256(program).hexdigest()[:12]}.py", "entry program")
-    text = json.dumps(plan.entry_plan(root), sort_keys=True).encode()
+    text = json.dumps({**plan.entry_plan(root), "keep_vars": sorted(keep_vars)}, sort_keys=True).encode()
     plan_item = _blob(text, f"plans/{hashlib.sha256(text).hexdigest()[:16]}.json", "plan")
     items = [entry, plan_item] + [StageItem(dest=f"data/{f.sha256}", size=f.size, sha256=f.sha256, source=f.source,
                                             what=f.name) for f in plan.data]

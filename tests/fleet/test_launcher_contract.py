@@ -230,20 +230,23 @@ def test_after_a_controller_restart_the_job_is_followed_or_nothing_of_it_runs(ca
 
 
 # ---- warm machines (orchestrator/warm) ----------------------------------------------------------------------------
-def test_a_second_trial_finds_the_first_trials_cache_and_the_data_is_staged_once(case, launcher, tmp_path):
+def test_a_second_trial_finds_the_first_trials_cache_and_the_data_is_staged_once(case, launcher, tmp_path,
+                                                                                  monkeypatch):
     """The stand-in trainer keeps an entry in TORCHINDUCTOR_CACHE_DIR (as a compile cache does) and reads the study's
     data through the link in its trial directory. On the same machine the second trial finds the first one's entry,
     the data file was copied to the machine once, a changed script gets a fresh key, and a staged file whose bytes
-    changed is refused with its name before the trainer starts."""
+    changed is refused with its name before the trainer starts. The controller's own environment holds a
+    TORCHINDUCTOR_CACHE_DIR (torch sets one in a process that imported inductor): the warm cache replaces it."""
     _needs_commands(case)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inherited"))
     source = tmp_path / "shard.bin"
     source.write_bytes(os.urandom(300_000))
     sha = hashlib.sha256(source.read_bytes()).hexdigest()
     data = (StagedFile("shards/shard.bin", sha, source.stat().st_size, str(source)),)
 
-    def trial(number: int, code: str):
+    def trial(number: int, code: str, env: dict | None = None):
         job = JobSpec(study="contract", trial=number, argv=[sys.executable, str(STAND_IN), "--steps", "5",
-                      "--cache-probe", "--read-data", "data/shards/shard.bin"], env={}, timeout_s=120,
+                      "--cache-probe", "--read-data", "data/shards/shard.bin"], env=env or {}, timeout_s=120,
                       warm=WarmPlan(code=code, data=data))
         events: queue.Queue = queue.Queue()
         launcher.start(job, case.machine, case.slot, Path(case.machine.workdir) / "contract" / f"trial-{number:04d}",
@@ -271,6 +274,13 @@ def test_a_second_trial_finds_the_first_trials_cache_and_the_data_is_staged_once
     assert said(text, "data") == [["data/shards/shard.bin", str(source.stat().st_size), sha]]
     assert second["data"][0]["state"] == "checked"
     assert (staged.stat().st_ino, staged.stat().st_mtime_ns) == (copied.st_ino, copied.st_mtime_ns)  # copied once
+
+    mine = Path(case.machine.workdir) / "declared-cache"  # a cache the study sets itself stays the study's
+    mine.mkdir(parents=True, exist_ok=True)
+    text, exit_event, declared = trial(4, "code-a", env={"TORCHINDUCTOR_CACHE_DIR": str(mine)})
+    assert (exit_event.returncode, exit_event.error) == (0, None), text
+    assert said(text, "cache")[0][0] == "created" and Path(said(text, "cache")[0][1]).parent == mine
+    assert declared["kept"] == {"TORCHINDUCTOR_CACHE_DIR": str(mine)}
 
     blob = bytearray(staged.read_bytes())
     blob[:16] = bytes(b ^ 0xFF for b in blob[:16])  # the staged copy rots, same size
