@@ -284,9 +284,8 @@ class Controller:
     def _free_slots(self, wanted: int) -> list[Slot]:
         """This study's free slots (fleet_state.py); a machine where a waiting retry's trial hung comes last."""
         busy = [r.slot for r in self.running.values()]
-        avoid = {t.user_attrs["avoid_machine"] for t in waiting_trials(self.study.optuna)
-                 if "avoid_machine" in t.user_attrs}
-        return self.machines.free_slots(wanted, busy, avoid)
+        return self.machines.free_slots(wanted, busy, lambda: {t.user_attrs["avoid_machine"] for t in waiting_trials(
+            self.study.optuna) if "avoid_machine" in t.user_attrs})
 
     def _update_refusals(self) -> None:
         self.progress.refusals = self.machines.update_refusals()

@@ -195,11 +195,13 @@ class FleetState:
         self.refresh_unavailable()
 
     # ---- slots -----------------------------------------------------------------------------------------------
-    def free_slots(self, wanted: int, busy: Iterable[Slot], avoid: set[str]) -> list[Slot]:
+    def free_slots(self, wanted: int, busy: Iterable[Slot], avoid_of: Callable[[], set[str]]) -> list[Slot]:
         """Up to `wanted` free slots of machines that take trials, none held by a health check or a foreign process,
         offered to this study (`claims`: no other study's trial holds them, the fleet's policy gives them to it; the
-        dispatch claims them in its transaction); machines in `avoid` (where a waiting retry's trial hung) come last."""
+        dispatch claims them in its transaction); the machines `avoid_of()` names (where a waiting retry's trial
+        hung; read only when some slot is free) come last."""
         candidates = self.scheduler.free(set(busy))
+        avoid = avoid_of() if candidates else set()
         if avoid:
             candidates.sort(key=lambda slot: slot.machine in avoid)  # stable: the fleet's interleaving stays
         # screened before the offer cuts them to `wanted`: a GPU a foreign process holds stays refused while it is held
