@@ -18,6 +18,14 @@ from tests.conftest import REPO, STAND_IN
 RECORDER = REPO / "tests" / "helpers" / "slot_recorder.py"
 
 
+def two_gpu_box(tmp_path: Path) -> Path:
+    """A fleet file of one local machine with 2 GPUs (a stand-in count: the trainers are CPU stand-ins) and 1 CPU slot."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(yaml.safe_dump({"machines": [{"name": "box", "launcher": "local", "gpus": 2, "cpu_slots": 1,
+                                                   "workdir": str(tmp_path / "runs")}]}))
+    return fleet
+
+
 def study_file(tmp_path: Path, name: str, record: Path, *, trials: int, parallel: int, wall_s: float,
                priority: int = 0, gpus: int = 1, linger_s: float = 0.0, retries: int = 2,
                slow_while_missing: Path | None = None) -> Path:

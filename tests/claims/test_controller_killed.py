@@ -8,14 +8,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-import yaml
 from sqlalchemy import select
 
 from db import Database, EventRow, FleetDemandRow, SlotBlockRow, SlotClaimRow
 from tests.conftest import orch, wait_for
 from tests.orch._checks import assert_agrees_with_optuna, rows_of
 
-from .shared import overlaps, runs, start, study_file
+from .shared import overlaps, runs, start, study_file, two_gpu_box
 
 LINGER_S = 6.0  # longer than a reaper period (the heartbeat, 5 s): some check finds the job still running
 
@@ -23,9 +22,7 @@ LINGER_S = 6.0  # longer than a reaper period (the heartbeat, 5 s): some check f
 @pytest.mark.slow
 def test_a_killed_controllers_gpus_wait_for_its_jobs_then_go_to_the_waiting_study(tmp_path):
     db_url = f"sqlite:///{tmp_path / 'orch.db'}"
-    fleet = tmp_path / "fleet.yaml"
-    fleet.write_text(yaml.safe_dump({"machines": [{"name": "box", "launcher": "local", "gpus": 2, "cpu_slots": 1,
-                                                   "workdir": str(tmp_path / "runs")}]}))
+    fleet = two_gpu_box(tmp_path)
     record = tmp_path / "record.jsonl"
     fast = tmp_path / "fast"  # a's jobs run until killed; its retries, once this exists, 1 s
     for name in ("a", "b"):

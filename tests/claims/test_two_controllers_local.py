@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import json
 
-import yaml
-
 from tests.conftest import orch, wait_for
 
-from .shared import gpu_seconds, overlaps, runs, start, study_file
+from .shared import gpu_seconds, overlaps, runs, start, study_file, two_gpu_box
 
 
 def test_two_controllers_share_one_machine_on_sqlite(tmp_path):
     db_url = f"sqlite:///{tmp_path / 'orch.db'}"
-    fleet = tmp_path / "fleet.yaml"
-    fleet.write_text(yaml.safe_dump({"machines": [{"name": "box", "launcher": "local", "gpus": 2, "cpu_slots": 1,
-                                                   "workdir": str(tmp_path / "runs")}]}))
+    fleet = two_gpu_box(tmp_path)
     record = tmp_path / "record.jsonl"
     for name in ("a", "b"):
         path = study_file(tmp_path, name, record, trials=4, parallel=2, wall_s=0.8)
