@@ -185,13 +185,14 @@ class TrialLedger:
     def flush_points(self, running: Iterable["Running"]) -> None:
         """Write the points streamed since the last flush; a point seen again (a human line's JSON twin)
         replaces the stored one. The objective's points also go to Optuna (what optuna-dashboard plots)."""
-        inserts, updates, curve = [], [], []
+        inserts, updates = [], []
+        curves: dict[int, list[tuple[int, float]]] = {}  # Optuna trial id -> its new (step, value) points
         for run in running:
             latest = {(p.kind, p.step): p for p in run.pending_points}
             for key, p in latest.items():
                 point_value = curve_value(self.spec, p)
                 if point_value is not None:
-                    curve.append((run.trial_id, p.step, point_value))
+                    curves.setdefault(run.trial_id, []).append((p.step, point_value))
                 values = dict(total_steps=p.total_steps, val_loss=p.val_loss, train_loss=p.train_loss,
                               train_time_ms=p.train_time_ms, step_avg_ms=p.step_avg_ms, extra=p.extra or None)
                 if key in run.stored_points:
@@ -203,8 +204,8 @@ class TrialLedger:
         with self.unit():
             self.writes.extend(_INSERT_POINTS, inserts)
             self.writes.extend(_UPDATE_POINT, updates)
-            for trial_id, step, point_value in curve:
-                trials.record_curve(self.study.optuna, trial_id, [(step, point_value)])
+            for trial_id, points in curves.items():
+                trials.record_curve(self.study.optuna, trial_id, points)
 
     # ---- the budget --------------------------------------------------------------------------------------------
     def budget_counts(self) -> tuple[int, int]:
