@@ -65,10 +65,9 @@ def apply_injection(spec: StudySpec, values: dict[str, Any], job: JobSpec, workd
     if inject is None:
         return None
     from .injection import InjectionError, get_injector
+    from .injection.base import resolve_path_options
 
-    options = dict(inject.options)
-    if "script" in options:  # a path in the study file is relative to the study file
-        options["script"] = str((spec_dir / str(options["script"])).resolve())
+    options = resolve_path_options(inject.options, spec_dir)
     params = {inject.map.get(name, name): value for name, value in values.items() if not inject.map or name in inject.map}
     workdir.mkdir(parents=True, exist_ok=True)
     try:

@@ -28,6 +28,61 @@ class Injection:
     diff: str = ""  # unified diff text of what changed, for the trial record
 
 
+#: options that name files; a study file gives them relative to itself (`resolve_path_options`)
+PATH_OPTIONS = ("script", "companions")
+
+
+def resolve_path_options(options: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A copy of an injection's options with its file options (`script`, each of `companions`) made absolute
+    against `base`, the study file's directory."""
+    options = dict(options)
+    if options.get("script"):
+        options["script"] = str((base / str(options["script"])).resolve())
+    if isinstance(options.get("companions"), list):
+        options["companions"] = [str((base / str(c)).resolve()) for c in options["companions"]]
+    return options
+
+
+def companion_files(source: str, script: Path, options: dict[str, Any]) -> list[Path]:
+    """The files a trial needs beside its script: the modules the script imports from its own folder (found in its
+    syntax tree; a packed or unparsable script has none), then the `companions` option's files (a later file of the
+    same name wins)."""
+    import ast
+
+    found: dict[str, Path] = {}
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        tree = ast.Module(body=[], type_ignores=[])
+    for node in ast.walk(tree):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+        for name in names:
+            path = script.parent / (name.split(".")[0] + ".py")
+            if path.is_file() and path.resolve() != script.resolve():
+                found[path.name] = path
+    extra = options.get("companions") or []
+    if not isinstance(extra, list):
+        raise InjectionError(f"options.companions: give a list of files, got {extra!r}")
+    for item in extra:
+        path = Path(str(item))
+        if not path.is_file():
+            raise InjectionError(f"options.companions: {path} is not a file; fix the path (relative to the study file)")
+        found[path.name] = path
+    return list(found.values())
+
+
+def copy_companions(source: str, script: Path, workdir: Path, options: dict[str, Any]) -> list[Path]:
+    """Copy `companion_files` into the trial's workdir (where its job runs); returns the copies."""
+    copies = []
+    for path in companion_files(source, script, options):
+        target = Path(workdir) / path.name
+        if target.resolve() != path.resolve():
+            target.write_bytes(path.read_bytes())
+        copies.append(target.resolve())
+    return copies
+
+
 class Injector:
     """One trainer's way of taking parameters. Register instances in `orchestrator.injection.registry`."""
 

@@ -21,7 +21,12 @@ again and every value is read back before it is written.
 
 Options: `script` (path of the train_gpt.py to patch; required), `output` (file name under workdir; default the
 script's name), `duration_tolerance` (1e-6), `ranks` (8), `stages_variable` (name of the stage list; default:
-found by looking for a module-level list of TrainingStage calls), `stage_class` ("TrainingStage").
+found by looking for a module-level list of TrainingStage calls), `stage_class` ("TrainingStage"), `companions`
+(more files copied unchanged beside the patched script, e.g. a stand-in module; paths relative to the study file).
+
+Companion modules: the current script imports modules that lie beside it (`from triton_kernels import ...`) and
+reads their source for its log. Every module the script imports that exists as `NAME.py` in the script's folder is
+copied beside the patched script too, so the trial directory runs as the checkout does.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .base import Injection, InjectionError, Injector, check_scalar
+from .base import Injection, InjectionError, Injector, check_scalar, copy_companions
 
 _STAGE_PARAM = re.compile(r"^stages?(?:\[(?P<i1>\d+)\]|\.(?P<i2>\d+))\.(?P<field>[A-Za-z_]\w*)$")
 _IDENT = re.compile(r"^[A-Za-z_]\w*$")
@@ -94,6 +99,11 @@ def render(value: Any, name: str) -> str:
         return "None"
     value = check_scalar(name, value)
     return repr(value)
+
+
+def _whole_float_for_int(old: Any, new: Any) -> bool:
+    return (isinstance(old, int) and not isinstance(old, bool) and isinstance(new, float) and math.isfinite(new)
+            and new.is_integer())
 
 
 def _type_ok(old: Any, new: Any) -> bool:
@@ -206,13 +216,15 @@ class ModdedNanoGPTInjector(Injector):
         workdir.mkdir(parents=True, exist_ok=True)
         target = workdir / out_name
         target.write_text(patched, encoding="utf-8")
+        copied = copy_companions(original, script, workdir, options)
         diff = "".join(
             difflib.unified_diff(
                 original.splitlines(keepends=True), patched.splitlines(keepends=True),
                 f"a/{script.name}", f"b/{out_name}",
             )
         )
-        return Injection(files=[target.resolve()], argv=[], env={}, diff=diff)
+        return Injection(files=[target.resolve(), *copied], argv=[], env={}, diff=diff)
+
 
 
 def patch_source(source: str, params: dict[str, Any], options: dict[str, Any] | None = None, label: str = "script") -> str:
@@ -245,6 +257,8 @@ def patch_source(source: str, params: dict[str, Any], options: dict[str, Any] | 
 
     def add(param: str, node: ast.expr, value: Any) -> None:
         old = const_eval(node)
+        if _whole_float_for_int(old, value):  # a derived value is a float: 60.0 where the script has 60
+            value = int(value)
         if not _type_ok(old, value):
             raise InjectionError(
                 f"parameter {param!r}: the script has a value of type {_describe(old)} there "

@@ -9,7 +9,9 @@ Values are also formatted for the type the script converts them to: a variable r
 gets `1200` for 1200.0 (what `int()` accepts), and a non-whole number for it is an error, not a crash of every
 trial. A packed script (`exec(lzma.decompress(base64.b85decode("...")))`) is unpacked (decoded, never run) first.
 
-Options: `script` (optional path, enables the name and type checks), `extra_allowed` (names to accept anyway).
+Options: `script` (optional path, enables the name and type checks), `extra_allowed` (names to accept anyway),
+`companions` (more files for the trial directory). With `script`, the script (unchanged), the modules it imports from
+its folder and the companions are copied into the trial directory, where the job runs (`torchrun ... train_gpt.py`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ._script_scan import env_var_names, env_var_types
-from .base import Injection, InjectionError, Injector, check_scalar, env_diff, format_number
+from .base import Injection, InjectionError, Injector, check_scalar, copy_companions, env_diff, format_number
 
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -65,4 +67,12 @@ class ParameterGolfInjector(Injector):
             if var in env and env[var] != text:
                 raise InjectionError(f"parameters set ${var} twice with different values")
             env[var] = text
-        return Injection(files=[], argv=[], env=env, diff=env_diff({}, env, "environment"))
+        files: list[Path] = []
+        if options.get("script"):
+            script, target = Path(options["script"]), Path(workdir) / Path(options["script"]).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.resolve() != script.resolve():
+                target.write_bytes(script.read_bytes())
+            source = script.read_text(encoding="utf-8", errors="replace")
+            files = [target.resolve(), *copy_companions(source, script, target.parent, options)]
+        return Injection(files=files, argv=[], env=env, diff=env_diff({}, env, "environment"))

@@ -26,6 +26,7 @@ from typing import Any
 from ..config.errors import ConfigErrors
 from ..config.study import load_study_file
 from ..injection import InjectionError, env_var_types, get_injector
+from ..injection.base import resolve_path_options
 from ..jobs import InvalidParams, format_value, resolve_values
 from .lifecycle import validate_study_file as validate_spec
 
@@ -79,9 +80,7 @@ def check_study(spec, spec_dir: Path, warnings: list[str] | None = None) -> list
                              "fix the path (relative to code_dir) or code_dir"))
     inject = spec.trainer.inject
     if inject is not None:
-        options = dict(inject.options)
-        if script is not None:
-            options["script"] = str(script)
+        options = resolve_path_options(inject.options, spec_dir)
         samples = [{inject.map.get(n, n): v for n, v in s.items() if not inject.map or n in inject.map}
                    for s in _ends(spec)]
         try:

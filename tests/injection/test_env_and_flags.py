@@ -35,15 +35,23 @@ def test_registry():
 
 
 def test_parameter_golf_env(tmp_path):
-    script = tmp_path / "train_gpt.py"
-    script.write_text(PG_SCRIPT)
+    checkout, trial = tmp_path / "parameter-golf", tmp_path / "trial-0003"
+    checkout.mkdir()
+    script = checkout / "train_gpt.py"
+    script.write_text("from golf_utils import helper\n" + PG_SCRIPT)
+    (checkout / "golf_utils.py").write_text("helper = 1\n")
+    (checkout / "unrelated.py").write_text("x = 1\n")
     injection = get_injector("parameter-golf").prepare(
         {"matrix_lr": 0.025, "ITERATIONS": 9000, "tie_embeddings": False, "run_id": "trial-3", "seed": 42},
-        tmp_path, {"script": script},
+        trial, {"script": script},
     )
     assert injection.env == {"MATRIX_LR": "0.025", "ITERATIONS": "9000", "TIE_EMBEDDINGS": "0", "RUN_ID": "trial-3",
                              "SEED": "42"}
-    assert injection.argv == [] and injection.files == []
+    assert injection.argv == []
+    # the job runs in the trial directory: the script (unchanged) and the module it imports from its folder are there
+    assert sorted(f.name for f in injection.files) == ["golf_utils.py", "train_gpt.py"]
+    assert (trial / "train_gpt.py").read_bytes() == script.read_bytes()
+    assert not (trial / "unrelated.py").exists()
     assert "+MATRIX_LR=0.025" in injection.diff
 
 

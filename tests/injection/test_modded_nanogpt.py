@@ -124,3 +124,33 @@ def test_script_without_training_stages_is_a_clear_error(tmp_path):
 def test_needs_script_option(tmp_path):
     with pytest.raises(InjectionError, match="options.script"):
         get_injector("modded-nanogpt").prepare({"x": 1}, tmp_path, {})
+
+
+def test_companion_modules_and_files_are_copied_beside_the_patched_script(real_script, tmp_path):
+    """The current script imports modules from its own folder (`from triton_kernels import ...`) and reads their
+    source: the trial directory gets them, and the `companions` option's files (a stand-in module), unchanged."""
+    checkout = real_script.parent
+    source = "from triton_kernels import XXT\nimport kernels\n" + real_script.read_text()
+    real_script.write_text(source)
+    (checkout / "triton_kernels.py").write_text("XXT = 1\n")
+    (checkout / "not_imported.py").write_text("y = 2\n")
+    standin = tmp_path / "study" / "kernels.py"
+    standin.parent.mkdir()
+    standin.write_text("def get_kernel(name):\n    return name\n")
+    trial = tmp_path / "trial-1"
+    injection = get_injector("modded-nanogpt").prepare(
+        # a derived value arrives as a float: 60.0 is written as the int the script has there
+        {"stage_durations": [0.30, 0.35, 0.35], "Hyperparameters.num_scheduled_iterations": 60.0},
+        trial, {"script": str(real_script), "companions": [str(standin)]},
+    )
+    assert sorted(f.name for f in injection.files) == ["kernels.py", "train_gpt.py", "triton_kernels.py"]
+    assert (trial / "triton_kernels.py").read_text() == "XXT = 1\n"
+    assert (trial / "kernels.py").read_text() == standin.read_text()
+    assert not (trial / "not_imported.py").exists()
+    assert "num_scheduled_iterations: int = 60  #" in (trial / "train_gpt.py").read_text()
+    with pytest.raises(InjectionError, match=r"options.companions: .*missing.py is not a file"):
+        get_injector("modded-nanogpt").prepare({"stage_durations": [0.3, 0.35, 0.35]}, tmp_path / "trial-2",
+                                               {"script": str(real_script), "companions": [str(tmp_path / "missing.py")]})
+    with pytest.raises(InjectionError, match="type int"):  # a fraction is still refused where an int is
+        get_injector("modded-nanogpt").prepare({"Hyperparameters.num_scheduled_iterations": 60.5}, tmp_path / "t3",
+                                               {"script": str(real_script)})

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Issue 21's GPU work in one device session (one H200), as one background job that outlives the device tool's
+# 10-minute calls: started once, then polled by calls on the same warm machine until it is done.
+#
+#   bash bench/gpu_session.sh start && bash bench/gpu_session.sh wait 540   # first call
+#   bash bench/gpu_session.sh wait 560                                      # each later call
+#
+# `wait` returns when the job is done or after the given seconds, and copies what is there into $OUT
+# (session.log, session.tar.gz with the databases, logs and tables). Steps, in order, each skipped once done
+# (a marker under runs/gpu-session), so a later call of `start` continues:
+#   setup    the controller's wheels (.whl, for Python 3.12: the device reaches no index) into /tmp/site; the data
+#            (.devcarry/*.tar.xz, built here: docs/studies/*/make_data.py, bench/public/pg_data.py) into data/
+#   collect  `python3 -m pytest -m gpu --co` on the image as it is (tests needing the controller skip cleanly)
+#   standin  tests/kernels/test_fa3_standin.py: the modded-nanogpt study's FlashAttention 3 stand-in
+#   duty     bench/duty_cycle.py, our trainer through `orch study run`: one trial on empty caches (prime), then 6 on
+#            the warm machine
+#   mng      docs/studies/2026-12-06-modded-nanogpt-h200/run.sh (modded-nanogpt's train_gpt.py, 3 trials)
+#   pg       docs/studies/2026-12-06-parameter-golf-h200/run.sh (parameter-golf's train_gpt.py, 2 trials)
+#   cold     bench/duty_cycle.py cold phase: 2 trials, each on empty caches of its own
+set -uo pipefail
+S=runs/gpu-session
+mkdir -p "$S"
+STEPS=${STEPS:-setup collect standin duty mng pg cold}
+DUTY_ARGS=(--preset gpt2 --device cuda --compile 1 --one-stage 0 --steps "${DUTY_STEPS:-80}" --work runs/duty-gpu
+  --data-dir data/fineweb10B --train-files 'fineweb_train_*.bin' --val-files 'fineweb_val_*.bin'
+  --trainer-args "--stage-durations 1 --stage-seq-lens 2048 --stage-batch-tokens 393216 --stage-lr-mults 1
+  --stage-windows 2048 --val-every 0 --val-tokens 65536 --micro-batch-tokens 65536 --attn sdpa --fp8-head 1")
+
+env_for_orch() {
+  export PYTHONPATH="/tmp/site:/tmp/pt:$PWD" PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR="$PWD/.devcarry/tiktoken-cache"
+}
+
+run_step() {
+  case "$1" in
+    setup)
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/pt .whl/test/*.whl &&
+      mkdir -p data && for t in .devcarry/*.tar.xz; do tar -C data -xJf "$t" || return 1; done &&
+      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv &&
+      python3 -c 'import torch, triton, sys; print(sys.version.split()[0], torch.__version__, triton.__version__)' ;;
+    collect)  # the image as it is: only pytest added, none of the controller's dependencies
+      PYTHONPATH=/tmp/pt python3 -m pytest -m gpu --co -q -p no:cacheprovider ;;
+    standin)
+      env_for_orch; python3 -m pytest -q -m gpu -p no:cacheprovider tests/kernels/test_fa3_standin.py ;;
+    duty)
+      env_for_orch; python3 bench/duty_cycle.py "${DUTY_ARGS[@]}" --phases prime,warm --trials 6 --out "$S/duty" ;;
+    pg)
+      env_for_orch; OUT="$S/pg" SKIP_EXPORT=1 bash docs/studies/2026-12-06-parameter-golf-h200/run.sh ;;
+    mng)
+      env_for_orch; OUT="$S/mng" SKIP_EXPORT=1 bash docs/studies/2026-12-06-modded-nanogpt-h200/run.sh ;;
+    cold)
+      env_for_orch; python3 bench/duty_cycle.py "${DUTY_ARGS[@]}" --phases cold --trials 2 --out "$S/duty-cold" ;;
+  esac
+}
+
+job() {
+  for step in $STEPS; do
+    [ -f "$S/$step.done" ] && continue
+    echo "[$(date -u +%T)] $step: start"
+    ( run_step "$step" ) > "$S/$step.log" 2>&1
+    rc=$?
+    echo "[$(date -u +%T)] $step: rc=$rc"; tail -n 5 "$S/$step.log"
+    [ "$rc" = 0 ] && touch "$S/$step.done"
+  done
+  echo "[$(date -u +%T)] all steps ended"; touch "$S/finished"
+}
+
+collect_out() {
+  [ -n "${OUT:-}" ] || return 0
+  cp "$S/session.log" "$OUT/session.log" 2>/dev/null
+  # databases, tables, the step logs and every trial log (the public scripts' logs begin with their source)
+  tar -czf "$OUT/session.tar.gz" --exclude='*.bin' --exclude='.orch-warm' --exclude='cold-cache' \
+    "$S" runs/duty-gpu/orch.db runs/duty-gpu/*.yaml runs/duty-gpu/machine/*/trial-*/*.log \
+    runs/mng-h200 runs/pg-h200 2>/dev/null
+  ls -la "$OUT"
+}
+
+case "${1:-}" in
+  start)
+    rm -f "$S/finished"
+    # a copy runs: the device tool re-sends the working tree with every call, and bash reads a script as it goes
+    cp "$0" "$S/job.sh"
+    setsid nohup bash "$S/job.sh" job >> "$S/session.log" 2>&1 < /dev/null &
+    echo "started (pid $!)" ;;
+  job) job ;;
+  wait)
+    end=$((SECONDS + ${2:-540}))
+    while [ ! -f "$S/finished" ] && [ $SECONDS -lt $end ]; do sleep 5; done
+    cat "$S/session.log"; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    collect_out ;;
+  *) echo "usage: $0 start | wait SECONDS" >&2; exit 2 ;;
+esac
