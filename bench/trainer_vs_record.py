@@ -7,8 +7,8 @@ step, micro-batches of 64Ki), steps after the first 5. The record's script at wo
 stage and extension (24 x 2048 x 8 = 393,216 tokens a step, 8 micro-batches of 48Ki), read from the patched
 train_gpt.py beside its log (the stage durations and step counts orch wrote), two steps after the stage starts.
 
-MFU two ways: model FLOPs over the H200's measured bf16 peak (the project's count, 772 TFLOP/s, docs/trainer.md)
-and over the datasheet's 989 TFLOP/s. Model FLOPs per token = 3 x forward: every matmul (2 FLOPs a weight) plus
+MFU two ways: model FLOPs over the card's measured bf16 peak (the project's count: 772 TFLOP/s on the H200,
+docs/trainer.md; 798 on the H100, `--measured-peak`) and over the datasheet's 989 TFLOP/s. Model FLOPs per token = 3 x forward: every matmul (2 FLOPs a weight) plus
 attention over the keys each query sees (causal, the sliding window; documents not subtracted). Ours from
 trainer.model.train_flops_per_token; the record's from its shape (11 layers of 768, MLP 3072, attention in 10
 layers: 8 at the short window, 2 at the long one, vocabulary 50304) at its third stage's windows.
@@ -36,18 +36,24 @@ from orchestrator.injection.modded_nanogpt import const_eval  # noqa: E402
 
 STEP = re.compile(r"^step:(\d+)/(\d+) .*?train_time:(\d+)ms")
 TOKENS_PER_STEP = 393_216
-PEAK_MEASURED, PEAK_DATASHEET = 772e12, 989e12  # H200 bf16: docs/trainer.md, NVIDIA's dense figure
+PEAK_DATASHEET = 989e12  # NVIDIA's dense bf16 figure for the H100 SXM and the H200
 
 
 def step_times(log: Path) -> dict[int, float]:
-    """Step number -> its own time in ms (from consecutive cumulative train_time lines; validation lines, which
-    repeat a step with the clock stopped, are skipped)."""
+    """Step number -> its time in ms, from consecutive cumulative train_time lines (a log that prints every K steps
+    gives each step of an interval the interval's mean); validation lines, which repeat a step with the clock
+    stopped, are skipped."""
     cumulative: dict[int, float] = {}
     for line in log.read_text(errors="replace").splitlines():
         m = STEP.match(line)
         if m and "val_loss" not in line:
             cumulative[int(m[1])] = float(m[3])
-    return {k: cumulative[k] - cumulative[k - 1] for k in sorted(cumulative) if k - 1 in cumulative}
+    steps = sorted(cumulative)
+    times: dict[int, float] = {}
+    for a, b in zip(steps, steps[1:]):
+        for k in range(a + 1, b + 1):
+            times[k] = (cumulative[b] - cumulative[a]) / (b - a)
+    return times
 
 
 def mean_keys(window: int, seq_len: int) -> float:
@@ -82,12 +88,12 @@ def record_schedule(script: Path) -> tuple[int, int, tuple[int, int]]:
     return ends[big] + 1, ends[-1], (short * 128, long * 128)
 
 
-def summary(times_ms: list[float], flops_per_token: float) -> dict:
+def summary(times_ms: list[float], flops_per_token: float, peak: float) -> dict:
     step_ms = statistics.median(times_ms)
     tokens_s = TOKENS_PER_STEP / (step_ms / 1000)
     return {"steps": len(times_ms), "step_ms": round(step_ms, 1), "tokens_s": round(tokens_s),
             "flops_per_token": round(flops_per_token), "tflops": round(tokens_s * flops_per_token / 1e12, 1),
-            "mfu_measured_peak": round(tokens_s * flops_per_token / PEAK_MEASURED, 4),
+            "mfu_measured_peak": round(tokens_s * flops_per_token / peak, 4),
             "mfu_datasheet": round(tokens_s * flops_per_token / PEAK_DATASHEET, 4)}
 
 
@@ -96,15 +102,18 @@ def main() -> int:
     ap.add_argument("--ours", required=True, help="glob of our trainer's trial logs")
     ap.add_argument("--record", required=True, help="glob of the record script's trial directories")
     ap.add_argument("--skip", type=int, default=5, help="our first steps left out")
+    ap.add_argument("--measured-peak", type=float, default=772.0,
+                    help="the card's measured bf16 TFLOP/s (H200 772, docs/trainer.md; H100 798, the device notes)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
 
     from trainer.config import parse_config
     from trainer.model import train_flops_per_token
 
+    peak = a.measured_peak * 1e12
     ours = [t for log in sorted(glob.glob(a.ours)) for k, t in step_times(Path(log)).items() if k > a.skip]
     cfg = parse_config(["--preset", "gpt2"], environ={})
-    rows = {"ours": summary(ours, train_flops_per_token(cfg, 2048, (2048, 2048)))} if ours else {}
+    rows = {"ours": summary(ours, train_flops_per_token(cfg, 2048, (2048, 2048)), peak)} if ours else {}
     record: list[float] = []
     windows = None
     for trial in sorted(glob.glob(a.record)):
@@ -114,10 +123,11 @@ def main() -> int:
         first, last, windows = record_schedule(script)
         record += [t for k, t in step_times(log).items() if first + 2 <= k <= last]
     if record:
-        rows["record"] = summary(record, record_flops_per_token(*windows)) | {"windows": list(windows)}
+        rows["record"] = summary(record, record_flops_per_token(*windows), peak) | {"windows": list(windows)}
     if "ours" in rows and "record" in rows:
         rows["ratio_tokens_s"] = round(rows["ours"]["tokens_s"] / rows["record"]["tokens_s"], 3)
-    print("| run | steps | step ms | tokens/s | model TFLOP/s | MFU (measured peak 772) | MFU (989 datasheet) |")
+    print(f"| run | steps | step ms | tokens/s | model TFLOP/s | MFU (measured peak {a.measured_peak:g}) | "
+          "MFU (989 datasheet) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in ("ours", "record"):
         if name in rows:
