@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import os
 import shlex
@@ -47,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from db import Database, StudyRow, TrialRow  # noqa: E402
 from orchestrator.analysis.duty_cycle import duty_from_trials  # noqa: E402
+from orchestrator.warm.plan import sha256_file  # noqa: E402
 from orchestrator.warm.report import log_report  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
@@ -65,14 +65,6 @@ def orch(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def build_data(work: Path, args) -> Path:
     """The shards' folder with a SHA256SUMS manifest of the train and val files the trainer reads."""
     if args.data_dir is None:
@@ -85,7 +77,7 @@ def build_data(work: Path, args) -> Path:
     files = sorted(glob.glob(str(folder / args.train_files))) + sorted(glob.glob(str(folder / args.val_files)))
     if not files:
         raise SystemExit(f"no shards match {args.train_files} / {args.val_files} in {folder}")
-    lines = [f"{sha256(Path(f))}  {os.path.relpath(f, folder)}" for f in files]
+    lines = [f"{sha256_file(f)}  {os.path.relpath(f, folder)}" for f in files]
     (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
     return folder / "SHA256SUMS"
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import os
 import random
@@ -40,20 +39,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from trainer.corpus import EOT, gpt2_encoding  # noqa: E402
 from trainer.shards import load_shard, write_shard  # noqa: E402
+from orchestrator.warm.plan import sha256_file  # noqa: E402
 
 VOCAB = 1024
 SHARD_TOKENS = 100_000_000  # tokens per train shard, as the challenge's export writes them
 SPM_OPTIONS = dict(model_type="bpe", vocab_size=VOCAB, character_coverage=0.999, byte_fallback=True,
                    split_digits=True, normalization_rule_name="nmt_nfkc", add_dummy_prefix=False,
                    pad_id=0, bos_id=1, eos_id=2, unk_id=3, hard_vocab_limit=False)
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _documents(files: list[str], enc) -> list[str]:
@@ -168,7 +160,7 @@ def main(argv=None) -> int:
 
     val_bytes = sum(len(d.encode()) for d in val_docs)
     meta = {"source": {"gpt2_dir": os.path.abspath(a.gpt2_dir),
-                       "sha256": {os.path.basename(f): _sha256(f) for f in train_files + val_files}},
+                       "sha256": {os.path.basename(f): sha256_file(f) for f in train_files + val_files}},
             "tokenizer": {**SPM_OPTIONS, "sample_mb": a.sample_mb, "seed": a.seed,
                           "sentencepiece": spm.__version__},
             "train_tokens": int(train.size), "val_tokens": int(val.size),
@@ -176,7 +168,7 @@ def main(argv=None) -> int:
             "val_utf8_bytes_before_normalization": val_bytes,
             "max_train_tokens": a.max_train_tokens, "sha256": {}}
     for path in [model, *files]:
-        meta["sha256"][os.path.relpath(path, a.out)] = _sha256(path)
+        meta["sha256"][os.path.relpath(path, a.out)] = sha256_file(path)
     with open(os.path.join(a.out, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     with open(os.path.join(a.out, "SHA256SUMS"), "w") as f:  # the manifest a study's `trainer.data` names

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))
+from orchestrator.warm.plan import sha256_file  # noqa: E402
 from trainer.shards import load_shard, write_shard  # noqa: E402
 
 BOS = 50256
@@ -64,7 +64,7 @@ def main() -> int:
     write_shard(os.path.join(a.out, names[-1]), val)
     with open(os.path.join(a.out, "SHA256SUMS"), "w") as f:
         for name in names:
-            digest = hashlib.sha256(open(os.path.join(a.out, name), "rb").read()).hexdigest()
+            digest = sha256_file(os.path.join(a.out, name))
             f.write(f"{digest}  {name}\n")
     docs = lambda t: int((t == BOS).sum())  # noqa: E731
     print(f"{train.size:,} train tokens in {a.train_shards} shards, {docs(train):,} documents; "
