@@ -22,13 +22,16 @@
 #   standin  tests/kernels/test_fa3_standin.py: the modded-nanogpt study's FlashAttention 3 stand-in
 #   duty     bench/duty_cycle.py, our trainer through `orch study run`: one trial on empty caches (prime), then 6 on
 #            the warm machine
+#   probe    docs/studies/2026-12-06-modded-nanogpt-h200/probe_scaled_mm.py: the FP8 matmul that stopped the first try
 #   mng      docs/studies/2026-12-06-modded-nanogpt-h200/run.sh (modded-nanogpt's train_gpt.py, 3 trials)
 #   pg       docs/studies/2026-12-06-parameter-golf-h200/run.sh (parameter-golf's train_gpt.py, 2 trials)
 #   cold     bench/duty_cycle.py cold phase: 2 trials, each on empty caches of its own
+# STEPS="setup probe mng cold" bash bench/gpu_session.sh start runs a subset (2026-12-06 ran setup, collect, standin,
+# duty and pg through; mng failed, see its study's README; cold did not run).
 set -uo pipefail
 S=runs/gpu-session
 mkdir -p "$S"
-STEPS=${STEPS:-setup collect standin duty mng pg cold}
+STEPS=${STEPS:-setup collect standin duty probe mng pg cold}
 DUTY_ARGS=(--preset gpt2 --device cuda --compile 1 --one-stage 0 --steps "${DUTY_STEPS:-80}" --work runs/duty-gpu
   --data-dir data/fineweb10B --train-files 'fineweb_train_*.bin' --val-files 'fineweb_val_*.bin'
   --trainer-args "--stage-durations 1 --stage-seq-lens 2048 --stage-batch-tokens 393216 --stage-lr-mults 1
@@ -54,6 +57,8 @@ run_step() {
       env_for_orch; python3 bench/duty_cycle.py "${DUTY_ARGS[@]}" --phases prime,warm --trials 6 --out "$S/duty" ;;
     pg)
       env_for_orch; OUT="$S/pg" SKIP_EXPORT=1 bash docs/studies/2026-12-06-parameter-golf-h200/run.sh ;;
+    probe)
+      python3 docs/studies/2026-12-06-modded-nanogpt-h200/probe_scaled_mm.py ;;
     mng)
       env_for_orch; OUT="$S/mng" SKIP_EXPORT=1 bash docs/studies/2026-12-06-modded-nanogpt-h200/run.sh ;;
     cold)
@@ -76,8 +81,8 @@ job() {
 collect_out() {
   [ -n "${OUT:-}" ] || return 0
   cp "$S/session.log" "$OUT/session.log" 2>/dev/null
-  # databases, tables, the step logs and every trial log (the public scripts' logs begin with their source)
-  tar -czf "$OUT/session.tar.gz" --exclude='*.bin' --exclude='.orch-warm' --exclude='cold-cache' \
+  # databases, tables, the step logs and every trial log; not the data, nor the checkpoints a script saves (pg: 78 MB)
+  tar -czf "$OUT/session.tar.gz" --exclude='*.bin' --exclude='*.pt' --exclude='*.ptz' --exclude='.orch-warm' --exclude='cold-cache' \
     "$S" runs/duty-gpu/orch.db runs/duty-gpu/*.yaml runs/duty-gpu/machine/*/trial-*/*.log \
     runs/mng-h200 runs/pg-h200 2>/dev/null
   ls -la "$OUT"
