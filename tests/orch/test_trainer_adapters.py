@@ -62,9 +62,15 @@ def test_modded_nanogpt_study_patches_the_script_per_trial(tmp_path, monkeypatch
 
 
 def test_parameter_golf_study_sets_env_vars(tmp_path, monkeypatch):
+    # as the shipped studies run it: `train_gpt.py` by its name, in each trial's own directory (the injector copies
+    # the script there; the checkout is elsewhere)
+    checkout = tmp_path / "parameter-golf"
+    checkout.mkdir()
+    script = checkout / "train_gpt.py"
+    script.write_bytes((HELPERS / "stand_in_parameter_golf.py").read_bytes())
     spec = {
-        "trainer": {"command": ["{python}", str(HELPERS / "stand_in_parameter_golf.py")], "log_format": "parameter-golf",
-                    "inject": {"name": "parameter-golf", "options": {"script": str(HELPERS / "stand_in_parameter_golf.py")},
+        "trainer": {"command": ["{python}", "train_gpt.py"], "log_format": "parameter-golf",
+                    "inject": {"name": "parameter-golf", "options": {"script": str(script)},
                                "map": {"matrix_lr": "MATRIX_LR", "scalar_lr": "SCALAR_LR", "tied_embed_lr": "TIED_EMBED_LR"}}},
         "parameters": {name: {"type": "float", "low": 0.005, "high": 0.1, "log": True}
                        for name in ("matrix_lr", "scalar_lr", "tied_embed_lr")},
@@ -79,6 +85,7 @@ def test_parameter_golf_study_sets_env_vars(tmp_path, monkeypatch):
                                  + math.log(p["tied_embed_lr"] / 0.03) ** 2) / 100
         assert abs(row.value - expected) < 1e-7  # the official (post-quantization) score, from the env it got
         assert "MATRIX_LR" in row.injection_diff
+        assert (Path(row.workdir) / "train_gpt.py").read_bytes() == script.read_bytes()
 
 
 def test_a_mapped_name_the_script_never_reads_is_refused_before_running(tmp_path, monkeypatch):
