@@ -9,6 +9,7 @@ record write-up can show exactly what changed.
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 from dataclasses import dataclass, field
@@ -28,10 +29,6 @@ class Injection:
     diff: str = ""  # unified diff text of what changed, for the trial record
 
 
-#: options that name files; a study file gives them relative to itself (`resolve_path_options`)
-PATH_OPTIONS = ("script", "companions")
-
-
 def resolve_path_options(options: dict[str, Any], base: Path) -> dict[str, Any]:
     """A copy of an injection's options with its file options (`script`, each of `companions`) made absolute
     against `base`, the study file's directory."""
@@ -47,8 +44,6 @@ def companion_files(source: str, script: Path, options: dict[str, Any]) -> list[
     """The files a trial needs beside its script: the modules the script imports from its own folder (found in its
     syntax tree; a packed or unparsable script has none), then the `companions` option's files (a later file of the
     same name wins)."""
-    import ast
-
     found: dict[str, Path] = {}
     try:
         tree = ast.parse(source)

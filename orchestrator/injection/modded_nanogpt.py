@@ -226,7 +226,6 @@ class ModdedNanoGPTInjector(Injector):
         return Injection(files=[target.resolve(), *copied], argv=[], env={}, diff=diff)
 
 
-
 def patch_source(source: str, params: dict[str, Any], options: dict[str, Any] | None = None, label: str = "script") -> str:
     """Return `source` with the parameters' values replaced (see the module docstring); raises InjectionError."""
     options = dict(options or {})
