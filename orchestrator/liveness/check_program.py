@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 MARK = "@@health "
@@ -31,7 +33,9 @@ rank, world, backend = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), o
 device = torch.device(f"cuda:{rank}") if backend == "nccl" else torch.device("cpu")
 if backend == "nccl":
     torch.cuda.set_device(device)
-dist.init_process_group(backend, rank=rank, world_size=world, device_id=device if backend == "nccl" else None)
+# a file store: no port to choose (a port found free and then closed can be taken before the ranks bind it)
+dist.init_process_group(backend, init_method="file://" + os.environ["ORCH_STORE"], rank=rank, world_size=world,
+                        device_id=device if backend == "nccl" else None)
 numel = int(os.environ["ORCH_NUMEL"])
 x = torch.full((numel,), float(rank + 1), device=device)
 dist.all_reduce(x)
@@ -51,16 +55,18 @@ sys.exit(0 if ok else 1)
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def allreduce(world: int, backend: str, timeout_s: float, numel: int) -> tuple[dict, str | None]:
     """(figures, problem): `world` rank processes all-reduce a tensor; all must finish within `timeout_s`."""
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(world),
+    store_dir = tempfile.mkdtemp(prefix="orch-health-")
+    env = {**os.environ, "ORCH_STORE": os.path.join(store_dir, "store"), "WORLD_SIZE": str(world),
            "ORCH_BACKEND": backend, "ORCH_NUMEL": str(numel)}
+    try:
+        return _allreduce(world, backend, timeout_s, env)
+    finally:
+        shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def _allreduce(world: int, backend: str, timeout_s: float, env: dict) -> tuple[dict, str | None]:
     began = time.monotonic()
     ranks = [subprocess.Popen([sys.executable, "-c", RANK_PROGRAM], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)

@@ -1,5 +1,3 @@
-import os
-
 import torch
 
 from trainer.optim import Muon, orthogonalize
@@ -48,11 +46,12 @@ def test_muon_step_orthogonal_update():
         assert s.min() > 0.6 and s.max() < 1.25
 
 
-def _worker(rank, world, port, out):
+def _worker(rank, world, store, out):
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file store, not a port: a port found free and closed again can be taken by another test's server (sshd,
+    # PostgreSQL, Ray) before rank 0 binds it, which failed this test now and then in whole-suite runs
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.manual_seed(0)
     ps = [torch.nn.Parameter(torch.randn(16, 24)) for _ in range(3)] + [torch.nn.Parameter(torch.randn(8, 8))]
     opt = Muon(ps, lr=0.1, rank=rank, world_size=world)
@@ -66,16 +65,10 @@ def _worker(rank, world, port, out):
 
 
 def test_muon_two_ranks_matches_one(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
     out = str(tmp_path / "w")
-    mp.spawn(_worker, args=(2, port, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), out), nprocs=2, join=True)
     torch.manual_seed(0)
     ps = [torch.nn.Parameter(torch.randn(16, 24)) for _ in range(3)] + [torch.nn.Parameter(torch.randn(8, 8))]
     opt = Muon(ps, lr=0.1)

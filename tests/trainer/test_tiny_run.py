@@ -71,20 +71,17 @@ def test_divergence_exits_3(run_trainer):
 def test_torchrun_two_ranks_matches_one(run_trainer, data_dir):
     """torchrun --nproc_per_node=2 on CPU (gloo): averaged gradients + sharded Muon = the 1-rank run."""
     import os
-    import socket
     import subprocess
     import sys
 
     from conftest import ROOT, parse_metrics
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
     args = ["--num-steps", "20", "--val-every", "0"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINER_")}
     env.update(OMP_NUM_THREADS="1", TRAINER_DATA_DIR=data_dir, PYTHONPATH=str(ROOT))
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+    # --standalone: torchrun's own store binds port 0 and keeps it (a port found free and closed again can be taken
+    # by another test's server before torchrun binds it)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "-m", "trainer", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     m2 = parse_metrics(p.stdout)
