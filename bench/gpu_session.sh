@@ -6,7 +6,7 @@
 #   bash bench/gpu_session.sh wait 560                                      # each later call
 #
 # `wait` returns when the job is done or after the given seconds, and copies what is there into $OUT
-# (session.log, session.tar.gz with the databases, logs and tables). Steps, in order, each skipped once done
+# (session.log; session.tar.gz with the databases, tables and step logs; trial-logs.tar.gz). Steps, in order, each skipped once done
 # (a marker under runs/gpu-session), so a later call of `start` continues:
 #   setup    the controller's wheels (.whl, for Python 3.12: the device reaches no index) into /tmp/site; the data
 #            (.devcarry/*.tar.xz, built here: docs/studies/*/make_data.py, bench/public/pg_data.py) into data/
@@ -81,10 +81,12 @@ job() {
 collect_out() {
   [ -n "${OUT:-}" ] || return 0
   cp "$S/session.log" "$OUT/session.log" 2>/dev/null
-  # databases, tables, the step logs and every trial log; not the data, nor the checkpoints a script saves (pg: 78 MB)
-  tar -czf "$OUT/session.tar.gz" --exclude='*.bin' --exclude='*.pt' --exclude='*.ptz' --exclude='.orch-warm' --exclude='cold-cache' \
-    "$S" runs/duty-gpu/orch.db runs/duty-gpu/*.yaml runs/duty-gpu/machine/*/trial-*/*.log \
-    runs/mng-h200 runs/pg-h200 2>/dev/null
+  # two archives, so that the small one comes back even when the logs outgrow a returned file (16 MB): the databases,
+  # tables and step logs; then every trial log. Never the data, the caches or the checkpoints a script saves.
+  tar -czf "$OUT/session.tar.gz" --exclude='*.bin' --exclude='*.pt' --exclude='*.ptz' "$S" runs/duty-gpu/orch.db \
+    runs/duty-gpu/*.yaml 2>/dev/null
+  tar -czf "$OUT/trial-logs.tar.gz" runs/duty-gpu/machine/*/trial-*/*.log runs/mng-h200/trial-*/*.log \
+    runs/pg-h200/trial-*/*.log 2>/dev/null
   ls -la "$OUT"
 }
 
