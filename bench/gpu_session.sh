@@ -5,9 +5,9 @@
 #   bash bench/gpu_session.sh start && bash bench/gpu_session.sh wait 540   # first call
 #   bash bench/gpu_session.sh wait 560                                      # each later call
 #
-# `wait` returns when the job is done or after the given seconds, and copies what is there into $OUT
-# (session.log; session.tar.gz with the databases, tables and step logs; trial-logs.tar.gz). Steps, in order, each skipped once done
-# (a marker under runs/gpu-session), so a later call of `start` continues:
+# `wait` returns when the job is done or after the given seconds, and copies what is there into $OUT (session.log;
+# session.tar.gz with the databases, tables and step logs; trial-logs.tar.gz). Steps, in order, each skipped once
+# done (a marker under runs/gpu-session), so a later call of `start` continues:
 #   setup    the controller's wheels (.whl, for Python 3.12: the device reaches no index) into /tmp/site; the data
 #            (.devcarry/*.tar.xz, built here: docs/studies/*/make_data.py, bench/public/pg_data.py) into data/
 #
