@@ -1,14 +1,12 @@
 """Shared fixtures: one byte-level dataset per test session, and a helper that runs the trainer CLI."""
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from _trainer_cli import ROOT, parse_metrics
 
 
 @pytest.fixture(scope="session")
@@ -18,10 +16,6 @@ def data_dir(tmp_path_factory):
 
     ensure_stdlib_bytes(str(d))
     return str(d)
-
-
-def parse_metrics(stdout: str) -> list[dict]:
-    return [json.loads(line[len("@@metrics "):]) for line in stdout.splitlines() if line.startswith("@@metrics ")]
 
 
 @pytest.fixture

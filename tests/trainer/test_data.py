@@ -88,7 +88,7 @@ def test_two_processes_build_the_tiny_dataset_at_once(tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from _trainer_cli import ROOT
 
     code = "import sys; from trainer.data import ensure_stdlib_bytes; print(ensure_stdlib_bytes(sys.argv[1]))"
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,

@@ -74,7 +74,7 @@ def test_torchrun_two_ranks_matches_one(run_trainer, data_dir):
     import subprocess
     import sys
 
-    from conftest import ROOT, parse_metrics
+    from _trainer_cli import ROOT, parse_metrics
 
     args = ["--num-steps", "20", "--val-every", "0"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINER_")}
