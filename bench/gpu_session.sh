@@ -11,7 +11,8 @@
 #   setup    the controller's wheels (.whl, for Python 3.12: the device reaches no index) into /tmp/site; the data
 #            (.devcarry/*.tar.xz, built here: docs/studies/*/make_data.py, bench/public/pg_data.py) into data/
 #
-# Built here before the first call, and carried (`carry: [.whl, .devcarry]`, about 60 MB of the 64 MiB a call takes):
+# Built here before the first call by `bash bench/gpu_session_prep.sh MODDED_NANOGPT_CHECKOUT PARAMETER_GOLF_CHECKOUT`,
+# and carried (`carry: [.whl, .devcarry]`, about 60 MB of the 64 MiB a call takes):
 #   .whl        pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64
 #               (and the older manylinux tags) -d .whl -r bench/gpu_session-requirements.txt: the controller's
 #               dependencies the device image lacks (it has torch, numpy, scipy, jinja2, pyyaml, psutil); .whl/test:
