@@ -67,10 +67,12 @@ def companion_files(source: str, script: Path, options: dict[str, Any]) -> list[
     return list(found.values())
 
 
-def copy_companions(source: str, script: Path, workdir: Path, options: dict[str, Any]) -> list[Path]:
-    """Copy `companion_files` into the trial's workdir (where its job runs); returns the copies."""
+def copy_into(paths: list[Path], workdir: Path) -> list[Path]:
+    """Copy files unchanged into the trial's workdir (where its job runs), each under its own name; returns the
+    copies (a file already there is left as it is)."""
+    Path(workdir).mkdir(parents=True, exist_ok=True)
     copies = []
-    for path in companion_files(source, script, options):
+    for path in paths:
         target = Path(workdir) / path.name
         if target.resolve() != path.resolve():
             target.write_bytes(path.read_bytes())

@@ -39,7 +39,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .base import Injection, InjectionError, Injector, check_scalar, copy_companions
+from .base import Injection, InjectionError, Injector, check_scalar, companion_files, copy_into
 
 _STAGE_PARAM = re.compile(r"^stages?(?:\[(?P<i1>\d+)\]|\.(?P<i2>\d+))\.(?P<field>[A-Za-z_]\w*)$")
 _IDENT = re.compile(r"^[A-Za-z_]\w*$")
@@ -216,7 +216,7 @@ class ModdedNanoGPTInjector(Injector):
         workdir.mkdir(parents=True, exist_ok=True)
         target = workdir / out_name
         target.write_text(patched, encoding="utf-8")
-        copied = copy_companions(original, script, workdir, options)
+        copied = copy_into(companion_files(original, script, options), workdir)
         diff = "".join(
             difflib.unified_diff(
                 original.splitlines(keepends=True), patched.splitlines(keepends=True),

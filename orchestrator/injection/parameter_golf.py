@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ._script_scan import env_var_names, env_var_types
-from .base import Injection, InjectionError, Injector, check_scalar, copy_companions, env_diff, format_number
+from .base import Injection, InjectionError, Injector, check_scalar, companion_files, copy_into, env_diff, format_number
 
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -68,11 +68,8 @@ class ParameterGolfInjector(Injector):
                 raise InjectionError(f"parameters set ${var} twice with different values")
             env[var] = text
         files: list[Path] = []
-        if options.get("script"):
-            script, target = Path(options["script"]), Path(workdir) / Path(options["script"]).name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.resolve() != script.resolve():
-                target.write_bytes(script.read_bytes())
+        if options.get("script"):  # the script, unchanged, and what it needs beside it
+            script = Path(options["script"])
             source = script.read_text(encoding="utf-8", errors="replace")
-            files = [target.resolve(), *copy_companions(source, script, target.parent, options)]
+            files = copy_into([script, *companion_files(source, script, options)], Path(workdir))
         return Injection(files=files, argv=[], env=env, diff=env_diff({}, env, "environment"))

@@ -57,9 +57,8 @@ def _ends(spec) -> list[dict[str, Any]]:
 
 def _script_path(spec, spec_dir: Path) -> Path | None:
     inject = spec.trainer.inject
-    if inject is not None and inject.options.get("script"):
-        return (spec_dir / str(inject.options["script"])).resolve()
-    return None
+    script = resolve_path_options(inject.options, spec_dir).get("script") if inject is not None else None
+    return Path(script) if script else None
 
 
 def check_study(spec, spec_dir: Path, warnings: list[str] | None = None) -> list[Problem]:

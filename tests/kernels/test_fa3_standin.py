@@ -12,11 +12,15 @@ from _oracle import needs_cuda
 STANDIN = Path(__file__).resolve().parents[2] / "docs/studies/2026-12-06-modded-nanogpt-h200/kernels.py"
 
 
-def standin():
+def standin_module():
     spec = importlib.util.spec_from_file_location("fa3_standin", STANDIN)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_kernel("kernels-community/flash-attn3", version=1).flash_attn_interface
+    return module
+
+
+def standin():
+    return standin_module().get_kernel("kernels-community/flash-attn3", version=1).flash_attn_interface
 
 
 def masked_reference(q, k, v, cu, window, scale):
@@ -57,8 +61,5 @@ def test_standin_matches_masked_attention(window):
 
 def test_standin_refuses_other_kernels():
     pytest.importorskip("torch.nn.attention.varlen")
-    spec = importlib.util.spec_from_file_location("fa3_standin", STANDIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     with pytest.raises(RuntimeError, match="only 'kernels-community/flash-attn3'"):
-        module.get_kernel("kernels-community/other")
+        standin_module().get_kernel("kernels-community/other")
