@@ -20,7 +20,6 @@ layers: 8 at the short window, 2 at the long one, vocabulary 50304) at its third
 from __future__ import annotations
 
 import argparse
-import ast
 import glob
 import json
 import re
@@ -32,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator.injection.modded_nanogpt import const_eval  # noqa: E402
+from orchestrator.injection.modded_nanogpt import script_values  # noqa: E402
 
 STEP = re.compile(r"^step:(\d+)/(\d+) .*?train_time:(\d+)ms")
 TOKENS_PER_STEP = 393_216
@@ -70,17 +69,9 @@ def record_flops_per_token(ws_short: int, ws_long: int, seq_len: int = 2048) -> 
 
 def record_schedule(script: Path) -> tuple[int, int, tuple[int, int]]:
     """(first step of the 393,216-token stage, last step, the stage's windows in tokens) from the patched script."""
-    tree = ast.parse(script.read_text())
-    hyper = {}
-    stages = None
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == "Hyperparameters":
-            for stmt in node.body:
-                if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-                    hyper[stmt.target.id] = const_eval(stmt.value)
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "TRAINING_STAGES":
-            stages = [{k.arg: const_eval(k.value) for k in call.keywords} for call in node.value.elts]
-    scheduled, extension = hyper["num_scheduled_iterations"], hyper["num_extension_iterations"]
+    values, stages = script_values(script.read_text())
+    scheduled = values["Hyperparameters.num_scheduled_iterations"]
+    extension = values["Hyperparameters.num_extension_iterations"]
     durations = [s["duration"] for s in stages if s.get("duration") is not None]
     ends = [0, *[round(c * scheduled) for c in accumulate(durations[:-1])], scheduled + extension]
     big = next(i for i, s in enumerate(stages) if s["batch_size"] == TOKENS_PER_STEP)

@@ -174,6 +174,17 @@ class _Targets:
                         self.class_attrs.setdefault(f"{stmt.name}.{attr}", value)
 
 
+def script_values(source: str, stage_class: str = "TrainingStage") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """What a script sets, read as the patch reads it: its module-level constants and class fields (`NAME`,
+    `Class.attr`) and each stage's keywords, as values (`_NOT_CONST`-free: an expression that is not a constant is
+    left out)."""
+    targets = _Targets(ast.parse(source), stage_class, None)
+    values = {name: const_eval(node) for name, node in {**targets.constants, **targets.class_attrs}.items()}
+    stages = [{k.arg: const_eval(k.value) for k in call.keywords if k.arg} for call in targets.stages or []]
+    drop = lambda d: {k: v for k, v in d.items() if v is not _NOT_CONST}  # noqa: E731
+    return drop(values), [drop(stage) for stage in stages]
+
+
 def _assigned(stmt: ast.stmt) -> tuple[str | None, ast.expr | None]:
     if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
         return stmt.targets[0].id, stmt.value

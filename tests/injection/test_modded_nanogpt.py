@@ -154,3 +154,15 @@ def test_companion_modules_and_files_are_copied_beside_the_patched_script(real_s
     with pytest.raises(InjectionError, match="type int"):  # a fraction is still refused where an int is
         get_injector("modded-nanogpt").prepare({"Hyperparameters.num_scheduled_iterations": 60.5}, tmp_path / "t3",
                                                {"script": str(real_script)})
+
+
+def test_script_values_reads_what_the_patch_wrote(real_script, tmp_path):
+    from orchestrator.injection.modded_nanogpt import script_values
+
+    injection = get_injector("modded-nanogpt").prepare(
+        {"stage_durations": [0.30, 0.35, 0.35], "Hyperparameters.num_scheduled_iterations": 1400},
+        tmp_path / "trial-9", {"script": str(real_script)})
+    values, stages = script_values(injection.files[0].read_text())
+    assert values["Hyperparameters.num_scheduled_iterations"] == 1400
+    assert stages == stages_of(injection.files[0].read_text())  # the same as the test's own reading
+    assert [s.get("duration") for s in stages] == [0.30, 0.35, 0.35, None]
