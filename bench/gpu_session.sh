@@ -9,7 +9,7 @@
 # session.tar.gz with the databases, tables and step logs; trial-logs.tar.gz). Steps, in order, each skipped once
 # done (a marker under runs/gpu-session), so a later call of `start` continues:
 #   setup    the controller's wheels (.whl, for Python 3.12: the device reaches no index) into /tmp/site; the data
-#            (.devcarry/*.tar.xz, built here: docs/studies/*/make_data.py, bench/public/pg_data.py) into data/
+#            (.devcarry/*.tar.xz, built here: bench/public/mng_data.py and pg_data.py) into data/
 #
 # Built here before the first call by `bash bench/gpu_session_prep.sh MODDED_NANOGPT_CHECKOUT PARAMETER_GOLF_CHECKOUT`,
 # and carried (`carry: [.whl, .devcarry]`, about 60 MB of the 64 MiB a call takes):
@@ -18,7 +18,7 @@
 #               dependencies the device image lacks (it has torch, numpy, scipy, jinja2, pyyaml, psutil); .whl/test:
 #               pytest, pluggy, iniconfig
 #   .devcarry   modded-nanogpt/ and parameter-golf/ (the fetched scripts), tiktoken-cache/ (GPT-2's BPE files),
-#               gpt2-fineweb10B.tar.xz (make_data.py's output) and pg-sp1024.tar.xz (pg_data.py's output)
+#               gpt2-fineweb10B.tar.xz (mng_data.py's output) and pg-sp1024.tar.xz (pg_data.py's output)
 #   collect  `python3 -m pytest -m gpu --co` on the image as it is (tests needing the controller skip cleanly)
 #   standin  tests/kernels/test_fa3_standin.py: the modded-nanogpt study's FlashAttention 3 stand-in
 #   duty     bench/duty_cycle.py, our trainer through `orch study run`: one trial on empty caches (prime), then 6 on

@@ -47,7 +47,7 @@ rm -rf "$tmp"
 
 echo "data"
 [ -f data/gpt2/meta.json ] || "$PY" -m trainer.data prepare --out data/gpt2 --val-frac 0.05
-"$PY" docs/studies/2026-12-06-modded-nanogpt-h200/make_data.py --src data/gpt2 --out data/fineweb10B
+"$PY" bench/public/mng_data.py --src data/gpt2 --out data/fineweb10B
 "$PY" -c "import sentencepiece" 2>/dev/null || "$PY" -m pip install -q sentencepiece
 "$PY" bench/public/pg_data.py --gpt2-dir data/gpt2 --out data/sp1024
 tar -C data -cf - fineweb10B | xz -T0 > .devcarry/gpt2-fineweb10B.tar.xz

@@ -1,4 +1,4 @@
-"""The modded-nanogpt GPU study's data builder (docs/studies/2026-12-06-modded-nanogpt-h200/make_data.py) on small
+"""The modded-nanogpt GPU study's data builder (bench/public/mng_data.py) on small
 shards written by trainer.shards: short documents joined, every train file starting at a document, the manifest."""
 import hashlib
 import importlib.util
@@ -11,12 +11,12 @@ import numpy as np
 from trainer.shards import load_shard, write_shard
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "docs/studies/2026-12-06-modded-nanogpt-h200/make_data.py"
+SCRIPT = REPO / "bench/public/mng_data.py"
 BOS = 50256
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("make_data", SCRIPT)
+    spec = importlib.util.spec_from_file_location("mng_data", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -7,7 +7,7 @@ Two things the script needs that the prepared shards do not give as they are:
   many short documents (fortunes, dictionary entries; a median of 161 tokens), so consecutive documents shorter
   than `--min-doc-tokens` are joined into one (the inner BOS tokens dropped).
 
-    python docs/studies/2026-12-06-modded-nanogpt-h200/make_data.py --src data/gpt2 --out data/fineweb10B
+    python bench/public/mng_data.py --src data/gpt2 --out data/fineweb10B
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 from orchestrator.warm.plan import sha256_file  # noqa: E402
 from trainer.shards import load_shard, write_shard  # noqa: E402
 
