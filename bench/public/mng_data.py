@@ -1,4 +1,4 @@
-"""The study's data: `python -m trainer.data prepare` shards (GPT-2 tokens, BOS 50256 before each document) rewritten
+"""The modded-nanogpt GPU study's data (docs/studies/2026-12-06-modded-nanogpt-h200): `python -m trainer.data prepare` shards (GPT-2 tokens, BOS 50256 before each document) rewritten
 in the layout modded-nanogpt's train_gpt.py reads, with a sha256 manifest for orch's data staging.
 
 Two things the script needs that the prepared shards do not give as they are:
