@@ -1,5 +1,6 @@
-"""The modded-nanogpt GPU study's data (docs/studies/2026-12-06-modded-nanogpt-h200): `python -m trainer.data prepare` shards (GPT-2 tokens, BOS 50256 before each document) rewritten
-in the layout modded-nanogpt's train_gpt.py reads, with a sha256 manifest for orch's data staging.
+"""The modded-nanogpt GPU study's data (docs/studies/2026-12-06-modded-nanogpt-h200): `python -m trainer.data
+prepare` shards (GPT-2 tokens, BOS 50256 before each document) rewritten in the layout modded-nanogpt's
+train_gpt.py reads, with a sha256 manifest for orch's data staging.
 
 Two things the script needs that the prepared shards do not give as they are:
 - at least two train files (its loader opens the second one as soon as it starts), named `fineweb_train_*.bin`;
