@@ -23,7 +23,6 @@ HEAD_LINES = 400  # the report is among the first lines of a log (the entry prin
 RECENT = 3  # trials per machine looked at, newest first
 
 
-
 def log_report(path: str | Path | None) -> dict | None:
     """The first `@@warm` report in a log (None: none in its first lines, or no log)."""
     if not path:
