@@ -7,7 +7,14 @@ Two studies of the same trainer command run one after the other on one machine (
   node, every trial compiles from nothing;
 - warm: the machine's caches (orchestrator/warm): the first trial compiles and fills them, the others find them;
 - prime: one trial of the warm study's command on the machine's caches (same key), so that a later `warm` phase,
-  in another device call on the same machine, starts warm.
+  in another device call on the same machine, starts warm;
+- tuned: the warm study (without `--warm-args`, flags only the prime and warm phases get) with `--tuned-args` added to the trainer's flags and `--tuned-env` to its environment (the
+  same code, so the same cache key): a start-up change measured beside the plain warm trials, on the same machine
+  in the same run.
+
+`--phases prime,warm:3,tuned:6` gives a phase its own trial count. Each trial's final `@@metrics` line says where
+its time before the first timed step went (`startup_s`: process, import, device, data, model, start_line, warmup,
+first_val); the second table has their means a phase.
 
 Both stage the same data (the trainer's shards, with a sha256 manifest) once per machine through `trainer.data`.
 The duty cycle is what `orch study status --json` reports (timed training over the machine's time, analysis/
@@ -82,7 +89,7 @@ def build_data(work: Path, args) -> Path:
     return folder / "SHA256SUMS"
 
 
-def study_file(work: Path, phase: str, manifest: Path, args) -> Path:
+def study_file(work: Path, phase: str, trials: int, manifest: Path, args) -> Path:
     command = ["{python}", "-m", "trainer", "--preset", args.preset, "--device", args.device, "--compile", args.compile,
                "--dataset", "shards", "--data-dir", "data", "--train-files", args.train_files,
                "--val-files", args.val_files, "--num-steps", str(args.steps), "--extension-steps", "0"]
@@ -92,6 +99,11 @@ def study_file(work: Path, phase: str, manifest: Path, args) -> Path:
     env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
     if phase == "cold":  # caches of the trial's own: each trial compiles from nothing
         env |= {"TORCHINDUCTOR_CACHE_DIR": "cold-cache/inductor", "TRITON_CACHE_DIR": "cold-cache/triton"}
+    if phase in ("prime", "warm"):
+        command += shlex.split(args.warm_args)
+    if phase == "tuned":
+        command += shlex.split(args.tuned_args)
+        env |= dict(item.split("=", 1) for item in args.tuned_env.split(",") if item)
     spec = {
         "description": f"duty-cycle bench, {phase} caches",
         "trainer": {"command": command, "log_format": "orch", "env": env, "code_dir": str(REPO),
@@ -100,7 +112,7 @@ def study_file(work: Path, phase: str, manifest: Path, args) -> Path:
         "parameters": {"init_seed": {"type": "int", "low": 1, "high": 100000, "flag": "--seed"}},
         "objective": {"minimize": "train_time_s", "subject_to": ["val_loss <= 100"]},
         "sampler": {"name": "random", "seed": 0},
-        "budget": {"max_trials": 1 if phase == "prime" else args.trials, "parallel": 1},
+        "budget": {"max_trials": 1 if phase == "prime" else trials, "parallel": 1},
         "timeout_s": args.timeout_s,
         "resources": {"gpus": 1 if args.device == "cuda" else 0},
     }
@@ -145,7 +157,8 @@ def trial_rows(url: str, study: str) -> list[dict]:
                             "started_at": r.created_at, "ended_at": r.ended_at,
                             "timed_s": None if timed is None else timed / 1000,
                             "wall_s": (r.ended_at - r.created_at).total_seconds() if r.ended_at else None,
-                            "warmup_s": final_metrics(r.log_path).get("warmup_s"), "cache_found": warm.get("found"),
+                            "warmup_s": final_metrics(r.log_path).get("warmup_s"),
+                            "startup_s": final_metrics(r.log_path).get("startup_s"), "cache_found": warm.get("found"),
                             "data": [d.get("state") for d in warm.get("data", [])]})
             return out
     finally:
@@ -184,11 +197,29 @@ def table(results: list[dict]) -> list[str]:
     return out
 
 
+STARTUP = ("process", "import", "device", "data", "model", "start_line", "warmup", "first_val")
+
+
+def startup_table(results: list[dict]) -> list[str]:
+    """Mean seconds of each start-up phase (the trainer's `startup_s`) a phase of the bench, and their sum."""
+    out = ["| caches | " + " | ".join(STARTUP) + " | before step 0 |", "| --- |" + " --- |" * (len(STARTUP) + 1)]
+    for r in results:
+        rows = [t["startup_s"] for t in r["trials"] if t.get("startup_s")]
+        if not rows:
+            continue
+        means = [sum(row.get(k, 0.0) for row in rows) / len(rows) for k in STARTUP]
+        out.append(f"| {r['phase']} | " + " | ".join(f"{m:.2f}" for m in means) + f" | {sum(means):.2f} |")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=6, help="trials per phase (N >= 6 for the issue's figure)")
-    ap.add_argument("--phases", default="cold,warm", help="cold, prime (one trial that fills the warm caches), warm; "
-                    "comma-separated, run in that order")
+    ap.add_argument("--phases", default="cold,warm", help="cold, prime (one trial that fills the warm caches), warm, "
+                    "tuned; comma-separated, run in that order; NAME:N gives a phase N trials")
+    ap.add_argument("--warm-args", default="", help="trainer flags added in the prime and warm phases")
+    ap.add_argument("--tuned-args", default="", help="trainer flags added in the tuned phase (one shell-quoted string)")
+    ap.add_argument("--tuned-env", default="", help="environment of the tuned phase's trials: KEY=VALUE,KEY=VALUE")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--compile", default="1", choices=["0", "1"])
@@ -205,25 +236,30 @@ def main() -> int:
     args = ap.parse_args()
     args.threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
     args.one_stage = bool(args.one_stage if args.one_stage is not None else args.preset == "tiny")
-    phases = [p for p in args.phases.split(",") if p]
-    if not set(phases) <= {"cold", "prime", "warm"} or args.trials < 1:
-        raise SystemExit("--phases takes cold, prime and warm, comma-separated; --trials at least 1")
+    phases = [(p.partition(":")[0], p.partition(":")[2]) for p in args.phases.split(",") if p]
+    if (not {name for name, _ in phases} <= {"cold", "prime", "warm", "tuned"} or args.trials < 1
+            or any(n and not (n.isdigit() and int(n) > 0) for _, n in phases)):
+        raise SystemExit("--phases takes cold, prime, warm and tuned (NAME or NAME:N), comma-separated; "
+                         "--trials and each N at least 1")
     work = (args.work or Path(tempfile.mkdtemp(prefix="duty-cycle-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{work / 'orch.db'}"
     manifest = build_data(work, args)
     fleet = fleet_file(work, args)
     results = []
-    for phase in phases:
-        spec = study_file(work, phase, manifest, args)
+    for phase, count in phases:
+        spec = study_file(work, phase, int(count or args.trials), manifest, args)
         if orch("study", "status", phase, "--json", "--db", url, check=False).returncode != 0:
             orch("study", "create", phase, "--from", str(spec), "--db", url)
         orch("study", "run", phase, "--plain", "--fleet", str(fleet), "--db", url)
         results.append(phase_result(url, phase))
         print("\n".join(table(results[-1:])[2:]), flush=True)
-    lines = table(results)
-    setup = (f"{args.trials} trials a phase, `python -m trainer --preset {args.preset} --device {args.device} "
-             f"--compile {args.compile} --num-steps {args.steps}`" + (" (one stage)" if args.one_stage else ""))
+    lines = table(results) + [""] + startup_table(results)
+    setup = (f"phases {args.phases} ({args.trials} trials where no count is given), `python -m trainer --preset "
+             f"{args.preset} --device {args.device} --compile {args.compile} --num-steps {args.steps}`"
+             + (" (one stage)" if args.one_stage else "")
+             + (f"; warm: `{args.warm_args}`" if args.warm_args else "")
+             + (f"; tuned: `{args.tuned_args}` {args.tuned_env}" if any(p == "tuned" for p, _ in phases) else ""))
     text = "\n".join([setup, ""] + lines) + "\n"
     print(text)
     if args.out:

@@ -100,6 +100,7 @@ class Config:
     micro_batch_tokens: int = 0  # per rank and forward pass; 0: the whole local batch at once
     fp8_head: bool = False  # LM head matmul in FP8 (trainer/fp8.py; emulated in fp32 on CPU)
     sdpa_backend: str = "auto"  # with --attn sdpa: auto (PyTorch's choice) | flash | cudnn | efficient | math
+    init_on_device: bool = True  # build and initialise the model on its device (0: on the CPU, then moved)
 
     @property
     def stages(self) -> list[Stage]:
@@ -240,6 +241,8 @@ OPTIONS: dict[str, tuple] = {
     "micro-batch-tokens": ("micro_batch_tokens", _int, "tokens per rank per forward (gradient accumulation; 0: all)"),
     "fp8-head": ("fp8_head", _bool, "LM head matmul in FP8 (1/0): e4m3 x and W, e5m2 gradient; emulated on CPU"),
     "sdpa-backend": ("sdpa_backend", None, "with --attn sdpa: auto | flash | cudnn | efficient | math"),
+    "init-on-device": ("init_on_device", _bool, "build and initialise the model on its device (1), or on the CPU and "
+                       "then move it (0: the initial weights do not depend on the GPU's random generator)"),
     "vocab-size": ("vocab_size", _int, "embedding rows (>= the data's largest token id + 1)"),
     "n-layer": ("n_layer", _int, "transformer blocks"),
     "model-dim": ("model_dim", _int, "residual width"),

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -31,6 +32,16 @@ def emit(obj: dict, human: str | None = None) -> None:
     if human:
         print(human, flush=True)
     print("@@metrics " + json.dumps(obj, separators=(", ", ": ")), flush=True)
+
+
+def _process_start() -> float:
+    """When this process started (epoch seconds), from psutil; now where it cannot tell."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:
+        return time.time()
 
 
 def versions() -> dict:
@@ -115,6 +126,14 @@ class Run:
         self.val_loss = None
         self.total_steps = cfg.total_steps
         self._prefetched: dict = {}  # step -> its batch, already on the device
+        # seconds from the process's start to its first timed step, by phase (the final @@metrics' startup_s)
+        self.startup: dict[str, float] = {"process": round(time.time() - _process_start(), 2)}
+        self._lap_at = time.perf_counter()
+
+    def _lap(self) -> float:
+        now = time.perf_counter()
+        lap, self._lap_at = now - self._lap_at, now
+        return round(lap, 2)
 
     # -- setup -------------------------------------------------------------------------------
     def setup(self):
@@ -126,6 +145,7 @@ class Run:
 
         cfg = self.cfg
         self.torch, self.np, self.dist = torch, np, dist
+        self.startup["import"] = self._lap()
         self.rank = int(os.environ.get("RANK", "0") or 0)
         self.world = int(os.environ.get("WORLD_SIZE", "1") or 1)
         local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
@@ -164,6 +184,7 @@ class Run:
         self.schedule = Schedule(cfg)
 
         # data
+        self.startup["device"] = self._lap()
         self.loader = data.BatchLoader(self.train_files, cfg.bos_id, cfg.align_bos, self.rank, self.world)
         self.val_seq = cfg.val_seq_len or cfg.stages[-1].seq_len
         vr = data.val_rows(self.val_files, cfg.val_tokens, self.val_seq, self.rank, self.world)
@@ -177,14 +198,18 @@ class Run:
         self.val = torch.from_numpy(vr)
 
         # model and optimizers
+        self.startup["data"] = self._lap()
         max_seq = max([st.seq_len for st in cfg.stages] + [self.val_seq])
-        self.model = model.GPT(cfg, max_seq, self.attn_kind).to(self.device)
+        # built on the GPU, a 162M-parameter model initialises in a fraction of the seconds the CPU takes
+        with torch.device(self.device) if cfg.init_on_device else contextlib.nullcontext():
+            self.model = model.GPT(cfg, max_seq, self.attn_kind).to(self.device)
         self.n_params = model.count_params(self.model)
         kern = self.model.kern
         xxt = getattr(kern, "xxt", None) if (kern is not None and self.is_cuda) else None
         self.opts = optim.build_optimizers(self.model, cfg, self.rank, self.world, xxt)
         self.fwd = torch.compile(self.model, dynamic=False) if self.compile else self.model
         self.flops_per_token = model.train_flops_per_token
+        self.startup["model"] = self._lap()
 
     def autocast(self):
         return self.torch.autocast(device_type=self.device.type, dtype=self.torch.bfloat16, enabled=self.use_bf16)
@@ -329,6 +354,7 @@ class Run:
               "val_loss": round(vl, 4) if vl is not None and math.isfinite(vl) else None,
               "train_time_ms": round(self.train_time_ms), "step_avg_ms": self._avg(), "tokens": self.tokens,
               "peak_memory_mib": round(peak), "warmup_s": round(getattr(self, "warmup_s", 0.0), 1),
+              "startup_s": self.startup,
               "exit_reason": reason, "world_size": getattr(self, "world", 1),
               "gpu_name": self.torch.cuda.get_device_name(self.device) if getattr(self, "is_cuda", False) else None,
               "versions": versions()})
@@ -365,11 +391,14 @@ class Run:
                                 for st in cfg.stages], "versions": versions()},
              f"trainer: preset {cfg.preset}, {self.n_params:,} parameters, device {self.device}"
              f"{' (' + gpu + ')' if gpu else ''}, world size {self.world}, {self.total_steps} steps")
+        self.startup["start_line"] = self._lap()
         self.warmup()
+        self.startup["warmup"] = self._lap()
         if self.is_cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         self.val_loss = self.validate()
         self.log_val()
+        self.startup["first_val"] = self._lap()
         check_every = cfg.log_every if self.is_cuda else 1  # a finite-loss check costs a sync on GPU
         # The clock is read only where the host waits for the GPU anyway (a loss check, a log line, a
         # validation): steps between readings are queued back to back, with no idle gap between them.

@@ -67,17 +67,69 @@ def companion_files(source: str, script: Path, options: dict[str, Any]) -> list[
     return list(found.values())
 
 
-def copy_into(paths: list[Path], workdir: Path) -> list[Path]:
-    """Copy files unchanged into the trial's workdir (where its job runs), each under its own name; returns the
-    copies (a file already there is left as it is)."""
+def copy_into(paths: list[Path], workdir: Path, edits: list[dict[str, str]] | None = None) -> tuple[list[Path], str]:
+    """Copy files into the trial's workdir (where its job runs), each under its own name, with the `edits` meant
+    for them applied (see `source_edits`); returns the copies and the unified diff of the edited ones (a file
+    already there is left as it is)."""
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    copies = []
+    copies, diff = [], ""
     for path in paths:
         target = Path(workdir) / path.name
-        if target.resolve() != path.resolve():
+        mine = [e for e in edits or () if e["file"] == path.name]
+        if mine:
+            text = path.read_text(encoding="utf-8")
+            edited = apply_edits(text, mine, path.name)
+            target.write_text(edited, encoding="utf-8")
+            diff += text_diff(text, edited, path.name, path.name)
+        elif target.resolve() != path.resolve():
             target.write_bytes(path.read_bytes())
         copies.append(target.resolve())
-    return copies
+    return copies, diff
+
+
+def source_edits(options: dict[str, Any], script_name: str, available: list[str]) -> list[dict[str, str]]:
+    """The `edits` option, checked: exact text replacements in the trial's copy of the script or of one of its
+    companion files, for what a machine needs changed in a trainer that is not this project's (an API the
+    installed library dropped, a layout a kernel library refuses). Each is `{find: TEXT, replace: TEXT}` with an
+    optional `file:` (a companion's file name; default the script); the find text must occur exactly once. The
+    edits show in the diff stored on the trial, so a write-up can say what was changed."""
+    raw = options.get("edits") or []
+    if not isinstance(raw, list):
+        raise InjectionError(f"options.edits: give a list of {{find: ..., replace: ...}}, got {raw!r}")
+    edits = []
+    for i, item in enumerate(raw):
+        where = f"options.edits[{i}]"
+        if not isinstance(item, dict) or set(item) - {"find", "replace", "file"}:
+            raise InjectionError(f"{where}: give a mapping with find, replace and optionally file, got {item!r}")
+        find, replace, file = item.get("find"), item.get("replace"), item.get("file", script_name)
+        if not isinstance(find, str) or not find:
+            raise InjectionError(f"{where}.find: give the exact text to replace (a non-empty string)")
+        if not isinstance(replace, str):
+            raise InjectionError(f"{where}.replace: give the replacement text (a string; empty deletes)")
+        if file not in available:
+            raise InjectionError(f"{where}.file: {file!r} is not among the trial's files ({', '.join(available)})")
+        edits.append({"find": find, "replace": replace, "file": file, "where": where})
+    return edits
+
+
+def apply_edits(text: str, edits: list[dict[str, str]], name: str) -> str:
+    """`text` with each edit applied in order; an edit whose find text does not occur exactly once is an error."""
+    for edit in edits:
+        count = text.count(edit["find"])
+        if count != 1:
+            shown = edit["find"] if len(edit["find"]) <= 60 else edit["find"][:57] + "..."
+            raise InjectionError(
+                f"{edit['where']}.find: {shown!r} occurs {count} times in {name}; it must occur exactly once "
+                "(give more of the surrounding text, or fix it for this version of the file)")
+        text = text.replace(edit["find"], edit["replace"])
+    return text
+
+
+def text_diff(old: str, new: str, old_name: str, new_name: str) -> str:
+    import difflib
+
+    return "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                        f"a/{old_name}", f"b/{new_name}"))
 
 
 class Injector:

@@ -22,7 +22,9 @@ again and every value is read back before it is written.
 Options: `script` (path of the train_gpt.py to patch; required), `output` (file name under workdir; default the
 script's name), `duration_tolerance` (1e-6), `ranks` (8), `stages_variable` (name of the stage list; default:
 found by looking for a module-level list of TrainingStage calls), `stage_class` ("TrainingStage"), `companions`
-(more files copied unchanged beside the patched script, e.g. a stand-in module; paths relative to the study file).
+(more files copied unchanged beside the patched script, e.g. a stand-in module; paths relative to the study file),
+`edits` (exact text replacements in the trial's copy of the script or a companion, for what a machine needs
+changed; `base.source_edits`; they are part of the trial's diff).
 
 Companion modules: the current script imports modules that lie beside it (`from triton_kernels import ...`) and
 reads their source for its log. Every module the script imports that exists as `NAME.py` in the script's folder is
@@ -39,7 +41,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .base import Injection, InjectionError, Injector, check_scalar, companion_files, copy_into
+from .base import (Injection, InjectionError, Injector, apply_edits, check_scalar, companion_files, copy_into,
+                   source_edits, text_diff)
 
 _STAGE_PARAM = re.compile(r"^stages?(?:\[(?P<i1>\d+)\]|\.(?P<i2>\d+))\.(?P<field>[A-Za-z_]\w*)$")
 _IDENT = re.compile(r"^[A-Za-z_]\w*$")
@@ -223,17 +226,15 @@ class ModdedNanoGPTInjector(Injector):
         out_name = options.get("output") or script.name
         if Path(out_name).name != out_name:
             raise InjectionError(f"options.output {out_name!r}: give a file name, not a path")
+        companions = companion_files(original, script, options)
+        edits = source_edits(options, script.name, [script.name, *(c.name for c in companions)])
+        patched = apply_edits(patched, [e for e in edits if e["file"] == script.name], script.name)
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         target = workdir / out_name
         target.write_text(patched, encoding="utf-8")
-        copied = copy_into(companion_files(original, script, options), workdir)
-        diff = "".join(
-            difflib.unified_diff(
-                original.splitlines(keepends=True), patched.splitlines(keepends=True),
-                f"a/{script.name}", f"b/{out_name}",
-            )
-        )
+        copied, companion_diff = copy_into(companions, workdir, edits)
+        diff = text_diff(original, patched, script.name, out_name) + companion_diff
         return Injection(files=[target.resolve(), *copied], argv=[], env={}, diff=diff)
 
 

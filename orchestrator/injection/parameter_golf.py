@@ -10,7 +10,8 @@ gets `1200` for 1200.0 (what `int()` accepts), and a non-whole number for it is 
 trial. A packed script (`exec(lzma.decompress(base64.b85decode("...")))`) is unpacked (decoded, never run) first.
 
 Options: `script` (optional path, enables the name and type checks), `extra_allowed` (names to accept anyway),
-`companions` (more files for the trial directory). With `script`, the script (unchanged), the modules it imports from
+`companions` (more files for the trial directory), `edits` (exact text replacements in the trial's copies:
+`base.source_edits`). With `script`, the script (unchanged), the modules it imports from
 its folder and the companions are copied into the trial directory, where the job runs (`torchrun ... train_gpt.py`).
 """
 
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ._script_scan import env_var_names, env_var_types
-from .base import Injection, InjectionError, Injector, check_scalar, companion_files, copy_into, env_diff, format_number
+from .base import (Injection, InjectionError, Injector, check_scalar, companion_files, copy_into, env_diff,
+                   format_number, source_edits)
 
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -68,8 +70,13 @@ class ParameterGolfInjector(Injector):
                 raise InjectionError(f"parameters set ${var} twice with different values")
             env[var] = text
         files: list[Path] = []
+        edit_diff = ""
         if options.get("script"):  # the script, unchanged, and what it needs beside it
             script = Path(options["script"])
             source = script.read_text(encoding="utf-8", errors="replace")
-            files = copy_into([script, *companion_files(source, script, options)], Path(workdir))
-        return Injection(files=files, argv=[], env=env, diff=env_diff({}, env, "environment"))
+            companions = companion_files(source, script, options)
+            edits = source_edits(options, script.name, [script.name, *(c.name for c in companions)])
+            files, edit_diff = copy_into([script, *companions], Path(workdir), edits)
+        elif options.get("edits"):
+            raise InjectionError("options.edits: edits need options.script (the file they change)")
+        return Injection(files=files, argv=[], env=env, diff=env_diff({}, env, "environment") + edit_diff)

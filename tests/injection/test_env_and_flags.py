@@ -55,6 +55,18 @@ def test_parameter_golf_env(tmp_path):
     assert "+MATRIX_LR=0.025" in injection.diff
 
 
+def test_parameter_golf_edits_apply_to_the_copied_script(tmp_path):
+    script = tmp_path / "train_gpt.py"
+    script.write_text(PG_SCRIPT)
+    trial = tmp_path / "trial"
+    injection = get_injector("parameter-golf").prepare(
+        {"matrix_lr": 0.04}, trial, {"script": str(script), "edits": [{"find": "import os\n", "replace": "import os, sys\n"}]})
+    assert (trial / "train_gpt.py").read_text() == PG_SCRIPT.replace("import os\n", "import os, sys\n")
+    assert script.read_text() == PG_SCRIPT and "+import os, sys" in injection.diff
+    with pytest.raises(InjectionError, match="edits need options.script"):
+        get_injector("parameter-golf").prepare({"matrix_lr": 0.04}, trial, {"edits": [{"find": "a", "replace": "b"}]})
+
+
 @pytest.mark.parametrize(
     "params,message",
     [

@@ -166,3 +166,35 @@ def test_script_values_reads_what_the_patch_wrote(real_script, tmp_path):
     assert values["Hyperparameters.num_scheduled_iterations"] == 1400
     assert stages == stages_of(injection.files[0].read_text())  # the same as the test's own reading
     assert [s.get("duration") for s in stages] == [0.30, 0.35, 0.35, None]
+
+
+def test_edits_change_the_trial_copies_and_show_in_the_diff(real_script, tmp_path):
+    """`edits`: exact replacements in the trial's copy of the script (after the value patch) or of a companion,
+    each of whose find text must occur exactly once; the checkout is never changed and the diff shows every edit."""
+    checkout = real_script.parent
+    real_script.write_text("from triton_kernels import XXT\n" + real_script.read_text())
+    (checkout / "triton_kernels.py").write_text("XXT = 1\nscale = buf[i:i+1]\n")
+    before = real_script.read_text()
+    options = {"script": str(real_script), "edits": [
+        {"find": "import os\n", "replace": "import os  # edited\n"},
+        {"file": "triton_kernels.py", "find": "buf[i:i+1]", "replace": "aligned[i, :1]"}]}
+    trial = tmp_path / "trial-1"
+    injection = get_injector("modded-nanogpt").prepare({"stage_durations": [0.30, 0.35, 0.35]}, trial, options)
+    patched = (trial / "train_gpt.py").read_text()
+    assert "import os  # edited\n" in patched and "duration=0.3," in patched
+    assert (trial / "triton_kernels.py").read_text() == "XXT = 1\nscale = aligned[i, :1]\n"
+    assert real_script.read_text() == before and "buf[i:i+1]" in (checkout / "triton_kernels.py").read_text()
+    assert "+import os  # edited" in injection.diff and "+scale = aligned[i, :1]" in injection.diff
+    assert "+++ b/triton_kernels.py" in injection.diff
+
+    def refused(edits, match):
+        with pytest.raises(InjectionError, match=match):
+            get_injector("modded-nanogpt").prepare({"stage_durations": [0.3, 0.35, 0.35]}, tmp_path / "t2",
+                                                   {"script": str(real_script), "edits": edits})
+
+    refused([{"find": "no such text anywhere", "replace": "x"}], r"options.edits\[0\].find: .* occurs 0 times in train_gpt.py")
+    refused([{"find": "import os\n", "replace": "a"}, {"find": "torch", "replace": "b"}],
+            r"options.edits\[1\].find: 'torch' occurs \d+ times")
+    refused([{"file": "other.py", "find": "x", "replace": "y"}], r"options.edits\[0\].file: 'other.py' is not among")
+    refused([{"find": "import os\n"}], r"options.edits\[0\].replace: give the replacement text")
+    refused({"find": "x"}, r"options.edits: give a list")
