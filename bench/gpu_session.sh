@@ -94,10 +94,11 @@ collect_out() {
   cp "$S/session.log" "$OUT/session.log" 2>/dev/null
   # two archives, so that the small one comes back even when the logs outgrow a returned file (16 MB): the databases,
   # tables and step logs; then every trial log. Never the data, the caches or the checkpoints a script saves.
-  tar -czf "$OUT/session.tar.gz" --exclude='*.bin' --exclude='*.pt' --exclude='*.ptz' "$S" runs/duty-gpu/orch.db \
+  # (a database of a study still running has its newest rows in its -wal file: orch.db* takes it along)
+  tar -czf "$OUT/session.tar.gz" --exclude='*.bin' --exclude='*.pt' --exclude='*.ptz' "$S" runs/duty-gpu/orch.db* \
     runs/duty-gpu/*.yaml 2>/dev/null
   tar -czf "$OUT/trial-logs.tar.gz" runs/duty-gpu/machine/*/trial-*/*.log runs/mng-h200/trial-*/*.log \
-    runs/pg-h200/trial-*/*.log 2>/dev/null
+    runs/mng-h200/trial-*/logs runs/pg-h200/trial-*/*.log 2>/dev/null
   ls -la "$OUT"
 }
 

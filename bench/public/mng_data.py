@@ -6,7 +6,12 @@ Two things the script needs that the prepared shards do not give as they are:
 - at least two train files (its loader opens the second one as soon as it starts), named `fineweb_train_*.bin`;
 - documents long enough for its per-batch document cap (`TRAIN_MAX_NUM_DOCS`: 64 in 16Ki tokens): the corpus has
   many short documents (fortunes, dictionary entries; a median of 161 tokens), so consecutive documents shorter
-  than `--min-doc-tokens` are joined into one (the inner BOS tokens dropped).
+  than `--min-doc-tokens` are joined into one (the inner BOS tokens dropped);
+- documents no longer than the shortest sequence it trains on: each sequence starts at a BOS and is cut at the
+  stage's `train_max_seq_len` (896 tokens in stage 1 today), and the rest of that document is skipped. The corpus's
+  long documents (books) made most of its tokens unreachable: the study's first GPU run ran out of train data at
+  step 35 of 55 with 20.6M tokens on disk. Documents longer than `--max-doc-tokens` are cut into pieces of at most
+  that many tokens, each starting with a BOS, so every token is trained on.
 
     python bench/public/mng_data.py --src data/gpt2 --out data/fineweb10B
 """
@@ -44,17 +49,38 @@ def join_short_documents(tokens: np.ndarray, min_tokens: int) -> np.ndarray:
     return np.delete(tokens, drop)
 
 
+def split_long_documents(tokens: np.ndarray, max_tokens: int) -> np.ndarray:
+    """Each document longer than `max_tokens` (its BOS counted) cut into pieces of at most that many tokens, a BOS
+    inserted before each piece after the first."""
+    starts = np.flatnonzero(tokens == BOS)
+    lengths = np.diff(np.append(starts, tokens.size))
+    inserts = [start + k * (max_tokens - 1) + 1 for start, length in zip(starts, lengths)
+               for k in range(1, -(-(length - 1) // (max_tokens - 1)))]
+    return np.insert(tokens, np.asarray(inserts, dtype=np.int64), BOS)
+
+
+def reachable_tokens(tokens: np.ndarray, max_seq_len: int) -> int:
+    """The tokens a loader that starts every sequence at a BOS and cuts it at `max_seq_len` can reach."""
+    lengths = np.diff(np.append(np.flatnonzero(tokens == BOS), tokens.size))
+    return int(np.minimum(lengths, max_seq_len).sum())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--src", required=True, help="folder of `trainer.data prepare` shards (*train*.bin, *val*.bin)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--train-shards", type=int, default=4)
     ap.add_argument("--min-doc-tokens", type=int, default=512)
+    ap.add_argument("--max-doc-tokens", type=int, default=896, help="the script's shortest train_max_seq_len")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     train = np.concatenate([load_shard(p) for p in sorted(glob.glob(os.path.join(a.src, "*train*.bin")))])
     val = np.concatenate([load_shard(p) for p in sorted(glob.glob(os.path.join(a.src, "*val*.bin")))])
-    train, val = join_short_documents(train, a.min_doc_tokens), join_short_documents(val, a.min_doc_tokens)
+    if not 2 <= a.min_doc_tokens <= a.max_doc_tokens:
+        raise SystemExit("--min-doc-tokens must be at least 2 and at most --max-doc-tokens")
+    before = train.size
+    train, val = (split_long_documents(join_short_documents(t, a.min_doc_tokens), a.max_doc_tokens)
+                  for t in (train, val))
     names = []
     cuts = np.flatnonzero(train == BOS)
     edges = [int(cuts[np.searchsorted(cuts, k * train.size // a.train_shards)]) for k in range(a.train_shards)]
@@ -68,7 +94,8 @@ def main() -> int:
             digest = sha256_file(os.path.join(a.out, name))
             f.write(f"{digest}  {name}\n")
     docs = lambda t: int((t == BOS).sum())  # noqa: E731
-    print(f"{train.size:,} train tokens in {a.train_shards} shards, {docs(train):,} documents; "
+    print(f"{train.size:,} train tokens in {a.train_shards} shards ({before:,} before; all reachable at sequences of "
+          f"{a.max_doc_tokens}: {reachable_tokens(train, a.max_doc_tokens) == train.size}), {docs(train):,} documents; "
           f"{val.size:,} val tokens, {docs(val):,} documents -> {a.out}")
     return 0
 

@@ -1,5 +1,6 @@
 """The modded-nanogpt GPU study's data builder (bench/public/mng_data.py) on small
-shards written by trainer.shards: short documents joined, every train file starting at a document, the manifest."""
+shards written by trainer.shards: short documents joined, long ones cut, every train file starting at a document, the
+manifest."""
 import hashlib
 import importlib.util
 import subprocess
@@ -39,6 +40,20 @@ def test_short_documents_are_joined_and_long_ones_kept():
     assert lengths.tolist() == [600, 10 + 19 + 699, 5 + 4 + 4 + 899]
     assert joined.size == tokens.size - 5  # only the five dropped BOS tokens are gone
     assert (joined[joined != BOS] == tokens[tokens != BOS]).all()  # the text itself, in order
+
+
+def test_long_documents_are_cut_so_every_token_is_reachable():
+    """The script starts each sequence at a BOS and cuts it at the stage's max length, skipping the rest of the
+    document: pieces of at most --max-doc-tokens tokens leave nothing unreachable, and keep the text in order."""
+    module = _module()
+    tokens = _docs([600, 3000, 896, 897, 2])
+    assert module.reachable_tokens(tokens, 896) == 600 + 896 + 896 + 896 + 2  # before: most of the 3000 is lost
+    cut = module.split_long_documents(tokens, 896)
+    starts = np.flatnonzero(cut == BOS)
+    lengths = np.diff(np.append(starts, cut.size)).tolist()
+    assert lengths == [600, 896, 896, 896, 315, 896, 896, 2, 2]  # 3000 = 1 + 3 x 895 + 314 text tokens, ...
+    assert max(lengths) <= 896 and module.reachable_tokens(cut, 896) == cut.size
+    assert (cut[cut != BOS] == tokens[tokens != BOS]).all()
 
 
 def test_layout_shards_and_manifest(tmp_path):

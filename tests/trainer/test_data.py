@@ -1,3 +1,6 @@
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -117,3 +120,32 @@ def test_corpus_text_helpers():
     assert "hidden body" not in r and "=======" not in r and ">>>" not in r
     assert "See os.path.join and code and a link here." in r
     assert _prose("This is a plain English sentence.") and not _prose("x = f(1, 2) + g[3]")
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian tools)")
+def test_corpus_fetch_unpacks_debs_under_a_relative_folder_and_never_keeps_a_failed_unpack(tmp_path, monkeypatch):
+    """`trainer.data prepare --out data/gpt2` gives a relative folder; the unpack runs with that folder as its working
+    directory, so the paths it is given must not be relative to ours. A package whose unpack fails is not taken for
+    unpacked by the next run. The .deb is built here (dpkg-deb), so nothing is downloaded."""
+    from trainer.config import ConfigError
+    from trainer.corpus import fetch
+
+    pkg = tmp_path / "build" / "mini-doc"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "usr/share/doc/mini-doc").mkdir(parents=True)
+    (pkg / "usr/share/doc/mini-doc/README").write_text("a small document\n")
+    (pkg / "DEBIAN/control").write_text("Package: mini-doc\nVersion: 1.0\nArchitecture: all\n"
+                                        "Maintainer: tests <t@example.org>\nDescription: test package\n")
+    debs = tmp_path / "data/gpt2/.work/debs"
+    debs.mkdir(parents=True)
+    subprocess.run(["dpkg-deb", "--build", str(pkg), str(debs / "mini-doc_1.0_all.deb")], check=True,
+                   capture_output=True)
+    (debs / "zbroken-doc_1.0_all.deb").write_bytes(b"not an archive")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="zbroken-doc"):
+        fetch(["deb:mini-doc", "deb:zbroken-doc"], "data/gpt2/.work")
+    src = tmp_path / "data/gpt2/.work/src"
+    assert (src / "mini-doc/usr/share/doc/mini-doc/README").read_text() == "a small document\n"
+    assert not (src / "zbroken-doc").exists()
+    with pytest.raises(ConfigError, match="zbroken-doc"):  # again: still an error, not skipped as done
+        fetch(["deb:mini-doc", "deb:zbroken-doc"], "data/gpt2/.work")
