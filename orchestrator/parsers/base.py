@@ -7,6 +7,7 @@ An adapter knows one trainer's log format. The controller feeds it every line of
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Mapping
 
@@ -40,6 +41,7 @@ class ParsedRun:
     gpu_count: int | None = None
     versions: dict[str, str] = field(default_factory=dict)  # torch, cuda, triton, python, ...
     points: list[MetricPoint] = field(default_factory=list)
+    error: str | None = None  # the last exception the job printed (any trainer: see ErrorWatch)
 
 
 class LogStream:
@@ -50,6 +52,55 @@ class LogStream:
 
     def finish(self) -> ParsedRun:
         raise NotImplementedError
+
+
+#: the last line of a Python traceback, as any trainer prints it (torchrun prefixes each rank's lines `[rankN]:`)
+_EXCEPTION = re.compile(r"^(?P<rank>\[rank\d+\]:\s*)?(?P<error>(?:[A-Za-z_]\w*\.)*(?:[A-Za-z_]\w*(?:Error|Exception)|"
+                        r"StopIteration|KeyboardInterrupt|SystemExit)(?::\s.*)?)$")
+_CHAINED = ("During handling of the above exception", "The above exception was the direct cause")
+#: the launcher's own wrapper of a rank's failure: says nothing the rank's error does not
+_WRAPPERS = ("ChildFailedError",)
+
+
+class ErrorWatch(LogStream):
+    """Any adapter's stream, also watching for the exception the job printed last (whatever the trainer), so that a
+    crashed trial says why: `ParsedRun.error` is that exception line, with the one it was raised while handling."""
+
+    def __init__(self, inner: LogStream, limit: int = 300) -> None:
+        self.inner, self.limit = inner, limit
+        self._errors: list[tuple[str, bool, bool]] = []  # (error line, from a rank, raised while handling the last)
+        self._chained = False
+
+    def feed(self, line: str) -> list[MetricPoint]:
+        text = line.rstrip("\r\n")
+        if any(mark in text for mark in _CHAINED):
+            self._chained = True
+        elif len(text) < 4000:
+            match = _EXCEPTION.match(text.strip())
+            if match:
+                error = match["error"].strip()
+                self._errors = (self._errors + [(error, bool(match["rank"]), self._chained)])[-8:]
+                self._chained = False
+        return self.inner.feed(line)
+
+    def finish(self) -> ParsedRun:
+        run = self.inner.finish()
+        run.error = self.summary()
+        return run
+
+    def summary(self) -> str | None:
+        errors = [e for e in self._errors if e[1]] or self._errors  # a rank's own, where torchrun prefixed them
+        errors = [e for e in errors if not e[0].split(":")[0].endswith(_WRAPPERS)] or errors
+        if not errors:
+            return None
+        last, _, chained = errors[-1]
+        text = self._cut(last)
+        if chained and len(errors) > 1:
+            text += f" (raised while handling {self._cut(errors[-2][0])})"
+        return text
+
+    def _cut(self, text: str) -> str:
+        return text if len(text) <= self.limit else text[: self.limit - 3] + "..."
 
 
 class LogAdapter:
@@ -83,9 +134,13 @@ class LogAdapter:
     def stream(self) -> LogStream:
         raise NotImplementedError
 
+    def watch(self) -> ErrorWatch:
+        """This format's stream, watched for the job's last exception (what the controller and recovery read)."""
+        return ErrorWatch(self.stream())
+
     def parse_lines(self, lines: Iterable[str]) -> ParsedRun:
         """Parse a whole log (any iterable of lines, so a large file streams in bounded memory)."""
-        stream = self.stream()
+        stream = self.watch()
         for line in lines:
             stream.feed(line)
         return stream.finish()

@@ -138,7 +138,7 @@ def parse_log_file(path: str | os.PathLike, format: str = "auto") -> ParsedRun: 
             _check_text(path, head[:HEAD_BYTES])
             adapter, head = _choose(path, format, head, stream)
             counters = {"overlong": 0, "binary": 0}
-            log_stream = adapter.stream()
+            log_stream = adapter.watch()
             feed = log_stream.feed
             stream.seek(0)  # plain files and gzip streams both rewind
             for line in _lines(stream, counters):
@@ -183,7 +183,7 @@ def official_metric_name(run: ParsedRun) -> str:
 def parsed_run_to_json(run: ParsedRun, path: str | os.PathLike | None = None, series: bool = True) -> dict:
     """One JSON-ready object: outcome, official metric, environment and (unless `series=False`) the step series.
 
-    Keys: file, format, complete, reason, exit_reason, final_step, total_steps, val_loss, val_bpb,
+    Keys: file, format, complete, reason, error, exit_reason, final_step, total_steps, val_loss, val_bpb,
     train_time_ms, step_avg_ms, peak_memory_mib, official_metric, official_value, official_label, gpu_name,
     gpu_count, torch_version, versions, metrics (every number the adapter read), series_decimated, series
     (list of {step, kind, total_steps, val_loss, train_loss, train_time_ms, step_avg_ms, extra}).
@@ -196,6 +196,7 @@ def parsed_run_to_json(run: ParsedRun, path: str | os.PathLike | None = None, se
         "format": run.format,
         "complete": bool(run.complete),
         "reason": run.reason,
+        "error": run.error,
         "exit_reason": run.exit_reason,
         "final_step": run.final_step,
         "total_steps": run.total_steps,

@@ -324,7 +324,7 @@ class Controller:
                 elapsed = max(0.0, (now_wall - started_at).total_seconds()) if started_at else 0.0
                 slot = next((x for x in self.scheduler.slots if x.machine == row.machine and x.label == row.slot), None)
                 run = Running(number=row.number, row_id=row.id, trial_id=row.optuna_trial_id,
-                              slot=slot or _slot_of(row.machine, row.slot), handle=handle, stream=self.adapter.stream(),
+                              slot=slot or _slot_of(row.machine, row.slot), handle=handle, stream=self.adapter.watch(),
                               deadline=now + max(0.0, self.spec.timeout_s - elapsed), started=now - elapsed)
                 search = row.number in frozen and is_search_trial(frozen[row.number])
                 run.stored_points = self.ledger.adopt(s, row, self.owner, handle.job_ref, search)
@@ -434,7 +434,7 @@ class Controller:
         self._say(f"trial {number}: started on {slot.machine} {slot.label} "
                   + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.values.items()))
         return Running(number=number, row_id=row_id, trial_id=trial_id, slot=slot, handle=handle,
-                       stream=self.adapter.stream(), deadline=now + self.spec.timeout_s, started=now)
+                       stream=self.adapter.watch(), deadline=now + self.spec.timeout_s, started=now)
 
     def _skip_invalid(self, number: int, trial_id: int, params: dict, retry_of, attempt: int, repeat_index: int,
                       reason: str) -> None:

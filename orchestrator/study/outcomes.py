@@ -76,6 +76,8 @@ def decide(spec: StudySpec, run: ParsedRun, returncode: int | None, *, timed_out
         if timed_out:
             return Outcome("failed", "timeout", metrics=metrics, note=f"killed after the {spec.timeout_s:g} s timeout")
         why = run.reason or "incomplete log"
+        if run.error:
+            why = f"{why}; the job's last error: {run.error}"
         code = f"exit status {returncode}" if returncode is not None else "no exit status"
         return _apply_policy(spec, Outcome("failed", "crashed" if returncode else "incomplete", metrics=metrics,
                                            note=f"{code}; {why}"))

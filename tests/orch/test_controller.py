@@ -67,7 +67,7 @@ def test_repeats_run_each_variant_n_times(sqlite_url, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, reason, words", [
-    (["--crash-at", "30"], "crashed", "exit status 1"),
+    (["--crash-at", "30"], "crashed", "the trainer did not finish); the job's last error: RuntimeError: simulated crash"),
     (["--diverge-at", "10"], "diverged", "non-finite"),
 ])
 def test_failed_runs_are_recorded_with_their_reason(sqlite_url, tmp_path, monkeypatch, args, reason, words):
@@ -75,7 +75,7 @@ def test_failed_runs_are_recorded_with_their_reason(sqlite_url, tmp_path, monkey
     rows = assert_agrees_with_optuna(db, "s")
     assert [r.state for r in rows] == ["failed", "failed"]
     assert {r.exit_reason for r in rows} == {reason}
-    assert all(words in r.note for r in rows)
+    assert all(words in r.note for r in rows), rows[0].note
     assert progress.failed == 2
 
 

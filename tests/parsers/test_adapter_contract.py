@@ -131,3 +131,36 @@ def test_binary_junk_and_an_overlong_line_change_nothing(name, text):
 def test_an_empty_log_is_incomplete_with_a_reason(name):
     run = get_adapter(name).parse_lines([])
     assert not run.complete and run.reason and not run.points
+
+
+TORCHRUN_CRASH = """[rank0]: Traceback (most recent call last):
+[rank0]:   File "train_gpt.py", line 1822, in distributed_data_generator
+[rank0]:     seq_starts, seq_ends = shard.next_batch(num_tokens_local, max_seq_len)
+[rank0]: StopIteration: Insufficient BOS ahead; hit tail of shard.
+[rank0]:
+[rank0]: During handling of the above exception, another exception occurred:
+[rank0]:
+[rank0]: Traceback (most recent call last):
+[rank0]:   File "train_gpt.py", line 1826, in distributed_data_generator
+[rank0]: TypeError: 'NoneType' object is not callable
+Traceback (most recent call last):
+  File "torch/distributed/run.py", line 994, in <module>
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+"""
+
+
+@pytest.mark.parametrize("name, text", CASES)
+def test_a_crash_says_the_jobs_last_error_and_a_clean_log_says_none(name, text):
+    """Whatever the trainer, a run that died with a traceback names the exception (a rank's own, not torchrun's
+    wrapper, with the one it was raised while handling): `orch` puts it in the failed trial's note. A whole fixture
+    log, source code at its head included, names none."""
+    adapter = get_adapter(name)
+    lines = _lines(text)
+    assert adapter.parse_lines(lines).error is None
+    crashed = adapter.parse_lines(lines[: len(lines) // 2] + _lines(TORCHRUN_CRASH))
+    assert crashed.error == ("TypeError: 'NoneType' object is not callable (raised while handling StopIteration: "
+                             "Insufficient BOS ahead; hit tail of shard.)")
+    plain = adapter.parse_lines(lines[: len(lines) // 2] + ["Traceback (most recent call last):\n",
+                                                            '  File "train.py", line 3, in <module>\n',
+                                                            "torch.OutOfMemoryError: CUDA out of memory. " + "x" * 400 + "\n"])
+    assert plain.error.startswith("torch.OutOfMemoryError: CUDA out of memory.") and len(plain.error) == 300
