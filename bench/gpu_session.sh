@@ -12,7 +12,9 @@
 #            (.devcarry/*.tar.xz, built here: bench/public/mng_data.py and pg_data.py) into data/
 #
 # Built here before the first call by `bash bench/gpu_session_prep.sh MODDED_NANOGPT_CHECKOUT PARAMETER_GOLF_CHECKOUT`,
-# and carried (`carry: [.whl, .devcarry]`, about 60 MB of the 64 MiB a call takes):
+# and carried. With the repository's tracked files (11 MB) all of it no longer fits the 64 MiB a call takes: carry
+# what the steps need, e.g. without parameter-golf (its step is not in the default):
+#   carry: [.whl, .devcarry/modded-nanogpt, .devcarry/tiktoken-cache, .devcarry/gpt2-fineweb10B.tar.xz]  (~50 MB)
 #   .whl        pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64
 #               (and the older manylinux tags) -d .whl -r bench/gpu_session-requirements.txt: the controller's
 #               dependencies the device image lacks (it has torch, numpy, scipy, jinja2, pyyaml, psutil); .whl/test:
@@ -28,13 +30,14 @@
 #            trials started as before (model built on the CPU, 2 warm-up steps), then 6 with the tuned start
 #   cold     bench/duty_cycle.py cold phase: 2 trials, each on empty caches of its own
 #   pg       docs/studies/2026-12-06-parameter-golf-h200/run.sh (parameter-golf's train_gpt.py, 2 trials)
-# The default is `setup probe mng duty cold`; STEPS="setup collect standin pg" bash bench/gpu_session.sh start runs
-# others (the first session of 2026-12-06 ran setup, collect, standin, duty and pg; mng failed there, see its
-# study's README).
+# The default is `setup duty mng cold` (the duty cycle's tuned start against the old one first: about 12 minutes;
+# then the record's study, about 15: its first trial compiles for 9); STEPS="setup probe collect standin pg" bash
+# bench/gpu_session.sh start runs others. Sessions of 2026-12-06: the first ran setup, collect, standin, duty and pg
+# (mng failed on an FP8 scale); the second setup, probe, mng (trained, then ran out of data) and part of duty.
 set -uo pipefail
 S=runs/gpu-session
 mkdir -p "$S"
-STEPS=${STEPS:-setup probe mng duty cold}
+STEPS=${STEPS:-setup duty mng cold}
 DUTY_ARGS=(--preset gpt2 --device cuda --compile 1 --one-stage 0 --steps "${DUTY_STEPS:-80}" --work runs/duty-gpu
   --data-dir data/fineweb10B --train-files 'fineweb_train_*.bin' --val-files 'fineweb_val_*.bin'
   --trainer-args "--stage-durations 1 --stage-seq-lens 2048 --stage-batch-tokens 393216 --stage-lr-mults 1
