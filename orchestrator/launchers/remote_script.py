@@ -77,7 +77,8 @@ J=$!
 echo "$J" > {PID_FILE}
 exec 3<&0 2>/dev/null
 reap() {{
-  kill -"$1" -- -"$J" 2>/dev/null || return 0
+  # no group yet (setsid has not run: the job is just starting): the process itself, which then never starts it
+  kill -"$1" -- -"$J" 2>/dev/null || {{ kill -"$1" "$J" 2>/dev/null; return 0; }}
   i=0
   while kill -0 -- -"$J" 2>/dev/null && [ "$i" -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done
   kill -KILL -- -"$J" 2>/dev/null

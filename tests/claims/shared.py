@@ -28,8 +28,9 @@ def two_gpu_box(tmp_path: Path) -> Path:
 
 def study_file(tmp_path: Path, name: str, record: Path, *, trials: int, parallel: int, wall_s: float,
                priority: int = 0, gpus: int = 1, linger_s: float = 0.0, retries: int = 2,
-               slow_while_missing: Path | None = None) -> Path:
+               slow_while_missing: Path | None = None, hold_trial: int | None = None) -> Path:
     slow = ["--slow-while-missing", str(slow_while_missing)] if slow_while_missing else []
+    slow += ["--hold-trial", str(hold_trial)] if hold_trial is not None else []
     spec = {
         "trainer": {"command": ["{python}", str(RECORDER), str(record), "--linger", str(linger_s), *slow, "--",
                                 "{python}", str(STAND_IN), "--steps", "20", "--val-every", "5", "--wall-s", str(wall_s)],

@@ -2,7 +2,8 @@
 each trial's CUDA_VISIBLE_DEVICES and times are recorded by tests/helpers/slot_recorder.py), one real PostgreSQL.
 Studies a and b (priority 0) share the fleet; c (priority 1) joins when it is full, gets the next two free GPUs and
 keeps them until its trials are done although its share is then the largest (priority before fair share). Then a's
-controller is SIGKILLed while its jobs run (each takes 3.5 s to stop after SIGTERM): their GPUs are given again only
+controller is SIGKILLed while its jobs run (its last trial's job runs until stopped, so one surely does; each takes
+3.5 s to stop after SIGTERM): their GPUs are given again only
 once the jobs ended; a run again re-runs its lost trials as recorded retries. Never two jobs on one GPU, every study
 finishes, a and b within the fair-share bound (Jain's index of their GPU-seconds >= 0.95) while both ran."""
 
@@ -34,7 +35,9 @@ def test_three_controllers_share_two_ssh_machines_on_postgres(ssh_machines, post
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(yaml.safe_dump({"machines": [m.fleet_entry(workdirs[m.name], gpus=2) for m in pair]}))
     record = tmp_path / "record.jsonl"
-    specs = {"a": dict(trials=14, parallel=4), "b": dict(trials=10, parallel=4), "c": dict(trials=4, parallel=2, priority=1)}
+    # a's last trial (13) runs until it is stopped: a has a job running whenever it is killed (a 1 s job seen running
+    # may end by itself before the kill reaches it, and a may be done by the time c is)
+    specs = {"a": dict(trials=14, parallel=4, hold_trial=13), "b": dict(trials=10, parallel=4), "c": dict(trials=4, parallel=2, priority=1)}
     for name, extra in specs.items():
         path = study_file(tmp_path, name, record, wall_s=1.0, linger_s=LINGER_S, **extra)
         assert orch("study", "create", name, "--from", str(path), "--db", db_url, cwd=tmp_path).returncode == 0
@@ -46,7 +49,8 @@ def test_three_controllers_share_two_ssh_machines_on_postgres(ssh_machines, post
         procs["c"] = start(db_url, tmp_path, "c", fleet)
         outputs["c"] = procs["c"].communicate(timeout=120)[0]
         where = {str(path): name for name, path in workdirs.items()}
-        wait_for(lambda: any(r.study == "a" and r.end is None for r in runs(record, where)), 30, "a job of a running")
+        wait_for(lambda: any(r.study == "a" and r.trial == 13 for r in runs(record, where)), 60,
+                 "a's last trial to start (it runs until stopped)")
         procs["a"].kill()
         procs["a"].wait(timeout=10)
         outputs["b"] = procs["b"].communicate(timeout=180)[0]
