@@ -152,13 +152,14 @@ def trial_rows(url: str, study: str) -> list[dict]:
             for r in rows:
                 metrics = r.metrics or {}
                 warm = log_report(r.log_path) or {}
+                final = final_metrics(r.log_path)
                 timed = metrics.get("train_time_ms")
                 out.append({"number": r.number, "state": r.state, "machine": r.machine, "slot": r.slot,
                             "started_at": r.created_at, "ended_at": r.ended_at,
                             "timed_s": None if timed is None else timed / 1000,
                             "wall_s": (r.ended_at - r.created_at).total_seconds() if r.ended_at else None,
-                            "warmup_s": final_metrics(r.log_path).get("warmup_s"),
-                            "startup_s": final_metrics(r.log_path).get("startup_s"), "cache_found": warm.get("found"),
+                            "warmup_s": final.get("warmup_s"), "startup_s": final.get("startup_s"),
+                            "cache_found": warm.get("found"),
                             "data": [d.get("state") for d in warm.get("data", [])]})
             return out
     finally:
