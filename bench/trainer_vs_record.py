@@ -5,7 +5,8 @@ Both logs print `step:N/T ... train_time:Xms` after every step (cumulative timed
 the difference of two consecutive lines. Ours: every step of the duty-cycle trials (one stage, 393,216 tokens a
 step, micro-batches of 64Ki), steps after the first 5. The record's script at world size 1: the steps of its third
 stage and extension (24 x 2048 x 8 = 393,216 tokens a step, 8 micro-batches of 48Ki), read from the patched
-train_gpt.py beside its log (the stage durations and step counts orch wrote), two steps after the stage starts.
+train_gpt.py beside its log (the stage durations and step counts orch wrote), or, where the trial directory was not
+kept, from the source at the head of the script's own log (logs/*.txt), two steps after the stage starts.
 
 MFU two ways: model FLOPs over the card's measured bf16 peak (the project's count: 772 TFLOP/s on the H200,
 docs/trainer.md; 798 on the H100, `--measured-peak`) and over the datasheet's 989 TFLOP/s. Model FLOPs per token = 3 x forward: every matmul (2 FLOPs a weight) plus
@@ -55,6 +56,18 @@ def step_times(log: Path) -> dict[int, float]:
     return times
 
 
+def record_source(trial: Path) -> str | None:
+    """The patched train_gpt.py of a record trial: the file beside its log, else the head of the script's own log
+    (everything before its first '=====' line, cut where the companion kernels' source is appended)."""
+    script = trial / "train_gpt.py"
+    if script.is_file():
+        return script.read_text()
+    for own_log in sorted((trial / "logs").glob("*.txt")):
+        head = own_log.read_text(errors="replace").split("\n" + "=" * 100 + "\n", 1)[0]
+        return re.split(r"\n\n-{40}\n# ", head, maxsplit=1)[0]
+    return None
+
+
 def mean_keys(window: int, seq_len: int) -> float:
     w = min(window, seq_len)
     return (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
@@ -67,9 +80,9 @@ def record_flops_per_token(ws_short: int, ws_long: int, seq_len: int = 2048) -> 
     return 3 * (2 * dense + attn)
 
 
-def record_schedule(script: Path) -> tuple[int, int, tuple[int, int]]:
+def record_schedule(source: str) -> tuple[int, int, tuple[int, int]]:
     """(first step of the 393,216-token stage, last step, the stage's windows in tokens) from the patched script."""
-    values, stages = script_values(script.read_text())
+    values, stages = script_values(source)
     scheduled = values["Hyperparameters.num_scheduled_iterations"]
     extension = values["Hyperparameters.num_extension_iterations"]
     durations = [s["duration"] for s in stages if s.get("duration") is not None]
@@ -108,10 +121,10 @@ def main() -> int:
     record: list[float] = []
     windows = None
     for trial in sorted(glob.glob(a.record)):
-        script, log = Path(trial) / "train_gpt.py", Path(trial) / "train.log"
-        if not (script.is_file() and log.is_file()):
+        source, log = record_source(Path(trial)), Path(trial) / "train.log"
+        if source is None or not log.is_file():
             continue
-        first, last, windows = record_schedule(script)
+        first, last, windows = record_schedule(source)
         record += [t for k, t in step_times(log).items() if first + 2 <= k <= last]
     if record:
         rows["record"] = summary(record, record_flops_per_token(*windows), peak) | {"windows": list(windows)}
