@@ -19,7 +19,10 @@ against the world's truth:
   pick up to the budget is right (``>B`` when never);
 * ours: trials at ``FrontierSampler.settled()`` and the pick there;
 * noise floor (uses the truth; a reference): runs at the best variant for P(mean <= target) >= LEVEL and at
-  its faster neighbour to call it infeasible (one-sided normal, the world's noise there).
+  its faster neighbour to call it infeasible (one-sided normal, the world's noise there);
+* known-shape floor (uses the truth; a reference): the pick, under the same level, of a method that knows the
+  world's whole shape and lacks only its offset (``WorldDraw.shape_floor``): the median regret no calibrated
+  method beats at that many runs, and the runs after which its median pick is right.
 
 Usage::
 
@@ -64,7 +67,7 @@ BEGIN = "<!-- search-efficiency:begin -->"
 END = "<!-- search-efficiency:end -->"
 BENCH_ROW = "| Search efficiency"
 CHECKPOINTS = (12, 24, 40)
-TOLERANCE = 0.15  # s: "right" = feasible and within this of the best feasible variant's true time
+TOLERANCE = W.RIGHT_TOLERANCE  # s: "right" = feasible and within this of the best feasible variant's true time
 METHODS = ("ours", "tpe", "gp", "random", "oracle")
 
 
@@ -273,6 +276,10 @@ def world_rows(names: list[str], seeds: int) -> list[dict[str, str]]:
             "best saves s, median": f"{d['best_saves_median']:+.2f}",
             "noise floor: runs at best / at faster neighbour (median)": (
                 f"{d['floor_best_median']:.0f} / {d['floor_neighbour_median']:.0f}"),
+            "known-shape floor: median regret s @12 / @24 / @40 (wrong @24)": (
+                " / ".join(f"{d[f'shape_floor_regret_{n}']:+.2f}" for n in W.FLOOR_CHECKPOINTS)
+                + f" ({_pct(d['shape_floor_wrong_24'])})"),
+            "known-shape floor: trials until right (median)": _trials(d["shape_floor_runs_median"], 400),
         })
     return rows
 

@@ -46,6 +46,8 @@ TIME_NOISE = 0.05  # s, a run's own time scatter
 HINT = 0.002  # the run-to-run std the sampler and the pick rule are told (unless a world misstates it)
 LEVEL = 0.9  # P(feasible) the pick rule needs: the frontier sampler's default `level`, what a study gets
 STEP = 0.01
+FLOOR_CHECKPOINTS = (12, 24, 40)  # trials at which the known-shape floor is reported
+RIGHT_TOLERANCE = 0.15  # s: a pick is right when feasible and within this of the best feasible variant's time
 PP_TIME = _cal.SCHEDULED * (_cal.STEP_COST_MS[1] - _cal.STEP_COST_MS[0]) / 1000 / 100  # s per pp of time level
 
 
@@ -214,6 +216,39 @@ class WorldDraw:
         return runs(self.best), runs(self.neighbour)
 
 
+    def shape_floor(self, runs: int, level: float = LEVEL, draws: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What the pick rule could say at best after ``runs`` runs: the picks of a method that knows the whole
+        shape of the world (every variant's mean up to one common offset, and the noise) and lacks only the
+        offset, which it learns from ``runs`` runs at the least noisy variant (crashes and heavy tails ignored:
+        a generous bound).  Its offset estimate errs by e ~ N(0, sd^2), sd = sigma_min / sqrt(runs); it picks
+        the fastest variant with P(mean <= target) >= level, i.e. mean + e + z sd <= target.  Returns the
+        regrets (a None pick scores the baseline's, as the benchmark does), the wrongness (the pick's true mean over
+        the target) and whether there was a pick, over ``draws`` quantiles of e (``draws=1``: e = 0)."""
+        z = NormalDist().inv_cdf(level)
+        sd = float(self.sigma.min()) / math.sqrt(runs)
+        order = np.lexsort((self.mean, np.round(self.time, 9)))
+        regrets, wrong, picked = [], [], []
+        for k in range(draws):
+            e = sd * NormalDist().inv_cdf((k + 0.5) / draws)
+            ok = order[self.mean[order] + e + z * sd <= TARGET]
+            pick = int(ok[0]) if len(ok) else None
+            regrets.append(self.regret(pick))
+            wrong.append(pick is not None and bool(self.mean[pick] > TARGET))
+            picked.append(pick is not None)
+        return np.asarray(regrets), np.asarray(wrong), np.asarray(picked)
+
+    def shape_floor_runs(self, tolerance: float, level: float = LEVEL, most: int = 400) -> float:
+        """Runs (in rounds of MACHINES) after which the known-shape method's median pick (e = 0) is right:
+        feasible and within ``tolerance`` s of the best; inf if not within ``most``."""
+        z = NormalDist().inv_cdf(level)
+        order = np.lexsort((self.mean, np.round(self.time, 9)))
+        for n in range(MACHINES, most + 1, MACHINES):
+            ok = order[self.mean[order] + z * float(self.sigma.min()) / math.sqrt(n) <= TARGET]
+            if len(ok) and self.mean[ok[0]] <= TARGET and self.regret(int(ok[0])) <= tolerance + 1e-9:
+                return float(n)
+        return math.inf
+
+
 def _world_id(name: str) -> int:
     return zlib.crc32(name.encode())
 
@@ -290,6 +325,11 @@ def describe(name: str, seeds: range = range(200)) -> dict[str, float]:
                                               abs(1 - sum(d.variants[d.best]) - 0.33) > 1e-9 for d in with_best])),
         "floor_best_median": float(np.median(floors[:, 0])),
         "floor_neighbour_median": float(np.median(floors[:, 1])),
+        **{f"shape_floor_regret_{n}": float(np.median(np.concatenate([d.shape_floor(n)[0] for d in with_best])))
+           for n in FLOOR_CHECKPOINTS},
+        **{f"shape_floor_wrong_{n}": float(np.mean(np.concatenate([d.shape_floor(n)[1] for d in with_best])))
+           for n in FLOOR_CHECKPOINTS},
+        "shape_floor_runs_median": float(np.median([d.shape_floor_runs(RIGHT_TOLERANCE) for d in with_best])),
         "noise_range": (float(nom.sigma.min()), float(nom.sigma.max())),
         "hint": WORLDS[name].hint,
     }
