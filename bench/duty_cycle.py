@@ -13,8 +13,8 @@ Two studies of the same trainer command run one after the other on one machine (
   in the same run.
 
 `--phases prime,warm:3,tuned:6` gives a phase its own trial count. Each trial's final `@@metrics` line says where
-its time before the first timed step went (`startup_s`: process, import, device, data, model, start_line, warmup,
-first_val); the second table has their means a phase.
+its time before the first timed step went (`startup_s`: process, import, device, data, model, optimizers, compile,
+start_line, warmup, first_val); the second table has their means a phase.
 
 Both stage the same data (the trainer's shards, with a sha256 manifest) once per machine through `trainer.data`.
 The duty cycle is what `orch study status --json` reports (timed training over the machine's time, analysis/
@@ -198,7 +198,8 @@ def table(results: list[dict]) -> list[str]:
     return out
 
 
-STARTUP = ("process", "import", "device", "data", "model", "start_line", "warmup", "first_val")
+STARTUP = ("process", "import", "device", "data", "model", "optimizers", "compile", "start_line", "warmup",
+           "first_val")  # runs before the split of "model" (2026-12-06, third GPU session) have model only
 
 
 def startup_table(results: list[dict]) -> list[str]:

@@ -204,12 +204,16 @@ class Run:
         with torch.device(self.device) if cfg.init_on_device else contextlib.nullcontext():
             self.model = model.GPT(cfg, max_seq, self.attn_kind).to(self.device)
         self.n_params = model.count_params(self.model)
+        self.sync()
+        self.startup["model"] = self._lap()
         kern = self.model.kern
         xxt = getattr(kern, "xxt", None) if (kern is not None and self.is_cuda) else None
         self.opts = optim.build_optimizers(self.model, cfg, self.rank, self.world, xxt)
+        self.sync()
+        self.startup["optimizers"] = self._lap()
         self.fwd = torch.compile(self.model, dynamic=False) if self.compile else self.model
         self.flops_per_token = model.train_flops_per_token
-        self.startup["model"] = self._lap()
+        self.startup["compile"] = self._lap()
 
     def autocast(self):
         return self.torch.autocast(device_type=self.device.type, dtype=self.torch.bfloat16, enabled=self.use_bf16)

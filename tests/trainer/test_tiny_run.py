@@ -31,7 +31,8 @@ def test_tiny_trains_fast_and_loss_falls(run_trainer):
     assert final["val_loss"] == vals[-1]["val_loss"]
     # where the time before the first timed step went, phase by phase, within the run's wall time
     startup = final["startup_s"]
-    assert list(startup) == ["process", "import", "device", "data", "model", "start_line", "warmup", "first_val"]
+    assert list(startup) == ["process", "import", "device", "data", "model", "optimizers", "compile", "start_line",
+                             "warmup", "first_val"]
     assert all(v >= 0 for v in startup.values()) and 0 < sum(startup.values()) < wall
     assert final["tokens"] == 120 * 128 + 90 * 256 + 90 * 512
     assert final["train_time_ms"] > 0 and abs(final["step_avg_ms"] - final["train_time_ms"] / 300) < 0.1
