@@ -33,7 +33,8 @@
 # The default is `setup duty mng cold` (the duty cycle's tuned start against the old one first: about 12 minutes;
 # then the record's study, about 15: its first trial compiles for 9); STEPS="setup probe collect standin pg" bash
 # bench/gpu_session.sh start runs others. Sessions of 2026-12-06: the first ran setup, collect, standin, duty and pg
-# (mng failed on an FP8 scale); the second setup, probe, mng (trained, then ran out of data) and part of duty.
+# (mng failed on an FP8 scale); the second setup, probe, mng (trained, then ran out of data) and part of duty; the
+# third setup, duty (16 minutes) and mng's first trial to its val_loss (the 30 device minutes then ran out).
 set -uo pipefail
 S=runs/gpu-session
 mkdir -p "$S"
