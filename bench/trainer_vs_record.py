@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from orchestrator.injection.modded_nanogpt import script_values  # noqa: E402
+from orchestrator.parsers._common import SEPARATOR  # noqa: E402  (the log's "=" * 100 line after the source)
 
 STEP = re.compile(r"^step:(\d+)/(\d+) .*?train_time:(\d+)ms")
 TOKENS_PER_STEP = 393_216
@@ -63,8 +64,12 @@ def record_source(trial: Path) -> str | None:
     if script.is_file():
         return script.read_text()
     for own_log in sorted((trial / "logs").glob("*.txt")):
-        head = own_log.read_text(errors="replace").split("\n" + "=" * 100 + "\n", 1)[0]
-        return re.split(r"\n\n-{40}\n# ", head, maxsplit=1)[0]
+        head = []
+        for line in own_log.read_text(errors="replace").splitlines(keepends=True):
+            if SEPARATOR.match(line):
+                break
+            head.append(line)
+        return re.split(r"\n\n-{40}\n# ", "".join(head), maxsplit=1)[0]
     return None
 
 

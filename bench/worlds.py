@@ -224,29 +224,35 @@ class WorldDraw:
         the fastest variant with P(mean <= target) >= level, i.e. mean + e + z sd <= target.  Returns the
         regrets (a None pick scores the baseline's, as the benchmark does), the wrongness (the pick's true mean over
         the target) and whether there was a pick, over ``draws`` quantiles of e (``draws=1``: e = 0)."""
-        z = NormalDist().inv_cdf(level)
-        sd = float(self.sigma.min()) / math.sqrt(runs)
-        order = np.lexsort((self.mean, np.round(self.time, 9)))
-        regrets, wrong, picked = [], [], []
-        for k in range(draws):
-            e = sd * NormalDist().inv_cdf((k + 0.5) / draws)
-            ok = order[self.mean[order] + e + z * sd <= TARGET]
-            pick = int(ok[0]) if len(ok) else None
-            regrets.append(self.regret(pick))
-            wrong.append(pick is not None and bool(self.mean[pick] > TARGET))
-            picked.append(pick is not None)
-        return np.asarray(regrets), np.asarray(wrong), np.asarray(picked)
+        margin = NormalDist().inv_cdf(level) * self._offset_sd(runs)
+        picks = [self._fastest_within(self._offset_sd(runs) * NormalDist().inv_cdf((k + 0.5) / draws) + margin)
+                 for k in range(draws)]
+        return (np.array([self.regret(i) for i in picks]),
+                np.array([i is not None and bool(self.mean[i] > TARGET) for i in picks]),
+                np.array([i is not None for i in picks]))
 
     def shape_floor_runs(self, tolerance: float, level: float = LEVEL, most: int = 400) -> float:
         """Runs (in rounds of MACHINES) after which the known-shape method's median pick (e = 0) is right:
         feasible and within ``tolerance`` s of the best; inf if not within ``most``."""
         z = NormalDist().inv_cdf(level)
-        order = np.lexsort((self.mean, np.round(self.time, 9)))
         for n in range(MACHINES, most + 1, MACHINES):
-            ok = order[self.mean[order] + z * float(self.sigma.min()) / math.sqrt(n) <= TARGET]
-            if len(ok) and self.mean[ok[0]] <= TARGET and self.regret(int(ok[0])) <= tolerance + 1e-9:
+            i = self._fastest_within(z * self._offset_sd(n))
+            if i is not None and self.mean[i] <= TARGET and self.regret(i) <= tolerance + 1e-9:
                 return float(n)
         return math.inf
+
+    def _offset_sd(self, runs: int) -> float:
+        """The known-shape method's offset error after ``runs`` runs at the least noisy variant."""
+        return float(self.sigma.min()) / math.sqrt(runs)
+
+    def _fastest_within(self, shift: float) -> int | None:
+        """The fastest variant (ties: lower mean, as `best`) whose mean + ``shift`` meets the target, or None."""
+        ok = self._by_speed[self.mean[self._by_speed] + shift <= TARGET]
+        return int(ok[0]) if len(ok) else None
+
+    @functools.cached_property
+    def _by_speed(self) -> np.ndarray:
+        return np.lexsort((self.mean, np.round(self.time, 9)))
 
 
 def _world_id(name: str) -> int:
@@ -307,6 +313,12 @@ def draw(name: str, seed: int | None) -> WorldDraw:
                      neighbour, base)
 
 
+def _shape_floor_summary(floors: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """The median regret and the wrong share of the known-shape floor over seeds and draws."""
+    return {"regret": float(np.median(np.concatenate([f[0] for f in floors]))),
+            "wrong": float(np.mean(np.concatenate([f[1] for f in floors])))}
+
+
 def describe(name: str, seeds: range = range(200)) -> dict[str, float]:
     """Calibration numbers of a world (nominal and over seeds) for the docs and the test."""
     nom = draw(name, None)
@@ -325,10 +337,8 @@ def describe(name: str, seeds: range = range(200)) -> dict[str, float]:
                                               abs(1 - sum(d.variants[d.best]) - 0.33) > 1e-9 for d in with_best])),
         "floor_best_median": float(np.median(floors[:, 0])),
         "floor_neighbour_median": float(np.median(floors[:, 1])),
-        **{f"shape_floor_regret_{n}": float(np.median(np.concatenate([d.shape_floor(n)[0] for d in with_best])))
-           for n in FLOOR_CHECKPOINTS},
-        **{f"shape_floor_wrong_{n}": float(np.mean(np.concatenate([d.shape_floor(n)[1] for d in with_best])))
-           for n in FLOOR_CHECKPOINTS},
+        **{f"shape_floor_{what}_{n}": value for n in FLOOR_CHECKPOINTS
+           for what, value in _shape_floor_summary([d.shape_floor(n) for d in with_best]).items()},
         "shape_floor_runs_median": float(np.median([d.shape_floor_runs(RIGHT_TOLERANCE) for d in with_best])),
         "noise_range": (float(nom.sigma.min()), float(nom.sigma.max())),
         "hint": WORLDS[name].hint,

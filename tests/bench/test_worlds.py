@@ -3,6 +3,7 @@ per-seed perturbation, and common random numbers (the same draw for every method
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 import sys
 
@@ -137,8 +138,6 @@ def test_known_shape_floor_is_a_level_rule_that_improves_with_runs(name: str) ->
 
 
 def test_known_shape_floor_sees_a_wider_noise_as_a_later_answer() -> None:
-    import dataclasses
-
     d = W.draw("linear", 3)
     lo = d.shape_floor_runs(W.RIGHT_TOLERANCE)
     # the same world with twice the noise needs about 4x the runs (a copy: draw() is cached)
