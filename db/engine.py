@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .migrate import NewerSchema, upgrade
+from .revision import at_head
 from .models import SCHEMA_VERSION, Meta
 from .errors import DatabaseError, DatabaseUrlError  # noqa: F401 (re-exported by the package)
 from .reconnect import wait_for_server
@@ -144,10 +144,13 @@ class Database:
                                 "database, or of a new, empty one)") from None
 
     def create_schema(self) -> None:
-        try:
-            upgrade(self.engine)  # Alembic: a new database gets our tables, an older one the revisions it lacks
-        except NewerSchema as exc:
-            raise DatabaseError(f"database {safe_url(self.url)}: {exc} (fix: upgrade orch)") from None
+        if not at_head(self.engine):
+            from .migrate import NewerSchema, upgrade  # Alembic loads only when a database may need it
+
+            try:
+                upgrade(self.engine)  # a new database gets our tables, an older one the revisions it lacks
+            except NewerSchema as exc:
+                raise DatabaseError(f"database {safe_url(self.url)}: {exc} (fix: upgrade orch)") from None
         for attempt in range(2):
             try:
                 with self.session() as s:

@@ -11,7 +11,6 @@ together on a new database do not both create its tables.
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
@@ -21,8 +20,7 @@ from alembic.util import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
-VERSION_TABLE = "orch_alembic_version"
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+from .revision import MIGRATIONS, VERSION_TABLE
 _PG_LOCK_KEY = 0x6F726368  # "orch": the advisory lock every orch process takes while it migrates
 
 

@@ -17,8 +17,8 @@ import typer
 from db import DatabaseError
 
 from ..config.errors import OrchError
-from ..run.controller import StopRequested
-from ..export import RENDERERS
+from ..run.control import StopRequested
+from ..export import FORMATS
 from ..study.lifecycle import load_study_row
 from .common import DbOption, JsonOption, State, check_name, open_db, where
 from .fleet_cmds import fleet_app
@@ -65,8 +65,8 @@ def export(name: str, db: Optional[str] = DbOption,
     """The write-up of study NAME (md, html: headline, rounds, reproduction, plots) or every trial (csv, json)."""
     from ..export import export_text
 
-    if format not in RENDERERS:
-        raise OrchError(f"unknown export format {format!r} (fix: use one of {', '.join(RENDERERS)})")
+    if format not in FORMATS:
+        raise OrchError(f"unknown export format {format!r} (fix: use one of {', '.join(FORMATS)})")
     if out is not None:
         check_output_path(out)  # before anything is rendered or written (md --plots writes files beside it)
     db = open_db(db)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .report import md_table
-from .tables import _fmt
+from .tables import _fmt, md_table
 
 
 def _p(p: float | None) -> str:

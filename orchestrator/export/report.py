@@ -25,7 +25,7 @@ from ..config.study import Constraint, StudySpec
 from ..certify.summary import study_evidence
 from . import record_page
 from .change import container_command, portable_command
-from .tables import HIT, MISS, _fmt, _note, best_trial
+from .tables import HIT, MISS, _fmt, _note, best_trial, md_table
 
 ROUND_KINDS = ("search", "baseline")  # runs shown in the round tables
 
@@ -433,16 +433,6 @@ def reproduction(report: Report) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ markdown
-def _md_cell(text: Any) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-def md_table(cols: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(_md_cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-    return lines
-
-
 def render_markdown(report: Report, plots: list[tuple[str, str]] | None = None) -> str:
     """The write-up as GitHub markdown. `plots`: (relative PNG path, caption) pairs to link."""
     spec = report.spec

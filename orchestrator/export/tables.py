@@ -73,3 +73,13 @@ def best_trial(spec: StudySpec, records: list[dict[str, Any]]) -> dict[str, Any]
         return None
     pick = min if spec.objective.direction == "minimize" else max
     return pick(candidates, key=lambda r: r["value"])
+
+
+def _md_cell(text: Any) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(cols: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(_md_cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return lines

@@ -28,6 +28,10 @@ from sqlalchemy.orm import Session
 from db import Database, RequestRow
 
 READ_S = 0.5  # a controller reads open requests at most this long after they commit
+
+
+class StopRequested(Exception):
+    """A stop request (or a signal) ended the controller's run: raised by `Controller.run`."""
 STOP_MODES = ("finish", "now")
 
 

@@ -46,6 +46,7 @@ from ..study.outcomes import decide
 from ..study.queue import cancel_queued, enqueue_retry, is_search_trial, waiting_trials
 from ..warm.plan import warm_plan
 from . import control
+from .control import StopRequested
 from .fleet_state import HEALTH_CHECK_S, FleetState
 from .ledger import TrialLedger, now as _now
 from .recovery import recover
@@ -108,10 +109,6 @@ class Progress:
     best_number: int | None = None
     message: str = ""
     refusals: list[str] = field(default_factory=list)  # why machines get no trials now, one line each
-
-
-class StopRequested(Exception):
-    pass
 
 
 class Controller:

@@ -15,7 +15,7 @@ import yaml
 
 from db import Database, TrialRow
 from orchestrator.analysis.variants import ttest_1samp_pvalue
-from orchestrator.export import RENDERERS, export_text
+from orchestrator.export import FORMATS, RENDERERS, export_text
 from orchestrator.export.plots import render_plots
 from orchestrator.export.report import build_report
 from orchestrator.study.csv_import import import_csv
@@ -72,6 +72,10 @@ def _check_round_table(rows: list[list[str]], expected: list[list], db_rows: dic
         assert (cells[8] == HIT) == row.feasible
         if "hit" in exp[-1]:  # the record page's notes: every run it calls a hit is marked one
             assert cells[8] == HIT
+
+
+def test_the_cli_knows_every_renderer():
+    assert tuple(RENDERERS) == FORMATS  # `orch export --format` checks against FORMATS without loading the write-up
 
 
 def test_markdown_round_tables_reproduce_the_record_page(campaign):

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from .model import Posterior, StudyModel, fit_model
-from .space import Observation, SearchSpace
+from .space import Observation, Rule, SearchSpace
 
 DRAWS = 512
 RECORD_ALPHA = 0.01  # modded-nanogpt's rule: one-sided t-test of the mean at p < 0.01
@@ -56,22 +56,6 @@ class Recommendation:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class Rule:
-    """The pick rule's settings (a study's sampler options may change them)."""
-
-    target: float
-    sense: str = "<="
-    minimize: bool = True
-    level: float = 0.9
-    stop_level: float = 0.95
-    regret_tolerance: float | None = None  # objective units; default 0.25% of the objective's typical size
-    noise_hint: float | None = None
-    max_crash_rate: float = 0.25
-    min_runs: int = 8  # completed runs before the decision may be called settled
-    pick_runs: int = 2  # completed runs a variant needs to be the pick: one lucky run is never a result
 
 
 def recommend(

@@ -5,14 +5,15 @@ its first constraint, and variants whose derived parameters fall outside their m
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...config.expressions import ExpressionError, evaluate, names_in, parse_expression
-from .decision import Rule
-from .sampler import FrontierSampler
-from .space import Param, SearchSpace
+from .space import Param, Rule, SearchSpace
+
+if TYPE_CHECKING:
+    from .sampler import FrontierSampler
 
 #: keys of the former `bisection` sampler that the frontier sampler learns by itself
 RETIRED = {"repeats_near_boundary", "tolerance", "credible", "likelihood", "misfit", "n_grid",
@@ -60,6 +61,8 @@ def check_retired(options: dict[str, Any]) -> list[str]:
 
 
 def build_frontier(spec: Any, options: FrontierOptions, seed: int | None) -> FrontierSampler:
+    from .sampler import FrontierSampler  # scipy: loaded by the commands that sample, not by every command
+
     params, start = _searched(spec, options)
     constraints = spec.objective.constraints
     first = constraints[0] if constraints else None

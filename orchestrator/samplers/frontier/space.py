@@ -118,3 +118,19 @@ class Observation:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"observation status must be one of {STATUSES}, got {self.status!r}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The pick rule's settings (a study's sampler options may change them)."""
+
+    target: float
+    sense: str = "<="
+    minimize: bool = True
+    level: float = 0.9
+    stop_level: float = 0.95
+    regret_tolerance: float | None = None  # objective units; default 0.25% of the objective's typical size
+    noise_hint: float | None = None
+    max_crash_rate: float = 0.25
+    min_runs: int = 8  # completed runs before the decision may be called settled
+    pick_runs: int = 2  # completed runs a variant needs to be the pick: one lucky run is never a result
