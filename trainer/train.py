@@ -158,6 +158,8 @@ class Run:
         if dev == "cuda":
             torch.cuda.set_device(local_rank)
             self.device = torch.device("cuda", local_rank)
+            torch.empty(1, device=self.device)  # the CUDA context now (lazy otherwise): startup_s "device" holds it
+            torch.cuda.synchronize()
         else:
             self.device = torch.device("cpu")
         self.is_cuda = dev == "cuda"
