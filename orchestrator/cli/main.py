@@ -155,7 +155,24 @@ def check_output_path(out: Path) -> None:
                         "directory you can write)")
 
 
+def _named_shell_completion(argv: list[str]) -> int | None:
+    """`orch --show-completion SHELL`: typer's flag takes no value and guesses the shell from the parent processes,
+    which a script, a CI job or a process without a shell parent does not have (it then fails with "Shell  not
+    supported"). A named shell is used as named."""
+    if len(argv) != 2 or argv[0] != "--show-completion":
+        return None
+    from typer._completion_shared import Shells, get_completion_script
+
+    if argv[1] in {s.value for s in Shells}:
+        print(get_completion_script(prog_name="orch", complete_var="_ORCH_COMPLETE", shell=argv[1]))
+        return 0
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    named = _named_shell_completion(sys.argv[1:] if argv is None else argv)
+    if named is not None:
+        return named
     try:
         code = app(args=argv, prog_name="orch", standalone_mode=False)
         if isinstance(code, int):  # `raise typer.Exit(N)` in a command: click returns N without standalone mode
