@@ -72,7 +72,7 @@ run_step() {
     mng)  # the study's edits give the FP8 scales a 16-byte step; should the probe run the 4-byte step anyway,
       # alignment is not the cause here, and the script's own switch turns its FP8 paths off instead
       env_for_orch
-      if grep -q "offset 1 (as in the failing graph): ok" "$S/probe.log"; then
+      if grep -qs "offset 1 (as in the failing graph): ok" "$S/probe.log"; then
         echo "probe: the misaligned scale runs on this machine; DISABLE_FP8=1"; export DISABLE_FP8=1
       fi
       OUT="$S/mng" SKIP_EXPORT=1 bash docs/studies/2026-12-06-modded-nanogpt-h200/run.sh ;;
