@@ -1,7 +1,7 @@
 """Which schema revision a database is at, read without loading Alembic (150 ms of every `orch` command otherwise).
 
 Revisions are named after their files in db/migrations/versions, numbered in order, so the newest file is the head
-(tests/db/test_migrations.py checks this against Alembic's own head). `db/migrate.py` does the upgrading.
+(tests/orch/test_migrations.py checks this against Alembic's own head). `db/migrate.py` does the upgrading.
 """
 
 from __future__ import annotations

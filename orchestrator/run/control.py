@@ -32,6 +32,8 @@ READ_S = 0.5  # a controller reads open requests at most this long after they co
 
 class StopRequested(Exception):
     """A stop request (or a signal) ended the controller's run: raised by `Controller.run`."""
+
+
 STOP_MODES = ("finish", "now")
 
 

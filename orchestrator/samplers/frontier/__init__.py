@@ -3,8 +3,8 @@ and the decision it settles (``decision.py``), the choice of the runs that settl
 and the Optuna sampler that asks for them (``sampler.py``). ``space.py`` holds the plain records they share.
 See docs/search.md.
 
-The names below load on first use (PEP 562): the model needs scipy, which would otherwise cost every `orch`
-command ~0.3 s of start-up through `options.py`, which only the commands that sample need in full."""
+The names below load on first use (PEP 562): the model needs scipy, and this package is imported by every `orch`
+command (through the sampler options each one validates), which would otherwise pay ~0.3 s of start-up for it."""
 
 from importlib import import_module
 
