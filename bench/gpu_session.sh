@@ -30,15 +30,17 @@
 #            trials started as before (model built on the CPU, 2 warm-up steps), then 6 with the tuned start
 #   cold     bench/duty_cycle.py cold phase: 2 trials, each on empty caches of its own
 #   pg       docs/studies/2026-12-06-parameter-golf-h200/run.sh (parameter-golf's train_gpt.py, 2 trials)
-# The default is `setup duty mng cold` (the duty cycle's tuned start against the old one first: about 12 minutes;
-# then the record's study, about 15: its first trial compiles for 9); STEPS="setup probe collect standin pg" bash
-# bench/gpu_session.sh start runs others. Sessions of 2026-12-06: the first ran setup, collect, standin, duty and pg
+# The default is `setup duty cold` (the duty cycle's tuned start against the old one: about 16 minutes; then two
+# trials on empty caches); STEPS="setup mng" runs the record's study (about 16 minutes: its first trial compiles for
+# 9), STEPS="setup probe collect standin pg" bash bench/gpu_session.sh start others. Sessions of 2026-12-06: the first ran setup, collect, standin, duty and pg
 # (mng failed on an FP8 scale); the second setup, probe, mng (trained, then ran out of data) and part of duty; the
-# third setup, duty (16 minutes) and mng's first trial to its val_loss (the 30 device minutes then ran out).
+# third setup, duty (16 minutes) and mng's first trial to its val_loss (the 30 device minutes then ran out); the
+# fourth setup and mng (3 trials to their val_loss), then 2 duty trials with DUTY_PHASES=prime,tuned:3 (two failed
+# starts had taken 8 minutes).
 set -uo pipefail
 S=runs/gpu-session
 mkdir -p "$S"
-STEPS=${STEPS:-setup duty mng cold}
+STEPS=${STEPS:-setup duty cold}
 DUTY_ARGS=(--preset gpt2 --device cuda --compile 1 --one-stage 0 --steps "${DUTY_STEPS:-80}" --work runs/duty-gpu
   --data-dir data/fineweb10B --train-files 'fineweb_train_*.bin' --val-files 'fineweb_val_*.bin'
   --trainer-args "--stage-durations 1 --stage-seq-lens 2048 --stage-batch-tokens 393216 --stage-lr-mults 1
