@@ -163,10 +163,15 @@ def _named_shell_completion(argv: list[str]) -> int | None:
         return None
     from typer._completion_shared import Shells, get_completion_script
 
-    if argv[1] in {s.value for s in Shells}:
+    shells = [s.value for s in Shells]
+    if argv[1] in shells:
         print(get_completion_script(prog_name="orch", complete_var="_ORCH_COMPLETE", shell=argv[1]))
         return 0
-    return None
+    if argv[1].startswith("-"):
+        return None
+    print(f"orch: error: --show-completion {argv[1]}: not a shell orch completes (fix: use one of {', '.join(shells)})",
+          file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

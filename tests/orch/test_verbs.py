@@ -91,7 +91,9 @@ def ran(tmp_path):
 
 def test_version_and_shell_completion(tmp_path):
     assert _ok("--version", cwd=tmp_path).stdout.strip() == f"orch {version('speedrun-orch')}"
-    script = _ok("--show-completion", "bash", cwd=tmp_path).stdout
+    script = _ok("--show-completion", "bash", cwd=tmp_path).stdout  # the shell named, whatever the parent process
+    unknown = orch("--show-completion", "tcsh", cwd=tmp_path)
+    assert unknown.returncode == 2 and "not a shell orch completes" in unknown.stderr and "zsh" in unknown.stderr
     assert "_ORCH_COMPLETE=complete_bash" in script and "complete -o default -F _orch_completion orch" in script
     # the script in a real bash, asking what follows `orch st` and `orch trial `
     (tmp_path / "orch-completion.bash").write_text(script)
