@@ -35,7 +35,7 @@
 # 9), STEPS="setup probe collect standin pg" bash bench/gpu_session.sh start others. Sessions of 2026-12-06: the first ran setup, collect, standin, duty and pg
 # (mng failed on an FP8 scale); the second setup, probe, mng (trained, then ran out of data) and part of duty; the
 # third setup, duty (16 minutes) and mng's first trial to its val_loss (the 30 device minutes then ran out); the
-# fourth setup and mng (3 trials to their val_loss), then 2 duty trials with DUTY_PHASES=prime,tuned:3 (two failed
+# fourth setup and mng (3 trials to their val_loss), then 2 duty trials with DUTY_PHASES=prime,tuned:3 (three failed
 # starts had taken 8 minutes).
 set -uo pipefail
 S=runs/gpu-session
