@@ -95,3 +95,20 @@ def test_torchrun_two_ranks_matches_one(run_trainer, data_dir):
     f1, f2 = one.metrics[-1], m2[-1]
     assert f2["world_size"] == 2 and f2["tokens"] == f1["tokens"]
     assert abs(f1["val_loss"] - f2["val_loss"]) < 2e-3
+
+
+def test_the_process_phase_is_read_to_the_clock_tick():
+    """startup_s["process"] counts from the process's own start: a child that reports it right away must report less
+    than the parent saw from spawning it to its exit (psutil's start time, on a boot time in whole seconds, was up to
+    1 s late and failed this)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = "import time; from trainer.train import _process_start; print(time.time() - _process_start())"
+    for _ in range(3):
+        began = time.monotonic()
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+        wall = time.monotonic() - began
+        assert 0 <= float(out.stdout) <= wall + 0.02, (out.stdout, wall)  # 0.02: one 10 ms clock tick and rounding
