@@ -28,10 +28,12 @@
 #   mng      docs/studies/2026-12-06-modded-nanogpt-h200/run.sh (modded-nanogpt's train_gpt.py, 3 trials)
 #   duty     bench/duty_cycle.py, our trainer through `orch study run`: one trial on empty caches (prime), 3 warm
 #            trials started as before (model built on the CPU, 2 warm-up steps), then 6 with the tuned start
+#   fork     bench/forkserver_probe.py: the duty step's trainer started fresh against forked from a process that
+#            imported torch and its compiler (3 + 3 runs, 20 steps each, after one of each that fills the caches)
 #   cold     bench/duty_cycle.py cold phase: 2 trials, each on empty caches of its own
 #   pg       docs/studies/2026-12-06-parameter-golf-h200/run.sh (parameter-golf's train_gpt.py, 2 trials)
-# The default is `setup duty cold` (the duty cycle's tuned start against the old one: about 16 minutes; then two
-# trials on empty caches); STEPS="setup mng" runs the record's study (about 16 minutes: its first trial compiles for
+# The default is `setup fork duty cold` (a fork server's saving, about 5 minutes; the duty cycle's tuned start
+# against the old one, about 16; then two trials on empty caches); STEPS="setup mng" runs the record's study (about 16 minutes: its first trial compiles for
 # 9), STEPS="setup probe collect standin pg" bash bench/gpu_session.sh start others. Sessions of 2026-12-06: the first ran setup, collect, standin, duty and pg
 # (mng failed on an FP8 scale); the second setup, probe, mng (trained, then ran out of data) and part of duty; the
 # third setup, duty (16 minutes) and mng's first trial to its val_loss (the 30 device minutes then ran out); the
@@ -40,7 +42,7 @@
 set -uo pipefail
 S=runs/gpu-session
 mkdir -p "$S"
-STEPS=${STEPS:-setup duty cold}
+STEPS=${STEPS:-setup fork duty cold}
 DUTY_ARGS=(--preset gpt2 --device cuda --compile 1 --one-stage 0 --steps "${DUTY_STEPS:-80}" --work runs/duty-gpu
   --data-dir data/fineweb10B --train-files 'fineweb_train_*.bin' --val-files 'fineweb_val_*.bin'
   --trainer-args "--stage-durations 1 --stage-seq-lens 2048 --stage-batch-tokens 393216 --stage-lr-mults 1
@@ -67,6 +69,12 @@ run_step() {
       env_for_orch; python3 bench/duty_cycle.py "${DUTY_ARGS[@]}" --phases "${DUTY_PHASES:-prime,warm:3,tuned:6}" \
         --warm-args "--init-on-device 0" --tuned-args "--warmup-steps 1" \
         --tuned-env TORCHINDUCTOR_COMPILE_THREADS=1 --out "$S/duty" ;;
+    fork)  # what a fork server would save a warm GPU trial (docs/fleet.md): fresh starts against forked ones
+      env_for_orch; python3 bench/forkserver_probe.py --runs 3 --out "$S/forkserver.json" --trainer-args "--preset gpt2
+        --device cuda --compile 1 --num-steps 20 --extension-steps 0 --data-dir data/fineweb10B
+        --train-files 'fineweb_train_*.bin' --val-files 'fineweb_val_*.bin' --stage-durations 1 --stage-seq-lens 2048
+        --stage-batch-tokens 393216 --stage-lr-mults 1 --stage-windows 2048 --val-every 0 --val-tokens 65536
+        --micro-batch-tokens 65536 --attn sdpa --fp8-head 1 --warmup-steps 1" ;;
     pg)
       env_for_orch; OUT="$S/pg" SKIP_EXPORT=1 bash docs/studies/2026-12-06-parameter-golf-h200/run.sh ;;
     probe)
