@@ -40,15 +40,12 @@ def _tree(rev: str, into: Path) -> Path:
     return into
 
 
-def _env(tree: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(tree)}  # the tree's own packages before the installed checkout
-
-
 def _orch(tree: Path, args: list[str], db: str) -> float:
+    """Seconds `orch ARGS --db DB` of this tree took, start to exit (its own packages before the installed checkout)."""
     began = time.perf_counter()
     extra = [] if args == ["--help"] else ["--db", db]
     subprocess.run([sys.executable, "-m", "orchestrator", *args, *extra], cwd=tree, check=True,
-                   env=_env(tree), capture_output=True)
+                   env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True)
     return time.perf_counter() - began
 
 
@@ -57,8 +54,7 @@ def _prepare(tree: Path, work: Path) -> str:
     study = stand_in_study(work, max_trials=2, parallel=2)
     db = f"sqlite:///{work / 'orch.db'}"
     for args in (["study", "create", "s", "--from", str(study)], ["study", "run", "s", "--plain"]):
-        subprocess.run([sys.executable, "-m", "orchestrator", *args, "--db", db], cwd=tree, check=True,
-                       env=_env(tree), capture_output=True)
+        _orch(tree, args, db)
     return db
 
 

@@ -26,12 +26,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.trainer_throughput import metric_events  # noqa: E402
+
 DEFAULT_ARGS = "--preset tiny --device cpu --compile 1 --num-steps 20 --extension-steps 0 --val-every 0"
 
 
 def _final(stdout: str) -> dict:
-    finals = [json.loads(line.split(" ", 1)[1]) for line in stdout.splitlines()
-              if line.startswith("@@metrics ") and '"final"' in line]
+    finals = [m for m in metric_events(stdout) if m.get("event") == "final"]
     if not finals:
         raise SystemExit(f"the trainer printed no final @@metrics line; its output ended:\n{stdout[-2000:]}")
     return finals[-1]
@@ -79,8 +82,7 @@ def main() -> None:
     args = ap.parse_args()
     targs = shlex.split(args.trainer_args)
     os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no compile-worker pool to carry across a fork
-    sys.path.insert(0, str(ROOT))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     began = time.perf_counter()
     import torch  # the fork server's imports; no CUDA call: the child makes its own context
     import torch._dynamo  # noqa: F401

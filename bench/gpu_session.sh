@@ -33,8 +33,9 @@
 #   cold     bench/duty_cycle.py cold phase: 2 trials, each on empty caches of its own
 #   pg       docs/studies/2026-12-06-parameter-golf-h200/run.sh (parameter-golf's train_gpt.py, 2 trials)
 # The default is `setup fork duty cold` (a fork server's saving, about 5 minutes; the duty cycle's tuned start
-# against the old one, about 16; then two trials on empty caches); STEPS="setup mng" runs the record's study (about 16 minutes: its first trial compiles for
-# 9), STEPS="setup probe collect standin pg" bash bench/gpu_session.sh start others. Sessions of 2026-12-06: the first ran setup, collect, standin, duty and pg
+# against the old one, about 16; then two trials on empty caches); STEPS="setup mng" runs the record's study (about
+# 16 minutes: its first trial compiles for 9), STEPS="setup probe collect standin pg" bash bench/gpu_session.sh start
+# others. Sessions of 2026-12-06: the first ran setup, collect, standin, duty and pg
 # (mng failed on an FP8 scale); the second setup, probe, mng (trained, then ran out of data) and part of duty; the
 # third setup, duty (16 minutes) and mng's first trial to its val_loss (the 30 device minutes then ran out); the
 # fourth setup and mng (3 trials to their val_loss), then 2 duty trials with DUTY_PHASES=prime,tuned:3 (three failed

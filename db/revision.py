@@ -6,6 +6,7 @@ Revisions are named after their files in db/migrations/versions, numbered in ord
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import text
@@ -16,6 +17,7 @@ VERSION_TABLE = "orch_alembic_version"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
+@lru_cache(maxsize=1)
 def newest_revision() -> str:
     return max(p.stem for p in (MIGRATIONS / "versions").glob("[0-9]*.py"))
 
