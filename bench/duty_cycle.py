@@ -10,7 +10,9 @@ Two studies of the same trainer command run one after the other on one machine (
   in another device call on the same machine, starts warm;
 - tuned: the warm study (without `--warm-args`, flags only the prime and warm phases get) with `--tuned-args` added to the trainer's flags and `--tuned-env` to its environment (the
   same code, so the same cache key): a start-up change measured beside the plain warm trials, on the same machine
-  in the same run.
+  in the same run;
+- forked: the tuned study with `trainer.fork_server` (preload `--fork-preload`): each trial's trainer forked from the
+  machine's fork server, which imported torch and its compiler once (orchestrator/warm/forkserver.py).
 
 `--phases prime,warm:3,tuned:6` gives a phase its own trial count. Each trial's final `@@metrics` line says where
 its time before the first timed step went (`startup_s`: process, import, device, data, model, optimizers, compile,
@@ -101,7 +103,7 @@ def study_file(work: Path, phase: str, trials: int, manifest: Path, args) -> Pat
         env |= {"TORCHINDUCTOR_CACHE_DIR": "cold-cache/inductor", "TRITON_CACHE_DIR": "cold-cache/triton"}
     if phase in ("prime", "warm"):
         command += shlex.split(args.warm_args)
-    if phase == "tuned":
+    if phase in ("tuned", "forked"):
         command += shlex.split(args.tuned_args)
         env |= dict(item.split("=", 1) for item in args.tuned_env.split(",") if item)
     spec = {
@@ -116,6 +118,8 @@ def study_file(work: Path, phase: str, trials: int, manifest: Path, args) -> Pat
         "timeout_s": args.timeout_s,
         "resources": {"gpus": 1 if args.device == "cuda" else 0},
     }
+    if phase == "forked":  # the tuned trials, each forked from the machine's fork server (orchestrator/warm)
+        spec["trainer"]["fork_server"] = {"preload": args.fork_preload.split(","), "idle_s": 900}
     path = work / f"{phase}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -218,10 +222,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=6, help="trials per phase (N >= 6 for the issue's figure)")
     ap.add_argument("--phases", default="cold,warm", help="cold, prime (one trial that fills the warm caches), warm, "
-                    "tuned; comma-separated, run in that order; NAME:N gives a phase N trials")
+                    "tuned, forked; comma-separated, run in that order; NAME:N gives a phase N trials")
     ap.add_argument("--warm-args", default="", help="trainer flags added in the prime and warm phases")
     ap.add_argument("--tuned-args", default="", help="trainer flags added in the tuned phase (one shell-quoted string)")
     ap.add_argument("--tuned-env", default="", help="environment of the tuned phase's trials: KEY=VALUE,KEY=VALUE")
+    ap.add_argument("--fork-preload", default="torch,torch._dynamo,torch._inductor.compile_fx",
+                    help="the forked phase's `trainer.fork_server.preload` (comma-separated modules)")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--compile", default="1", choices=["0", "1"])
@@ -239,9 +245,9 @@ def main() -> int:
     args.threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
     args.one_stage = bool(args.one_stage if args.one_stage is not None else args.preset == "tiny")
     phases = [(p.partition(":")[0], p.partition(":")[2]) for p in args.phases.split(",") if p]
-    if (not {name for name, _ in phases} <= {"cold", "prime", "warm", "tuned"} or args.trials < 1
+    if (not {name for name, _ in phases} <= {"cold", "prime", "warm", "tuned", "forked"} or args.trials < 1
             or any(n and not (n.isdigit() and int(n) > 0) for _, n in phases)):
-        raise SystemExit("--phases takes cold, prime, warm and tuned (NAME or NAME:N), comma-separated; "
+        raise SystemExit("--phases takes cold, prime, warm, tuned and forked (NAME or NAME:N), comma-separated; "
                          "--trials and each N at least 1")
     work = (args.work or Path(tempfile.mkdtemp(prefix="duty-cycle-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -261,7 +267,9 @@ def main() -> int:
              f"{args.preset} --device {args.device} --compile {args.compile} --num-steps {args.steps}`"
              + (" (one stage)" if args.one_stage else "")
              + (f"; warm: `{args.warm_args}`" if args.warm_args else "")
-             + (f"; tuned: `{args.tuned_args}` {args.tuned_env}" if any(p == "tuned" for p, _ in phases) else ""))
+             + (f"; tuned: `{args.tuned_args}` {args.tuned_env}" if any(p in ("tuned", "forked") for p, _ in phases)
+                else "")
+             + (f"; forked: preload {args.fork_preload}" if any(p == "forked" for p, _ in phases) else ""))
     text = "\n".join([setup, ""] + lines) + "\n"
     print(text)
     if args.out:

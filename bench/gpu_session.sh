@@ -28,12 +28,14 @@
 #   mng      docs/studies/2026-12-06-modded-nanogpt-h200/run.sh (modded-nanogpt's train_gpt.py, 3 trials)
 #   duty     bench/duty_cycle.py, our trainer through `orch study run`: one trial on empty caches (prime), 3 warm
 #            trials started as before (model built on the CPU, 2 warm-up steps), then 6 with the tuned start
+#   forkduty bench/duty_cycle.py: one trial on empty caches (prime), 6 trials forked from the machine's fork server
+#            (trainer.fork_server), then 3 with the same tuned start, not forked
 #   fork     bench/forkserver_probe.py: the duty step's trainer started fresh against forked from a process that
 #            imported torch and its compiler (3 + 3 runs, 20 steps each, after one of each that fills the caches)
 #   cold     bench/duty_cycle.py cold phase: 2 trials, each on empty caches of its own
 #   pg       docs/studies/2026-12-06-parameter-golf-h200/run.sh (parameter-golf's train_gpt.py, 2 trials)
-# The default is `setup fork duty cold` (a fork server's saving, about 5 minutes; the duty cycle's tuned start
-# against the old one, about 16; then two trials on empty caches); STEPS="setup mng" runs the record's study (about
+# The default is `setup forkduty` (about 15 minutes); `setup fork duty cold` measured the probe, the tuned start
+# against the old one (about 16) and two trials on empty caches; STEPS="setup mng" runs the record's study (about
 # 16 minutes: its first trial compiles for 9), STEPS="setup probe collect standin pg" bash bench/gpu_session.sh start
 # others. Sessions of 2026-12-06: the first ran setup, collect, standin, duty and pg
 # (mng failed on an FP8 scale); the second setup, probe, mng (trained, then ran out of data) and part of duty; the
@@ -43,7 +45,7 @@
 set -uo pipefail
 S=runs/gpu-session
 mkdir -p "$S"
-STEPS=${STEPS:-setup fork duty cold}
+STEPS=${STEPS:-setup forkduty}
 DUTY_ARGS=(--preset gpt2 --device cuda --compile 1 --one-stage 0 --steps "${DUTY_STEPS:-80}" --work runs/duty-gpu
   --data-dir data/fineweb10B --train-files 'fineweb_train_*.bin' --val-files 'fineweb_val_*.bin'
   --trainer-args "--stage-durations 1 --stage-seq-lens 2048 --stage-batch-tokens 393216 --stage-lr-mults 1
@@ -70,6 +72,9 @@ run_step() {
       env_for_orch; python3 bench/duty_cycle.py "${DUTY_ARGS[@]}" --phases "${DUTY_PHASES:-prime,warm:3,tuned:6}" \
         --warm-args "--init-on-device 0" --tuned-args "--warmup-steps 1" \
         --tuned-env TORCHINDUCTOR_COMPILE_THREADS=1 --out "$S/duty" ;;
+    forkduty)  # the fork server (trainer.fork_server) beside the tuned start it forks, on the same machine in one run
+      env_for_orch; python3 bench/duty_cycle.py "${DUTY_ARGS[@]}" --phases "${DUTY_PHASES:-prime,forked:6,tuned:3}" \
+        --tuned-args "--warmup-steps 1" --tuned-env TORCHINDUCTOR_COMPILE_THREADS=1 --out "$S/forkduty" ;;
     fork)  # what a fork server would save a warm GPU trial (docs/fleet.md): fresh starts against forked ones
       env_for_orch; python3 bench/forkserver_probe.py --runs 3 --out "$S/forkserver.json" --trainer-args "--preset gpt2
         --device cuda --compile 1 --num-steps 20 --extension-steps 0 --data-dir data/fineweb10B
@@ -111,7 +116,7 @@ collect_out() {
   # tables and step logs; then every trial log. Never the data, the caches or the checkpoints a script saves.
   # (a database of a study still running has its newest rows in its -wal file: orch.db* takes it along)
   tar -czf "$OUT/session.tar.gz" --exclude='*.bin' --exclude='*.pt' --exclude='*.ptz' "$S" runs/duty-gpu/orch.db* \
-    runs/duty-gpu/*.yaml 2>/dev/null
+    runs/duty-gpu/*.yaml runs/duty-gpu/machine/.orch-warm/forkserver 2>/dev/null
   tar -czf "$OUT/trial-logs.tar.gz" runs/duty-gpu/machine/*/trial-*/*.log runs/mng-h200/trial-*/*.log \
     runs/mng-h200/trial-*/logs runs/pg-h200/trial-*/*.log 2>/dev/null
   ls -la "$OUT"

@@ -318,6 +318,30 @@ class DataSpec(_Strict):
         return self
 
 
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_PYTHON_COMMAND = re.compile(r"^(\{python\}|(.*/)?python[0-9.]*)$")
+
+
+class ForkServer(_Strict):
+    """`trainer.fork_server`: a process per machine imports `preload` once (never touching a GPU) and starts each
+    trial's trainer by fork, so a warm machine stops paying those imports per trial (orchestrator/warm/forkserver.py).
+    For a `python -m MODULE` or `python SCRIPT` command outside a container; the trainer must not need its own
+    code to set, before its first import of a preloaded library, a variable that library reads at import (set it
+    in `trainer.env` instead: those variables key the server)."""
+
+    preload: list[str] = Field(default_factory=lambda: ["torch", "torch._dynamo", "torch._inductor.compile_fx"],
+                               min_length=1)
+    idle_s: float = Field(default=900.0, gt=0)  # the server exits after this long without a running trainer
+
+    @field_validator("preload")
+    @classmethod
+    def _modules(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not _MODULE.match(name):
+                raise bad(f"{name!r} is not a module name", "list importable modules, e.g. torch, torch._dynamo")
+        return names
+
+
 class Trainer(_Strict):
     command: list[str] = Field(min_length=1)
     inject: Inject | None = None
@@ -333,6 +357,22 @@ class Trainer(_Strict):
     #: machine's workdir, keyed by the training files' checksums and the library versions; orchestrator/warm)
     warm: bool = True
     data: DataSpec | None = None  # the data its trainer reads, staged once per machine (orchestrator/warm)
+    fork_server: ForkServer | None = None  # off unless set (`fork_server: {}` takes the defaults)
+
+    @model_validator(mode="after")
+    def _forkable(self) -> "Trainer":
+        if self.fork_server is None:
+            return self
+        if not self.warm:
+            raise bad("fork_server needs warm machines (it runs beside their caches)",
+                      "remove `warm: false`, or remove `fork_server`")
+        rest = [a for a in self.command[1:] if a != "-u"]
+        script = bool(rest) and not rest[0].startswith("-") and not rest[0].startswith("{")
+        if not _PYTHON_COMMAND.match(self.command[0]) or not ((len(rest) >= 2 and rest[0] == "-m") or script):
+            raise bad(f"fork_server starts `python -m MODULE ...` or `python SCRIPT ...`, not {self.command[:3]}",
+                      "start the trainer as `{python} -m MODULE` or `{python} SCRIPT`, or remove `fork_server` "
+                      "(torchrun and other launchers start their own processes)")
+        return self
 
     @field_validator("image")
     @classmethod

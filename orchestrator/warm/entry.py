@@ -13,8 +13,9 @@ right before the trainer, which it then becomes (exec). Standard library only: i
    its sha256 is computed in full when its size or mtime differs from the last full check (ROOT/data/SHA256.ok),
    and a file whose digest differs is refused. Each file is linked into the trial directory under the plan's link
    folder (ORCH_DATA_DIR names that folder).
-3. One line `@@warm {...}` (JSON: key, found, entries, bytes, other keys, data states, versions, ms) on stdout,
-   then exec of the trainer. A refusal prints `orch-warm: error: ...` and `@@warm {"ok": false, ...}` and exits
+3. One line `@@warm {...}` (JSON: key, found, entries, bytes, other keys, data states, versions, ms, and with a
+   fork server how the trainer started) on stdout, then exec of the trainer, or, when the plan has a `fork` server
+   (forkserver.py, staged beside this file), the trainer forked from it while this process stands for it. A refusal prints `orch-warm: error: ...` and `@@warm {"ok": false, ...}` and exits
    with status 86 (REFUSED): the launcher reports it as the trial's launch error.
 """
 
@@ -168,6 +169,19 @@ def data(plan, env, report):
     report.update(data=states, data_bytes=total)
 
 
+def _emit(report):
+    print("@@warm " + json.dumps(report, sort_keys=True), flush=True)
+
+
+def _load_forkserver(path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("orch_forkserver", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv):
     began = time.monotonic()
     if len(argv) < 3 or argv[1] != "--":
@@ -190,9 +204,13 @@ def main(argv):
     report["ms"] = round((time.monotonic() - began) * 1000, 1)
     if not report["ok"]:
         print(f"orch-warm: error: {report['error']} (fix: {report['fix']})", flush=True)
-        print("@@warm " + json.dumps(report, sort_keys=True), flush=True)
+        _emit(report)
         return REFUSED
-    print("@@warm " + json.dumps(report, sort_keys=True), flush=True)
+    if plan.get("fork"):  # the machine's fork server starts the trainer (forkserver.py); None: it cannot
+        status = _load_forkserver(plan["fork"]["program"]).run(plan["fork"], plan["root"], command, env, report, _emit)
+        if status is not None:
+            return status
+    _emit(report)
     try:
         os.execvpe(command[0], command, env)
     except OSError as exc:

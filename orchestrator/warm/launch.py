@@ -57,7 +57,11 @@ def prepare(launcher, job: "JobSpec", machine: Machine, trial_dir: str) -> "JobS
     # (torch sets TORCHINDUCTOR_CACHE_DIR in the process that imports inductor) is not, and the warm one replaces it
     declared = {**machine.env, **machine.container.env, **job.env, **job.secret_env}
     keep = tuple(var for var, _ in CACHE_VARS if var in declared)
-    items, entry, plan = stage_items(job.warm, root, keep)
+    warm_plan = job.warm
+    if warm_plan.fork is not None and machine.container.runtime != "none":
+        # a container ends with its trial, and a server in it with it: the trainer starts as before
+        warm_plan = dataclasses.replace(warm_plan, fork=None)
+    items, entry, plan = stage_items(warm_plan, root, keep)
     launcher.stage(machine, root, items)
     return dataclasses.replace(job, argv=[entry_python(machine, job.argv), entry, plan, "--", *job.argv])
 

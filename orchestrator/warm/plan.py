@@ -40,17 +40,30 @@ class StagedFile:
 
 
 @dataclass(frozen=True)
+class ForkPlan:
+    """The study's `trainer.fork_server`: what the machine's fork server imports, and how long it waits idle."""
+
+    preload: tuple[str, ...]
+    idle_s: float
+
+
+@dataclass(frozen=True)
 class WarmPlan:
     code: str  # digest of the training files' checksums (what the trial row stores), part of the cache key
     data: tuple[StagedFile, ...] = ()
     link: str = "data"
     keep: int = KEEP_KEYS
     checksums: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    fork: ForkPlan | None = None
 
-    def entry_plan(self, root: str) -> dict:
-        """The plan the entry program reads on the machine (paths there; no controller-side path)."""
-        return {"v": 1, "root": root, "code": self.code, "link": self.link, "keep": self.keep,
+    def entry_plan(self, root: str, fork_program: str | None = None) -> dict:
+        """The plan the entry program reads on the machine (paths there; no controller-side path). `fork_program`:
+        the fork server's staged file, when this job's trainer is to be forked (None: started as before)."""
+        plan = {"v": 1, "root": root, "code": self.code, "link": self.link, "keep": self.keep,
                 "data": [{"name": f.name, "sha256": f.sha256, "size": f.size} for f in self.data]}
+        if self.fork is not None and fork_program:
+            plan["fork"] = {"program": fork_program, "preload": list(self.fork.preload), "idle_s": self.fork.idle_s}
+        return plan
 
 
 def code_digest(checksums: dict[str, str]) -> str:
@@ -127,8 +140,9 @@ def warm_plan(spec: StudySpec, spec_dir: Path, checksums: dict[str, str]) -> War
     # without `trainer.files` nothing says which code the caches hold: the command stands in for it (a changed
     # script then keeps its key; docs/fleet.md asks for trainer.files)
     code = code_digest(checksums) if checksums else code_digest({"command": json.dumps(spec.trainer.command)})
-    return WarmPlan(code=code, data=tuple(files), link=data.link if data else "data",
-                    checksums=dict(checksums))
+    fork = spec.trainer.fork_server
+    return WarmPlan(code=code, data=tuple(files), link=data.link if data else "data", checksums=dict(checksums),
+                    fork=None if fork is None else ForkPlan(preload=tuple(fork.preload), idle_s=fork.idle_s))
 
 
 def data_problems(spec: StudySpec, spec_dir: Path) -> list[tuple[tuple, str, str]]:

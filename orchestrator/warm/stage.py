@@ -23,6 +23,7 @@ from ..config.errors import OrchError
 from .plan import WarmPlan
 
 ENTRY = Path(__file__).with_name("entry.py")
+FORK_SERVER = Path(__file__).with_name("forkserver.py")
 CHUNK = 8 << 20
 
 
@@ -57,16 +58,22 @@ def _blob(data: bytes, dest: str, what: str) -> StageItem:
     return StageItem(dest=dest, size=len(data), sha256=hashlib.sha256(data).hexdigest(), content=data, what=what)
 
 
+def _program(path: Path, name: str, what: str) -> StageItem:
+    program = path.read_bytes()
+    return _blob(program, f"bin/{name}-{hashlib.sha256(program).hexdigest()[:12]}.py", what)
+
+
 def stage_items(plan: WarmPlan, root: str, keep_vars: tuple[str, ...] = ()) -> tuple[list[StageItem], str, str]:
     """(items, the entry program's path on the machine, the plan's path on the machine) of a job's warm plan.
     `keep_vars`: the cache variables the study or the machine sets itself (the entry program leaves those alone)."""
     import json
 
-    program = ENTRY.read_bytes()
-    entry = _blob(program, f"bin/entry-{hashlib.sha256(program).hexdigest()[:12]}.py", "entry program")
-    text = json.dumps({**plan.entry_plan(root), "keep_vars": sorted(keep_vars)}, sort_keys=True).encode()
+    entry = _program(ENTRY, "entry", "entry program")
+    server = _program(FORK_SERVER, "forkserver", "fork server") if plan.fork is not None else None
+    fork_program = f"{root}/{server.dest}" if server else None
+    text = json.dumps({**plan.entry_plan(root, fork_program), "keep_vars": sorted(keep_vars)}, sort_keys=True).encode()
     plan_item = _blob(text, f"plans/{hashlib.sha256(text).hexdigest()[:16]}.json", "plan")
-    items = [entry, plan_item] + [StageItem(dest=f"data/{f.sha256}", size=f.size, sha256=f.sha256, source=f.source,
+    items = [entry, *([server] if server else []), plan_item] + [StageItem(dest=f"data/{f.sha256}", size=f.size, sha256=f.sha256, source=f.source,
                                             what=f.name) for f in plan.data]
     return items, f"{root}/{entry.dest}", f"{root}/{plan_item.dest}"
 

@@ -29,7 +29,7 @@ from orchestrator.config.fleet import Capability
 from orchestrator.jobs import JobSpec
 from orchestrator.launchers.base import ExitEvent, JobRecord, LineEvent
 from orchestrator.warm import REFUSED, WarmPlan
-from orchestrator.warm.plan import StagedFile
+from orchestrator.warm.plan import ForkPlan, StagedFile
 from tests.conftest import REPO, STAND_IN, wait_for
 from tests.fleet.launcher_cases import CASES, FACTORIES, contract_ray_lab  # noqa: F401 - a fixture
 
@@ -290,6 +290,65 @@ def test_a_second_trial_finds_the_first_trials_cache_and_the_data_is_staged_once
     assert exit_event.returncode == REFUSED and not refused["ok"]
     assert exit_event.error.startswith("warm machine: staged data file") and str(staged) in exit_event.error
     assert "sha256" in exit_event.error and not said(text, "cache")  # the trainer never started
+
+
+FORKED = """import os, signal, sys, time
+for i in range(20):
+    print("line", i, flush=True)
+if sys.argv[1] == "wait":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("ready", flush=True)
+    time.sleep(300)
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def test_a_trainer_forked_from_the_machines_fork_server_is_its_job(case, launcher, tmp_path):
+    """With `trainer.fork_server` the entry program has the machine's fork server (orchestrator/warm/forkserver.py)
+    fork the trainer: its lines still arrive in order, its exit status is the job's, and a cancel of a trainer that
+    ignores SIGTERM kills it after the grace, although it is the server's child, not the job's."""
+    _needs_commands(case)
+    script = tmp_path / "forked.py"
+    script.write_text(FORKED)
+    plan = WarmPlan(code="forked", fork=ForkPlan(preload=("json",), idle_s=60.0))
+    servers = set()
+
+    def start(number: int, arg: str):
+        events: queue.Queue = queue.Queue()
+        job = JobSpec(study="contract", trial=number, argv=[sys.executable, str(script), arg], env={}, timeout_s=120,
+                      warm=plan)
+        handle = launcher.start(job, case.machine, case.slot,
+                                Path(case.machine.workdir) / "contract" / f"trial-{number:04d}", events)
+        return handle, events
+
+    def fork_of(lines: list[str]) -> dict:
+        report = next(json.loads(line[len("@@warm "):]) for line in lines if line.startswith("@@warm "))
+        servers.add(report["fork"].get("server_pid"))
+        return report["fork"]
+
+    try:
+        _, events = start(11, "3")
+        lines, exit_event, _ = _until_exit(events, 11, 90)
+        text = [line.rstrip("\n") for _, line in lines]
+        assert (exit_event.returncode, exit_event.error) == (3, None), text
+        assert fork_of(text)["state"] == "forked", text
+        assert [line for line in text if not line.startswith("@@warm ")] == [f"line {i}" for i in range(20)]
+
+        handle, events = start(12, "wait")
+        seen = _until_line(events, 12, "ready", 90)
+        fork = fork_of(seen)
+        assert fork["state"] == "forked" and _alive(fork["pid"])
+        started = time.monotonic()
+        handle.cancel("timeout")
+        _, exit_event, ended = _until_exit(events, 12, 40)
+        assert exit_event.returncode != 0 and ended - started < 20, f"the kill took {ended - started:.1f} s"
+        wait_for(lambda: not _alive(fork["pid"]), 10, f"the forked trainer ({fork['pid']}) to be gone")
+    finally:
+        for pid in servers - {None}:  # the server outlives its jobs by design (until idle): end this test's
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
 
 # ---- a machine that goes away (last: it breaks the case's machine) -------------------------------------------------

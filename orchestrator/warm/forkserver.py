@@ -1,0 +1,452 @@
+"""orch's per-machine fork server: one process per machine (and key) that has imported the trainer's heavy libraries
+once (torch and its compiler: about 8 s of every trial's start on a GPU machine, docs/fleet.md) and starts each
+trial's trainer by fork. Standard library only: it is staged to the machine as WORKDIR/.orch-warm/bin/forkserver-
+HASH.py beside the entry program, which loads it to ask for a fork (`run`) and runs it as a program to start a
+server (`serve`). A study turns it on with `trainer.fork_server`.
+
+    entry program (the job's process; the launcher tracks it)      fork server
+      connect to the server's socket; none there: spawn one ---->  claim the socket, import the preload list
+      send argv, cwd, env, umask, CPU affinity; fds 0, 1, 2  ---->  fork; the child takes the job's fds, cwd, env,
+                                                                    umask and affinity, a session of its own
+      <---- {"pid": N}; print the `@@warm` line; send "go"  ---->  the child runs the module or script as __main__
+      forward SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2 to the child's process group
+      <---- {"exit": code} or {"signal": n}: the entry ends the same way        (the server waits for the child)
+
+The job's contract holds: the trainer's stdout and stderr are the job's; a signal to the job's process group reaches
+the trainer's group through the entry; an entry killed outright (SIGKILL after the launcher's grace) is seen by the
+child through a pidfd, and the child kills its own group; the entry exits with the trainer's status.
+
+Anything the fork path cannot do starts the trainer as before (the entry execs it), and the `@@warm` report says
+why: a command that is not `python [-u] -m MODULE ...` or `python [-u] SCRIPT ...` run by the entry's own
+interpreter, a server whose preload failed (its error), no pidfd on this kernel.
+
+The socket is in Linux's abstract namespace (no file, no path-length limit), named from the user id and a digest of
+the interpreter, the .orch-warm root, the cache key, the preload list and the environment variables a library may
+read when it is imported (PYTHON*, TORCH*, TRITON*, OMP_*, ...; not CUDA_VISIBLE_DEVICES, which torch reads when it
+first touches the GPU): a job that differs in any of them gets a server of its own. The server answers only
+processes of its own user (SO_PEERCRED). It never touches CUDA (a preload that initializes it is refused), and it
+exits after `idle_s` seconds without a running child. Its log: ROOT/forkserver/NAME.log.
+"""
+
+import hashlib
+import importlib
+import io
+import json
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+#: environment variables a preloaded library may read at import: part of the server's name
+IMPORT_ENV = re.compile(r"^(PYTHON|LD_|TORCH|PYTORCH|TRITON|INDUCTOR|OMP_|MKL_|KMP_|OPENBLAS|NCCL_|CUDA_|CUBLAS|CUDNN|"
+                        r"NVIDIA_|XLA_|TF_|HF_|TOKENIZERS)")
+PER_JOB_ENV = ("CUDA_VISIBLE_DEVICES",)
+#: the server's own: torch asks NVML, not the CUDA driver, whether there is a GPU (a driver initialized before the fork
+#: is unusable in the child), and starts no compile-worker pool at import (a server never compiles)
+SERVER_ONLY_ENV = {"PYTORCH_NVML_BASED_CUDA_CHECK": "1", "TORCH_WARM_POOL": "0"}
+BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "SHELL")
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+MAX_MESSAGE = 16 << 20
+_PYTHON = re.compile(r"^python[0-9.]*$")
+_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+# ---- the messages: a 4-byte length, then JSON ----------------------------------------------------------------------
+def _send(sock, obj, fds=()):
+    data = json.dumps(obj).encode()
+    frame = struct.pack("!I", len(data)) + data
+    if fds:
+        sent = socket.send_fds(sock, [frame], list(fds))
+        frame = frame[sent:]
+    if frame:
+        sock.sendall(frame)
+
+
+def _recv_exact(sock, size, head=b""):
+    data = head
+    while len(data) < size:
+        chunk = sock.recv(min(1 << 20, size - len(data)))
+        if not chunk:
+            raise EOFError("the other side closed the connection")
+        data += chunk
+    return data
+
+
+def _recv(sock, fds=0):
+    """(message, received fds); EOFError when the connection closed first."""
+    got = []
+    if fds:
+        head, got, _flags, _addr = socket.recv_fds(sock, 4, fds)
+        if not head:
+            raise EOFError("the other side closed the connection")
+    else:
+        head = b""
+    head = _recv_exact(sock, 4, head)
+    (size,) = struct.unpack("!I", head)
+    if size > MAX_MESSAGE:
+        raise ValueError(f"a message of {size} bytes")
+    return json.loads(_recv_exact(sock, size).decode()), got
+
+
+# ---- which commands can be forked, and by which server -------------------------------------------------------------
+def forkable(command):
+    """{"kind": "module"|"path", "name", "args", "unbuffered"} of `python [-u] -m MODULE ARGS` or `python [-u] SCRIPT
+    ARGS`; a string saying why not otherwise."""
+    if not command or not _PYTHON.match(os.path.basename(command[0])):
+        return f"{os.path.basename(command[0]) if command else 'the command'} is not a python interpreter"
+    rest, unbuffered = list(command[1:]), False
+    while rest and rest[0] == "-u":
+        rest, unbuffered = rest[1:], True
+    if len(rest) >= 2 and rest[0] == "-m":
+        return {"kind": "module", "name": rest[1], "args": rest[2:], "unbuffered": unbuffered}
+    if rest and not rest[0].startswith("-"):
+        return {"kind": "path", "name": rest[0], "args": rest[1:], "unbuffered": unbuffered}
+    return f"python options {rest[:1]} other than -u, -m MODULE or a script"
+
+
+def server_name(root, key, preload, env):
+    import_env = sorted((k, v) for k, v in env.items() if IMPORT_ENV.match(k) and k not in PER_JOB_ENV)
+    ident = json.dumps({"python": os.path.realpath(sys.executable), "root": os.path.abspath(root), "key": key,
+                        "preload": list(preload), "env": import_env}, sort_keys=True)
+    return f"orch-fork-{os.getuid()}-{hashlib.sha256(ident.encode()).hexdigest()[:20]}"
+
+
+def _connect(name):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect("\0" + name)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _spawn(program, name, fork, root, env):
+    """Start a server (a session of its own: it outlives this job) and wait until it holds the socket. True when a
+    server holds it now (this one or another job's, which won the race)."""
+    log_dir = os.path.join(root, "forkserver")
+    os.makedirs(log_dir, exist_ok=True)
+    read, write = os.pipe()
+    # the variables a preload may read, and no job's own (its trial's parameters, its secrets): each trainer gets its
+    # job's whole environment through the request
+    server_env = {k: v for k, v in env.items() if (IMPORT_ENV.match(k) and k not in PER_JOB_ENV) or k in BASE_ENV}
+    server_env.update(SERVER_ONLY_ENV)
+    try:
+        with open(os.path.join(log_dir, name + ".log"), "ab") as log:
+            subprocess.Popen([sys.executable, program, "serve", name, json.dumps(list(fork["preload"])),
+                              str(float(fork.get("idle_s", 900))), str(write)],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=server_env, cwd=root,
+                             pass_fds=(write,),
+                             start_new_session=True, close_fds=True)
+    finally:
+        os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        said = pipe.read(64)  # "bound" or "taken" once the socket is claimed; nothing if the server died first
+    return said.startswith((b"bound", b"taken"))
+
+
+# ---- the entry's side: ask for a fork, then stand for the trainer ------------------------------------------------------
+def run(fork, root, command, env, report, emit):
+    """Start `command` through the machine's fork server. Returns None when it cannot (report["fork"] says why; the
+    caller then execs the command); otherwise waits for the trainer and returns its exit status (a trainer killed by
+    a signal: this process ends by the same signal)."""
+    began = time.monotonic()
+    target = forkable(command)
+    if isinstance(target, str):
+        report["fork"] = {"state": "fresh", "why": target}
+        return None
+    if not hasattr(os, "pidfd_open"):
+        report["fork"] = {"state": "fresh", "why": "no pidfd on this system (Linux 5.3 and Python 3.9 needed)"}
+        return None
+    name = server_name(root, report.get("key"), fork["preload"], env)
+    sock, spawned = _connect(name), False
+    if sock is None:
+        spawned = _spawn(fork["program"], name, fork, root, env)
+        sock = _connect(name) if spawned else None
+    if sock is None:
+        report["fork"] = {"state": "fresh", "why": "the fork server did not start (see "
+                          f"{os.path.join(root, 'forkserver', name + '.log')})"}
+        return None
+    request = {"target": target, "cwd": os.getcwd(), "env": env, "umask": _umask(),
+               "affinity": sorted(os.sched_getaffinity(0)), "entry": os.getpid()}
+    try:
+        _send(sock, request, fds=(0, 1, 2))
+        reply, _ = _recv(sock)
+    except (OSError, EOFError, ValueError) as exc:  # the server ended before it forked: nothing runs
+        sock.close()
+        report["fork"] = {"state": "fresh", "why": f"the fork server closed the request ({exc})"}
+        return None
+    if "pid" not in reply:
+        sock.close()
+        report["fork"] = {"state": "fresh", "why": f"the fork server refused: {reply.get('error', reply)}"}
+        return None
+    child = reply["pid"]
+    report["fork"] = {"state": "forked", "server": name, "server_pid": reply.get("server_pid"),
+                      "spawned": spawned, "preload_s": reply.get("preload_s"), "forks": reply.get("forks"),
+                      "server_threads": reply.get("threads"),
+                      "pid": child, "ms": round((time.monotonic() - began) * 1000, 1)}
+
+    def forward(signum, _frame):
+        try:
+            os.killpg(child, signum)
+        except OSError:
+            pass
+
+    for signum in FORWARDED:
+        signal.signal(signum, forward)
+    emit(report)
+    try:
+        sock.sendall(b"go")
+        status, _ = _recv(sock)
+    except (OSError, EOFError, ValueError):
+        status = _outlived_server(child)
+    finally:
+        sock.close()
+    if "signal" in status:
+        signum = int(status["signal"])
+        sys.stdout.flush()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    return int(status.get("exit", 1))
+
+
+def _outlived_server(child):
+    """The server ended while the trainer runs: wait for the trainer (its status is lost with the server)."""
+    try:
+        fd = os.pidfd_open(child)
+    except OSError:
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])
+        os.close(fd)
+    print("orch-warm: the fork server ended while the trainer ran; its exit status is unknown", flush=True)
+    return {"exit": 1}
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# ---- the server ----------------------------------------------------------------------------------------------------
+def _log(message):
+    print(f"[{time.strftime('%Y-%m-%dT%H:%M:%S')}] pid {os.getpid()}: {message}", file=sys.stderr, flush=True)
+
+
+def _preload(modules):
+    """(error or None, seconds) of importing the preload list; a module that made a CUDA context is an error: a
+    forked child could not use the GPU."""
+    began = time.monotonic()
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except BaseException as exc:  # an import may fail any way (SystemExit included): the server reports it
+            return f"importing {module} failed: {type(exc).__name__}: {exc}", time.monotonic() - began
+    cuda = sys.modules.get("torch.cuda")
+    if (cuda is not None and getattr(cuda, "is_initialized", lambda: False)()) or _cuda_driver_open():
+        return "a preloaded module initialized CUDA (a forked trainer could not use the GPU)", time.monotonic() - began
+    return None, time.monotonic() - began
+
+
+def _cuda_driver_open():
+    """Whether this process holds the CUDA driver's unified-memory device open (cuInit does; NVML does not)."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("/dev/nvidia-uvm"):
+                return True
+        except OSError:
+            pass
+    return False
+
+
+class _Forked(Exception):
+    """Raised in the child, out of the server's loop: the request it is to run."""
+
+    def __init__(self, request):
+        Exception.__init__(self, "forked")
+        self.request = request
+
+
+def _threads():
+    """This process's threads (a fork copies only the calling one: more than one is worth a look in the report)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
+def _peer(conn):
+    pid, uid, _gid = _CRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+    return pid, uid
+
+
+def _fork(conn, request, fds, preload_s, forks):
+    """Fork the trainer of one request. In the parent: (pid, pidfd); in the child: raises _Forked (the server's loop
+    closes its sockets and pidfds in the child)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        request["fds"], request["conn"] = fds, conn
+        raise _Forked(request)
+    for fd in fds:
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    _send(conn, {"pid": pid, "server_pid": os.getpid(), "preload_s": round(preload_s, 2), "forks": forks,
+                 "threads": _threads()})
+    return pid, pidfd
+
+
+def serve(name, preload, idle_s, ready_fd):
+    """The server's loop. Returns in a forked child only (with its request); the server itself exits."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind("\0" + name)
+    except OSError:
+        os.write(ready_fd, b"taken")  # another job's server won the race
+        os.close(ready_fd)
+        sys.exit(0)
+    listener.listen(64)
+    os.write(ready_fd, b"bound")
+    os.close(ready_fd)
+    _log(f"serving {name}; importing {', '.join(preload)}")
+    error, preload_s = _preload(preload)
+    _log(f"preload: {error or 'ok'} in {preload_s:.2f} s ({_threads()} threads)")
+    children, forks = {}, 0  # pidfd -> (pid, conn)
+    try:
+        while True:
+            ready, _, _ = select.select([listener, *children], [], [], None if children else idle_s)
+            if not ready:
+                _log(f"idle for {idle_s:g} s after {forks} forks: exiting")
+                return None
+            for fd in ready:
+                if fd is listener:
+                    conn, _ = listener.accept()
+                    conn.settimeout(30)
+                    try:
+                        peer_pid, uid = _peer(conn)
+                        if uid != os.getuid():
+                            _log(f"refused a connection of uid {uid}")
+                            conn.close()
+                            continue
+                        request, fds = _recv(conn, fds=3)
+                        if error or len(fds) != 3:
+                            for extra in fds:
+                                os.close(extra)
+                            _send(conn, {"error": error or "the job's stdin, stdout and stderr did not arrive"})
+                            conn.close()
+                            continue
+                        request["entry"] = peer_pid
+                        pid, pidfd = _fork(conn, request, fds, preload_s, forks + 1)
+                        forks += 1
+                        children[pidfd] = (pid, conn)
+                        _log(f"forked {pid} for pid {peer_pid}: {request['target']['kind']} "
+                             f"{request['target']['name']}")
+                    except (OSError, EOFError, ValueError) as exc:
+                        _log(f"a request failed: {type(exc).__name__}: {exc}")
+                        conn.close()
+                else:
+                    pid, conn = children.pop(fd)
+                    os.close(fd)
+                    _, status = os.waitpid(pid, 0)
+                    reply = ({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status)
+                             else {"exit": os.waitstatus_to_exitcode(status)})
+                    _log(f"{pid} ended: {reply}")
+                    try:
+                        _send(conn, reply)
+                    except OSError:
+                        pass
+                    conn.close()
+    except _Forked as forked:
+        listener.close()
+        for other_fd, (_, other_conn) in children.items():
+            os.close(other_fd)
+            other_conn.close()
+        return forked.request
+
+
+def _child_setup(request):
+    """In the forked child: become the job (its fds, cwd, env, umask, affinity, a session of its own), wait for the
+    entry's go, and watch the entry: should it die, the trainer's group is killed."""
+    conn = request["conn"]
+    os.setsid()
+    for target_fd, fd in enumerate(request["fds"]):
+        os.dup2(fd, target_fd)
+        os.close(fd)
+    os.umask(int(request["umask"]))
+    try:
+        os.sched_setaffinity(0, request["affinity"])
+    except (OSError, ValueError):
+        pass
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    try:
+        entry = os.pidfd_open(int(request["entry"]))
+    except OSError:
+        os._exit(1)  # the entry is gone already
+    conn.settimeout(None)
+    try:
+        if _recv_exact(conn, 2) != b"go":
+            os._exit(1)
+    except (OSError, EOFError):
+        os._exit(1)  # the entry ended before the trainer started
+    conn.close()
+    _stdio(bool(request["target"].get("unbuffered") or request["env"].get("PYTHONUNBUFFERED")))
+
+    def watch_entry():
+        select.select([entry], [], [])
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    threading.Thread(target=watch_entry, daemon=True, name="orch-fork-entry").start()
+
+
+def _stdio(unbuffered):
+    """sys.stdout and sys.stderr on the job's fds, buffered as a fresh interpreter with this environment would."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        old = getattr(sys, name)
+        raw = io.FileIO(fd, "w", closefd=False)
+        stream = (io.TextIOWrapper(raw, encoding=old.encoding, errors=old.errors, write_through=True) if unbuffered
+                  else io.TextIOWrapper(io.BufferedWriter(raw), encoding=old.encoding, errors=old.errors,
+                                        line_buffering=name == "stderr" or raw.isatty()))
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def _run_target(target):
+    import runpy
+
+    sys.argv = [target["name"], *target["args"]]
+    if target["kind"] == "module":
+        sys.path[0] = os.getcwd()
+        runpy.run_module(target["name"], run_name="__main__", alter_sys=True)
+    else:
+        sys.path[0] = os.path.dirname(os.path.realpath(target["name"]))
+        runpy.run_path(target["name"], run_name="__main__")
+
+
+def main(argv):
+    if len(argv) != 5 or argv[0] != "serve":
+        print("usage: forkserver.py serve NAME PRELOAD_JSON IDLE_S READY_FD", file=sys.stderr)
+        return 2
+    request = serve(argv[1], json.loads(argv[2]), float(argv[3]), int(argv[4]))
+    if request is None:
+        return 0
+    _child_setup(request)
+    _run_target(request["target"])  # as `python -m`/`python SCRIPT` would: exceptions and SystemExit end it alike
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,272 @@
+"""The fork server (orchestrator/warm/forkserver.py) with real processes: the entry program, a server it spawns, and
+trainers forked from it.
+
+A preloaded module records each time it is imported: the second and third trainers find it imported (one import on
+the machine). Each forked trainer is the job: its argv, cwd, environment (secrets too, which the server's own
+environment never holds), stdout, stderr, umask and exit status; a SIGTERM to the job's process group reaches it, and
+a trainer that ignores SIGTERM dies with its entry when the launcher kills the group. What cannot be forked starts as
+before, with the reason in the `@@warm` report. `orch study run` of a study with `trainer.fork_server` forks trials 2
+and 3 from the server the first spawned, and the real trainer (CPU, tiny preset) trains to a val_loss forked from a
+server that imported torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import select as sql_select
+
+from db import Database, TrialRow
+from orchestrator.warm.launch import MARK
+from orchestrator.warm.report import log_report
+from orchestrator.warm.stage import ENTRY, FORK_SERVER
+from tests.conftest import REPO, STAND_IN, orch
+
+PRELOADED = """import os, time
+with open(os.path.join(os.path.dirname(__file__), "imports.log"), "a") as f:
+    f.write(f"{os.getpid()}\\n")
+"""
+TRAINER = """import os, sys, preloaded_lib
+print("trainer", os.getpid(), os.getsid(0), os.getcwd(), json.dumps(sys.argv[1:]), os.environ.get("JOB_SECRET"),
+      oct(os.umask(0)), __name__, flush=True)
+print("to stderr", file=sys.stderr, flush=True)
+if sys.argv[1] == "raise":
+    raise RuntimeError("the trainer failed")
+if sys.argv[1] == "wait":  # until the test signals it
+    import signal, time
+    if sys.argv[2] == "ignore":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: (print("got SIGTERM", flush=True), sys.exit(143)))
+    print("waiting", flush=True)
+    time.sleep(120)
+sys.exit(int(sys.argv[1]))
+"""
+
+
+@pytest.fixture
+def machine(tmp_path):
+    """A folder with the preloaded module and the trainer script; the plan of a job with a fork server."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "preloaded_lib.py").write_text(PRELOADED)
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "train.py").write_text("import json\n" + TRAINER)
+
+    def plan(preload=("preloaded_lib",), idle_s=60.0) -> Path:
+        path = tmp_path / f"plan-{len(preload)}-{idle_s:g}.json"
+        path.write_text(json.dumps({"v": 1, "root": str(tmp_path / "warm"), "code": "c0", "link": "data", "keep": 8,
+                                    "data": [], "fork": {"program": str(FORK_SERVER), "preload": list(preload),
+                                                         "idle_s": idle_s}}))
+        return path
+
+    servers: list[int] = []
+    yield tmp_path, plan, servers
+    for pid in servers:  # the servers outlive their jobs by design: end the ones this test started
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def _env(tmp_path: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHINDUCTOR", "TRITON"))}
+    return {**env, "PYTHONPATH": str(tmp_path / "lib"), "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _start(tmp_path: Path, plan: Path, *command: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ENTRY), str(plan), "--", *command], cwd=tmp_path / "job",
+                            env=env or _env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _report(stdout: str) -> dict:
+    return json.loads(next(line for line in stdout.splitlines() if line.startswith(MARK))[len(MARK):])
+
+
+def _gone(pid: int, timeout_s: float) -> bool:
+    """Whether process `pid` ends within `timeout_s` (a pidfd: woken by its exit, no polling)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout_s)[0])
+    finally:
+        os.close(fd)
+
+
+def test_trainers_forked_from_one_server_are_their_jobs(machine):
+    tmp_path, plan, servers = machine
+    python = sys.executable
+    runs = []
+    for code, secret in (("3", "s3cret-one"), ("0", "s3cret-two"), ("raise", "s3cret-three")):
+        proc = _start(tmp_path, plan(), python, "train.py", code, env=_env(tmp_path, JOB_SECRET=secret))
+        out, err = proc.communicate(timeout=60)
+        runs.append((proc.returncode, out, err, _report(out)))
+    states = [r[3]["fork"] for r in runs]
+    servers.append(states[0]["server_pid"])
+    assert [s["state"] for s in states] == ["forked"] * 3, states
+    assert [s["spawned"] for s in states] == [True, False, False]
+    assert len({s["server_pid"] for s in states}) == 1 and [s["forks"] for s in states] == [1, 2, 3]
+    # the module the server preloaded was imported once, by the server, not by any trainer
+    assert (tmp_path / "lib" / "imports.log").read_text().split() == [str(states[0]["server_pid"])]
+
+    (code3, out3, err3, _), (code0, out0, err0, _), (code_raise, _, err_raise, _) = runs
+    assert (code3, code0, code_raise) == (3, 0, 1)
+    trainer = [line.split() for line in out0.splitlines() if line.startswith("trainer ")][0]
+    pid, sid, cwd, argv, secret, umask, name = trainer[1:]
+    assert int(pid) == states[1]["pid"] and sid == pid  # a session (and process group) of its own
+    assert cwd == str(tmp_path / "job") and json.loads(argv) == ["0"] and secret == "s3cret-two"
+    assert umask == oct(_umask()) and name == "__main__"
+    assert err0 == "to stderr\n" and "to stderr" in err3
+    assert "RuntimeError: the trainer failed" in err_raise and "Traceback" in err_raise
+    # the job's own variables reach its trainer through the request, never the server's environment
+    server_env = Path(f"/proc/{states[0]['server_pid']}/environ").read_bytes()
+    assert b"s3cret" not in server_env and b"PYTHONPATH=" in server_env
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _until_waiting(proc: subprocess.Popen) -> dict:
+    report = None
+    for line in proc.stdout:
+        if line.startswith(MARK):
+            report = json.loads(line[len(MARK):])
+        if line.strip() == "waiting":
+            return report
+    raise AssertionError(f"the trainer ended before waiting: {proc.wait()} {proc.stderr.read()}")
+
+
+def test_a_signal_to_the_jobs_group_reaches_the_forked_trainer(machine):
+    tmp_path, plan, servers = machine
+    proc = _start(tmp_path, plan(), sys.executable, "train.py", "wait", "term")
+    report = _until_waiting(proc)
+    servers.append(report["fork"]["server_pid"])
+    os.killpg(proc.pid, signal.SIGTERM)  # what a launcher's cancel does first
+    assert proc.wait(timeout=30) == 143
+    assert "got SIGTERM" in proc.stdout.read()
+    assert _gone(report["fork"]["pid"], 10)
+
+    # a trainer that ignores SIGTERM: the launcher kills the group after its grace; the entry dies, and so does it
+    proc = _start(tmp_path, plan(), sys.executable, "train.py", "wait", "ignore")
+    report = _until_waiting(proc)
+    trainer = report["fork"]["pid"]
+    os.killpg(proc.pid, signal.SIGTERM)
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=1)  # the grace: the trainer ignores it, so the entry stands
+    assert not _gone(trainer, 0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    assert _gone(trainer, 10), "the forked trainer outlived its killed entry"
+    assert not _gone(report["fork"]["server_pid"], 0)  # the server serves the next trial
+
+
+def test_what_cannot_be_forked_starts_as_before_and_says_why(machine):
+    tmp_path, plan, servers = machine
+    out = subprocess.run([sys.executable, str(ENTRY), str(plan()), "--", "bash", "-c", "echo plain $JOB_SECRET"],
+                         cwd=tmp_path / "job", env=_env(tmp_path, JOB_SECRET="x"), capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.splitlines()[-1] == "plain x"
+    assert _report(out.stdout)["fork"] == {"state": "fresh", "why": "bash is not a python interpreter"}
+
+    # a preload that fails: the server says so, the trainer starts fresh and imports the module itself
+    proc = _start(tmp_path, plan(preload=("preloaded_lib", "no_such_module_anywhere")), sys.executable, "train.py",
+                  "0")
+    stdout, _ = proc.communicate(timeout=60)
+    fork = _report(stdout)["fork"]
+    assert proc.returncode == 0 and fork["state"] == "fresh"
+    assert "no_such_module_anywhere" in fork["why"] and "ModuleNotFoundError" in fork["why"]
+    trainer_pid = next(line.split()[1] for line in stdout.splitlines() if line.startswith("trainer "))
+    assert trainer_pid == str(proc.pid)  # exec'd: the entry's own process
+    log = next((tmp_path / "warm" / "forkserver").glob("*.log")).read_text()
+    servers += [int(p) for p in {line.split("pid ")[1].split(":")[0] for line in log.splitlines() if "pid " in line}]
+
+
+def test_an_idle_server_exits(machine):
+    tmp_path, plan, servers = machine
+    proc = _start(tmp_path, plan(idle_s=0.5), sys.executable, "train.py", "0")
+    stdout, _ = proc.communicate(timeout=60)
+    server = _report(stdout)["fork"]["server_pid"]
+    servers.append(server)
+    assert proc.returncode == 0
+    assert _gone(server, 20), "the server did not exit once idle"
+    assert "idle for 0.5 s after 1 forks: exiting" in next((tmp_path / "warm" / "forkserver").glob("*.log")).read_text()
+
+
+def _servers_of(rows) -> set[int]:
+    return {(log_report(r.log_path) or {}).get("fork", {}).get("server_pid") for r in rows} - {None}
+
+
+def test_orch_study_run_forks_its_trials_from_the_machines_server(tmp_path):
+    spec = {
+        "trainer": {"command": ["{python}", str(STAND_IN), "--steps", "20"], "log_format": "orch",
+                    "code_dir": str(STAND_IN.parent), "files": [STAND_IN.name],
+                    "fork_server": {"preload": ["argparse", "random"], "idle_s": 30}},
+        "parameters": {"stage1": {"type": "float", "low": 0.2, "high": 0.6, "step": 0.02}},
+        "derived": {"rest": {"expr": "(1 - stage1) / 2", "min": 0.05}},
+        "arguments": {"flags": {"--stage-durations": "{stage1:.4f},{rest:.4f},{rest:.4f}"}},
+        "objective": {"minimize": "train_time_s", "subject_to": ["val_loss <= 3.5"]},
+        "sampler": {"name": "random", "seed": 0},
+        "budget": {"max_trials": 3, "parallel": 1}, "timeout_s": 60,
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(yaml.safe_dump({"machines": [{"name": "here", "launcher": "local", "gpus": "none",
+                                                   "cpu_slots": 1, "workdir": str(tmp_path / "runs")}]}))
+    url = f"sqlite:///{tmp_path / 'orch.db'}"
+    assert orch("study", "create", "s", "--from", str(tmp_path / "s.yaml"), "--db", url).returncode == 0
+    run = orch("study", "run", "s", "--plain", "--fleet", str(fleet), "--db", url)
+    assert run.returncode == 0, run.stderr[-2000:]
+    db = Database(url)
+    try:
+        with db.session() as s:
+            rows = s.scalars(sql_select(TrialRow).order_by(TrialRow.number)).all()
+            forks = [(log_report(r.log_path) or {}).get("fork", {}) for r in rows]
+            assert [r.state for r in rows] == ["complete"] * 3 and all(r.metrics.get("val_loss") for r in rows)
+            assert [f.get("state") for f in forks] == ["forked"] * 3, forks
+            assert [f["spawned"] for f in forks] == [True, False, False] and len(_servers_of(rows)) == 1
+            # the pid the trial row tracks is the entry's, which stood for the trainer until it ended
+            assert all(r.pid and r.pid != f["pid"] for r, f in zip(rows, forks))
+    finally:
+        db.dispose()
+        for pid in _servers_of(rows):
+            os.kill(pid, signal.SIGTERM)
+
+
+def test_the_real_trainer_trains_forked_from_a_server_that_imported_torch(tmp_path):
+    """Our trainer (CPU, tiny preset, eager) forked twice from a server whose preload is torch: both reach their
+    val_loss, and the second's import phase is the server's (near zero)."""
+    pytest.importorskip("torch")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"v": 1, "root": str(tmp_path / "warm"), "code": "c0", "link": "data", "keep": 8,
+                                "data": [], "fork": {"program": str(FORK_SERVER), "preload": ["torch"],
+                                                     "idle_s": 30}}))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    results = []
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, str(ENTRY), str(plan), "--", sys.executable, "-m", "trainer",
+                              "--preset", "tiny", "--device", "cpu", "--threads", "1", "--compile", "0",
+                              "--num-steps", "6", "--extension-steps", "0", "--val-every", "0", "--seed", seed],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        finals = [json.loads(line[len("@@metrics "):]) for line in out.stdout.splitlines()
+                  if line.startswith("@@metrics ") and '"final"' in line]
+        results.append((_report(out.stdout)["fork"], finals[-1]))
+    os.kill(results[0][0]["server_pid"], signal.SIGTERM)
+    assert [f["state"] for f, _ in results] == ["forked", "forked"]
+    assert all(final["val_loss"] > 0 for _, final in results)
+    assert results[1][1]["startup_s"]["import"] < 0.5  # torch was imported by the server
