@@ -163,6 +163,7 @@ def trial_rows(url: str, study: str) -> list[dict]:
                             "timed_s": None if timed is None else timed / 1000,
                             "wall_s": (r.ended_at - r.created_at).total_seconds() if r.ended_at else None,
                             "warmup_s": final.get("warmup_s"), "startup_s": final.get("startup_s"),
+                            "compile_cache": final.get("compile_cache"),
                             "cache_found": warm.get("found"),
                             "data": [d.get("state") for d in warm.get("data", [])]})
             return out
@@ -208,13 +209,18 @@ STARTUP = ("process", "import", "device", "data", "model", "optimizers", "compil
 
 def startup_table(results: list[dict]) -> list[str]:
     """Mean seconds of each start-up phase (the trainer's `startup_s`) a phase of the bench, and their sum."""
-    out = ["| caches | " + " | ".join(STARTUP) + " | before step 0 |", "| --- |" + " --- |" * (len(STARTUP) + 1)]
+    out = ["| caches | " + " | ".join(STARTUP) + " | before step 0 | compile cache hit / miss |",
+           "| --- |" + " --- |" * (len(STARTUP) + 2)]
     for r in results:
         rows = [t["startup_s"] for t in r["trials"] if t.get("startup_s")]
         if not rows:
             continue
         means = [sum(row.get(k, 0.0) for row in rows) / len(rows) for k in STARTUP]
-        out.append(f"| {r['phase']} | " + " | ".join(f"{m:.2f}" for m in means) + f" | {sum(means):.2f} |")
+        counts = [t.get("compile_cache") or {} for t in r["trials"]]
+        hits = sum(v for c in counts for k, v in c.items() if k.endswith("_hit"))
+        misses = sum(v for c in counts for k, v in c.items() if k.endswith("_miss"))
+        out.append(f"| {r['phase']} | " + " | ".join(f"{m:.2f}" for m in means) + f" | {sum(means):.2f} | "
+                   f"{hits} / {misses} |")
     return out
 
 
@@ -226,7 +232,7 @@ def main() -> int:
     ap.add_argument("--warm-args", default="", help="trainer flags added in the prime and warm phases")
     ap.add_argument("--tuned-args", default="", help="trainer flags added in the tuned phase (one shell-quoted string)")
     ap.add_argument("--tuned-env", default="", help="environment of the tuned phase's trials: KEY=VALUE,KEY=VALUE")
-    ap.add_argument("--fork-preload", default="torch,torch._dynamo,torch._inductor.compile_fx",
+    ap.add_argument("--fork-preload", default="torch,torch._dynamo,torch._inductor.utils",
                     help="the forked phase's `trainer.fork_server.preload` (comma-separated modules)")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

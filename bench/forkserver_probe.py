@@ -2,8 +2,9 @@
 that has already imported torch and its compiler (never touching CUDA), alternately, on warm compile caches.
 
 docs/fleet.md ("Fourth GPU session"): a warm GPU trial spends 8.5 s of its 16.7 s before step 0 importing torch and,
-on first use, `torch._dynamo` and Inductor. A per-machine fork server (not built) would pay those imports once. This
-probe measures the saving before that is built: `fresh` runs `python -m trainer ARGS` as a job does today; `forked`
+on first use, `torch._dynamo` and Inductor. A per-machine fork server pays those imports once; this probe measured
+the saving before it was built (it is now: orchestrator/warm/forkserver.py, `trainer.fork_server`; bench/duty_cycle.py
+`--phases forked` measures it through orch): `fresh` runs `python -m trainer ARGS` as a job does today; `forked`
 forks this process (which imported torch, torch._dynamo, Inductor and the trainer's modules, and made no CUDA call)
 and runs `trainer.train.main(ARGS)` in the child, whose stdout goes to a pipe read here. Each run's wall is from
 start (spawn or fork) to exit; its `startup_s` and timed training come from the trainer's final `@@metrics` line.

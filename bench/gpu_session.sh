@@ -41,7 +41,9 @@
 # (mng failed on an FP8 scale); the second setup, probe, mng (trained, then ran out of data) and part of duty; the
 # third setup, duty (16 minutes) and mng's first trial to its val_loss (the 30 device minutes then ran out); the
 # fourth setup and mng (3 trials to their val_loss), then 2 duty trials with DUTY_PHASES=prime,tuned:3 (three failed
-# starts had taken 8 minutes).
+# starts had taken 8 minutes). 2026-12-07 (fifth): setup and forkduty (its server refused: the preload of then,
+# torch._inductor.compile_fx, opens the CUDA driver; the trainers started fresh), then forked:3 by hand with the new
+# preload (docs/fleet.md, "Fifth GPU session").
 set -uo pipefail
 S=runs/gpu-session
 mkdir -p "$S"

@@ -52,6 +52,21 @@ def _process_start() -> float:
         return time.time()
 
 
+def compile_cache_counts() -> dict:
+    """torch.compile's cache outcomes in this process (dynamo's counters: Inductor's FX graph cache and AOTAutograd's
+    cache, hit / miss / bypass): says whether a warm trial compiled from its caches or again."""
+    if "torch._dynamo" not in sys.modules:
+        return {}
+    from torch._dynamo.utils import counters
+
+    out = {}
+    for group in ("inductor", "aot_autograd"):
+        for name, count in counters.get(group, {}).items():
+            if "cache" in name and ("hit" in name or "miss" in name or "bypass" in name):
+                out[name] = count
+    return out
+
+
 def versions() -> dict:
     import numpy
     import torch
@@ -368,7 +383,7 @@ class Run:
               "val_loss": round(vl, 4) if vl is not None and math.isfinite(vl) else None,
               "train_time_ms": round(self.train_time_ms), "step_avg_ms": self._avg(), "tokens": self.tokens,
               "peak_memory_mib": round(peak), "warmup_s": round(getattr(self, "warmup_s", 0.0), 1),
-              "startup_s": self.startup,
+              "startup_s": self.startup, "compile_cache": compile_cache_counts(),
               "exit_reason": reason, "world_size": getattr(self, "world", 1),
               "gpu_name": self.torch.cuda.get_device_name(self.device) if getattr(self, "is_cuda", False) else None,
               "versions": versions()})

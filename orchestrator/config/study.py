@@ -329,7 +329,10 @@ class ForkServer(_Strict):
     code to set, before its first import of a preloaded library, a variable that library reads at import (set it
     in `trainer.env` instead: those variables key the server)."""
 
-    preload: list[str] = Field(default_factory=lambda: ["torch", "torch._dynamo", "torch._inductor.compile_fx"],
+    #: torch, its compiler front end and Inductor's utilities: 7.9 s of a GPU trial's start (docs/fleet.md). Not
+    #: torch._inductor.compile_fx: importing it opens the CUDA driver on a GPU machine (an H100, torch 2.11), and a
+    #: server that did is refused (a forked trainer could not rely on the GPU)
+    preload: list[str] = Field(default_factory=lambda: ["torch", "torch._dynamo", "torch._inductor.utils"],
                                min_length=1)
     idle_s: float = Field(default=900.0, gt=0)  # the server exits after this long without a running trainer
 

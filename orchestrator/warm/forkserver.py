@@ -28,6 +28,7 @@ processes of its own user (SO_PEERCRED). It never touches CUDA (a preload that i
 exits after `idle_s` seconds without a running child. Its log: ROOT/forkserver/NAME.log.
 """
 
+import gc
 import hashlib
 import importlib
 import io
@@ -35,6 +36,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -100,6 +102,9 @@ def forkable(command):
     ARGS`; a string saying why not otherwise."""
     if not command or not _PYTHON.match(os.path.basename(command[0])):
         return f"{os.path.basename(command[0]) if command else 'the command'} is not a python interpreter"
+    found = shutil.which(command[0])
+    if not found or os.path.realpath(found) != os.path.realpath(sys.executable):
+        return f"{command[0]} is not the interpreter the entry program runs in ({sys.executable})"
     rest, unbuffered = list(command[1:]), False
     while rest and rest[0] == "-u":
         rest, unbuffered = rest[1:], True
@@ -223,10 +228,18 @@ def _outlived_server(child):
     except OSError:
         fd = None
     if fd is not None:
-        select.select([fd], [], [])
+        _wait_readable(fd)
         os.close(fd)
     print("orch-warm: the fork server ended while the trainer ran; its exit status is unknown", flush=True)
     return {"exit": 1}
+
+
+def _wait_readable(fd):
+    """Until `fd` (a pidfd: its process ended) is readable."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while not poller.poll():
+        pass
 
 
 def _umask():
@@ -321,17 +334,21 @@ def serve(name, preload, idle_s, ready_fd):
     os.write(ready_fd, b"bound")
     os.close(ready_fd)
     _log(f"serving {name}; importing {', '.join(preload)}")
+    gc.disable()  # no collection may leave freed holes in the pages the children share (Python's gc.freeze notes)
     error, preload_s = _preload(preload)
+    gc.freeze()  # what the preload made is permanent: a child's collections never touch (and copy) its pages
     _log(f"preload: {error or 'ok'} in {preload_s:.2f} s ({_threads()} threads)")
     children, forks = {}, 0  # pidfd -> (pid, conn)
+    poller = select.poll()  # poll, not select: no limit on fd numbers
+    poller.register(listener.fileno(), select.POLLIN)
     try:
         while True:
-            ready, _, _ = select.select([listener, *children], [], [], None if children else idle_s)
+            ready = poller.poll(None if children else idle_s * 1000)
             if not ready:
                 _log(f"idle for {idle_s:g} s after {forks} forks: exiting")
                 return None
-            for fd in ready:
-                if fd is listener:
+            for fd, _event in ready:
+                if fd == listener.fileno():
                     conn, _ = listener.accept()
                     conn.settimeout(30)
                     try:
@@ -351,6 +368,7 @@ def serve(name, preload, idle_s, ready_fd):
                         pid, pidfd = _fork(conn, request, fds, preload_s, forks + 1)
                         forks += 1
                         children[pidfd] = (pid, conn)
+                        poller.register(pidfd, select.POLLIN)
                         _log(f"forked {pid} for pid {peer_pid}: {request['target']['kind']} "
                              f"{request['target']['name']}")
                     except (OSError, EOFError, ValueError) as exc:
@@ -358,6 +376,7 @@ def serve(name, preload, idle_s, ready_fd):
                         conn.close()
                 else:
                     pid, conn = children.pop(fd)
+                    poller.unregister(fd)
                     os.close(fd)
                     _, status = os.waitpid(pid, 0)
                     reply = ({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status)
@@ -390,6 +409,7 @@ def _child_setup(request):
     except (OSError, ValueError):
         pass
     os.chdir(request["cwd"])
+    gc.enable()
     os.environ.clear()
     os.environ.update(request["env"])
     try:
@@ -406,7 +426,7 @@ def _child_setup(request):
     _stdio(bool(request["target"].get("unbuffered") or request["env"].get("PYTHONUNBUFFERED")))
 
     def watch_entry():
-        select.select([entry], [], [])
+        _wait_readable(entry)
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
     threading.Thread(target=watch_entry, daemon=True, name="orch-fork-entry").start()

@@ -1,8 +1,9 @@
 """Cache and data state of each machine, as its newest trial's entry program reported it (`@@warm` in the log).
 
 The entry program prints one `@@warm {...}` line at the start of every trial it starts: the cache key, whether that
-key already had entries, the cache's size, the other keys kept, the library versions, and the state of each data
-file (`verified`: hashed now, `checked`: size and mtime as at its last full check) or the refusal. `orch fleet
+key already had entries, the cache's size, the other keys kept, the library versions, the state of each data
+file (`verified`: hashed now, `checked`: size and mtime as at its last full check) or the refusal, and with
+`trainer.fork_server` whether the trainer was forked (the server's pid and forks) or started fresh (why). `orch fleet
 status` shows the newest such report of each machine (`machine_states`), read from the trial's log on the
 controller's host (the local copy every launcher keeps); a machine none of whose recent trials has a report shows
 nothing.
@@ -50,7 +51,18 @@ def summary(report: dict) -> dict:
             "entries": report.get("entries"), "bytes": report.get("bytes"), "other_keys": report.get("other_keys"),
             "other_bytes": report.get("other_bytes"), "versions": report.get("versions") or {},
             "data": {"files": len(data), "bytes": report.get("data_bytes", 0), "states": states},
-            "error": report.get("error"), "fix": report.get("fix"), "setup_ms": report.get("ms")}
+            "error": report.get("error"), "fix": report.get("fix"), "setup_ms": report.get("ms"),
+            "fork": _fork_summary(report.get("fork"))}
+
+
+def _fork_summary(fork: dict | None) -> dict | None:
+    """How the trainer started with `trainer.fork_server` (forkserver.py); None without one."""
+    if not isinstance(fork, dict):
+        return None
+    if fork.get("state") != "forked":
+        return {"state": fork.get("state", "fresh"), "why": fork.get("why")}
+    return {"state": "forked", "server_pid": fork.get("server_pid"), "forks": fork.get("forks"),
+            "preload_s": fork.get("preload_s"), "spawned": fork.get("spawned")}
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -103,4 +115,10 @@ def render(name: str, state: dict) -> str:
         cache += f"; data {data['files']} file(s), {_size(data.get('bytes'))} ({states})"
     else:
         cache += "; no data staged by the study"
+    fork = state.get("fork")
+    if fork and fork["state"] == "forked":
+        cache += (f"; fork server pid {fork['server_pid']} ({fork['forks']} fork(s), preload "
+                  f"{fork['preload_s'] if fork['preload_s'] is not None else '?'} s)")
+    elif fork:
+        cache += f"; trainer started fresh, not forked: {fork.get('why')}"
     return f"  {name} warm: {cache} ({when})"

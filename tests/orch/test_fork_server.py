@@ -26,6 +26,8 @@ import yaml
 from sqlalchemy import select as sql_select
 
 from db import Database, TrialRow
+from orchestrator.cli.fleet_view import fleet_status, render_fleet_status
+from orchestrator.config.fleet_file import load_fleet
 from orchestrator.warm.launch import MARK
 from orchestrator.warm.report import log_report
 from orchestrator.warm.stage import ENTRY, FORK_SERVER
@@ -35,9 +37,9 @@ PRELOADED = """import os, time
 with open(os.path.join(os.path.dirname(__file__), "imports.log"), "a") as f:
     f.write(f"{os.getpid()}\\n")
 """
-TRAINER = """import os, sys, preloaded_lib
+TRAINER = """import gc, os, sys, preloaded_lib
 print("trainer", os.getpid(), os.getsid(0), os.getcwd(), json.dumps(sys.argv[1:]), os.environ.get("JOB_SECRET"),
-      oct(os.umask(0)), __name__, flush=True)
+      oct(os.umask(0)), __name__, gc.isenabled(), flush=True)
 print("to stderr", file=sys.stderr, flush=True)
 if sys.argv[1] == "raise":
     raise RuntimeError("the trainer failed")
@@ -124,15 +126,31 @@ def test_trainers_forked_from_one_server_are_their_jobs(machine):
     (code3, out3, err3, _), (code0, out0, err0, _), (code_raise, _, err_raise, _) = runs
     assert (code3, code0, code_raise) == (3, 0, 1)
     trainer = [line.split() for line in out0.splitlines() if line.startswith("trainer ")][0]
-    pid, sid, cwd, argv, secret, umask, name = trainer[1:]
+    pid, sid, cwd, argv, secret, umask, name, collects = trainer[1:]
     assert int(pid) == states[1]["pid"] and sid == pid  # a session (and process group) of its own
     assert cwd == str(tmp_path / "job") and json.loads(argv) == ["0"] and secret == "s3cret-two"
-    assert umask == oct(_umask()) and name == "__main__"
+    assert umask == oct(_umask()) and name == "__main__" and collects == "True"  # the server's gc.disable is not theirs
     assert err0 == "to stderr\n" and "to stderr" in err3
     assert "RuntimeError: the trainer failed" in err_raise and "Traceback" in err_raise
     # the job's own variables reach its trainer through the request, never the server's environment
     server_env = Path(f"/proc/{states[0]['server_pid']}/environ").read_bytes()
     assert b"s3cret" not in server_env and b"PYTHONPATH=" in server_env
+
+
+def test_trainers_started_together_share_one_server(machine):
+    """Three jobs start at once on a machine without a server: each spawns one, one wins the socket, the others
+    stand down, and all three trainers fork from the winner after its one import."""
+    tmp_path, plan, servers = machine
+    procs = [_start(tmp_path, plan(), sys.executable, "train.py", "0") for _ in range(3)]
+    reports = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr
+        reports.append(_report(stdout)["fork"])
+    servers.extend({r["server_pid"] for r in reports})
+    assert [r["state"] for r in reports] == ["forked"] * 3 and len({r["server_pid"] for r in reports}) == 1
+    assert sorted(r["forks"] for r in reports) == [1, 2, 3]
+    assert (tmp_path / "lib" / "imports.log").read_text().split() == [str(reports[0]["server_pid"])]
 
 
 def _umask() -> int:
@@ -231,7 +249,7 @@ def test_orch_study_run_forks_its_trials_from_the_machines_server(tmp_path):
     assert orch("study", "create", "s", "--from", str(tmp_path / "s.yaml"), "--db", url).returncode == 0
     run = orch("study", "run", "s", "--plain", "--fleet", str(fleet), "--db", url)
     assert run.returncode == 0, run.stderr[-2000:]
-    db = Database(url)
+    db, rows = Database(url), []
     try:
         with db.session() as s:
             rows = s.scalars(sql_select(TrialRow).order_by(TrialRow.number)).all()
@@ -241,6 +259,8 @@ def test_orch_study_run_forks_its_trials_from_the_machines_server(tmp_path):
             assert [f["spawned"] for f in forks] == [True, False, False] and len(_servers_of(rows)) == 1
             # the pid the trial row tracks is the entry's, which stood for the trainer until it ended
             assert all(r.pid and r.pid != f["pid"] for r, f in zip(rows, forks))
+        line = render_fleet_status(fleet_status(db, load_fleet(fleet)))
+        assert f"fork server pid {forks[2]['server_pid']} (3 fork(s), preload " in line, line
     finally:
         db.dispose()
         for pid in _servers_of(rows):
@@ -270,3 +290,18 @@ def test_the_real_trainer_trains_forked_from_a_server_that_imported_torch(tmp_pa
     assert [f["state"] for f, _ in results] == ["forked", "forked"]
     assert all(final["val_loss"] > 0 for _, final in results)
     assert results[1][1]["startup_s"]["import"] < 0.5  # torch was imported by the server
+
+
+def test_the_programs_staged_on_machines_import_only_the_standard_library():
+    """entry.py and forkserver.py run in the job's own interpreter (a container's, a remote machine's), which need
+    not have the orchestrator's dependencies."""
+    import ast
+
+    for program in (ENTRY, FORK_SERVER):
+        tree = ast.parse(program.read_text())
+        names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+        names |= {node.module.split(".")[0] for node in ast.walk(tree)
+                  if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+        relative = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level]
+        assert names <= sys.stdlib_module_names and not relative, (program.name, names - sys.stdlib_module_names)

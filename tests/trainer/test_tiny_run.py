@@ -34,6 +34,7 @@ def test_tiny_trains_fast_and_loss_falls(run_trainer):
     assert list(startup) == ["process", "import", "device", "data", "model", "optimizers", "compile", "start_line",
                              "warmup", "first_val"]
     assert all(v >= 0 for v in startup.values()) and 0 < sum(startup.values()) < wall
+    assert final["compile_cache"] == {}  # eager: nothing compiled, no cache consulted
     assert final["tokens"] == 120 * 128 + 90 * 256 + 90 * 512
     assert final["train_time_ms"] > 0 and abs(final["step_avg_ms"] - final["train_time_ms"] / 300) < 0.1
     # human lines in the modded-nanogpt style, one per val event, same numbers
