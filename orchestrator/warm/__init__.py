@@ -6,6 +6,7 @@ Everything lives under the machine's workdir, in `.orch-warm/` beside the studie
     WORKDIR/.orch-warm/data/SHA256                                          a staged data file, named by its digest
     WORKDIR/.orch-warm/data/SHA256.ok                                       size/mtime of its last full check
     WORKDIR/.orch-warm/bin/entry-HASH.py, plans/HASH.json                   the entry program and a job's plan
+    WORKDIR/.orch-warm/bin/forkserver-HASH.py, forkserver/NAME.log          the fork server (trainer.fork_server)
 
 KEY is computed on the machine, in the job's own environment: the digest of the training files' checksums (those the
 trial row stores) and of the library versions the job's interpreter reports (python, torch, triton), so a changed
@@ -18,6 +19,8 @@ script or an upgraded library never reuses a stale entry. The parts, data flowin
   the entry program, mount `.orch-warm` into a container, and turn the entry's refusal into the trial's launch error;
 - `entry.py`: the program that runs on the machine before the trainer (stdlib only): sets the cache variables,
   checks and links the data, prints one `@@warm {...}` line, then execs the trainer;
+- `forkserver.py`: with `trainer.fork_server`, the per-machine process (stdlib only) that imported torch once and
+  forks each trainer; the entry program asks it for a fork and stands for the trainer;
 - `report.py`: reads those lines back (from the trials' logs) for `orch fleet status`.
 """
 

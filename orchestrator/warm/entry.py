@@ -14,9 +14,10 @@ right before the trainer, which it then becomes (exec). Standard library only: i
    and a file whose digest differs is refused. Each file is linked into the trial directory under the plan's link
    folder (ORCH_DATA_DIR names that folder).
 3. One line `@@warm {...}` (JSON: key, found, entries, bytes, other keys, data states, versions, ms, and with a
-   fork server how the trainer started) on stdout, then exec of the trainer, or, when the plan has a `fork` server
-   (forkserver.py, staged beside this file), the trainer forked from it while this process stands for it. A refusal prints `orch-warm: error: ...` and `@@warm {"ok": false, ...}` and exits
-   with status 86 (REFUSED): the launcher reports it as the trial's launch error.
+   fork server how the trainer started) on stdout, then exec of the trainer; or, when the plan has a `fork` server
+   (forkserver.py, staged beside this file), the trainer forked from it while this process stands for it. A
+   refusal prints `orch-warm: error: ...` and `@@warm {"ok": false, ...}` and exits with status 86 (REFUSED): the
+   launcher reports it as the trial's launch error.
 """
 
 import hashlib
