@@ -305,3 +305,25 @@ def test_the_programs_staged_on_machines_import_only_the_standard_library():
                   if isinstance(node, ast.ImportFrom) and node.module and not node.level}
         relative = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level]
         assert names <= sys.stdlib_module_names and not relative, (program.name, names - sys.stdlib_module_names)
+
+
+def test_a_container_machine_starts_its_trainers_as_before(tmp_path):
+    """A server inside a trial's container would end with it: on a machine with a container runtime the plan the
+    entry program reads has no fork server (and none is staged); on a plain machine it has."""
+    from orchestrator.jobs import JobSpec
+    from orchestrator.launchers.local import LocalLauncher, LocalMachine
+    from orchestrator.warm import prepare
+    from orchestrator.warm.plan import ForkPlan, WarmPlan
+
+    job = JobSpec(study="s", trial=0, argv=[sys.executable, "-m", "trainer"], env={}, timeout_s=60,
+                  warm=WarmPlan(code="c0", fork=ForkPlan(preload=("json",), idle_s=60.0)))
+    plans = {}
+    for runtime in ("none", "podman"):
+        container = {"runtime": runtime, "image": "localhost/trainer:1"} if runtime != "none" else {}
+        machine = LocalMachine(name=runtime, launcher="local", gpus="none", workdir=str(tmp_path / runtime),
+                               container=container)
+        prepared = prepare(LocalLauncher(), job, machine, str(tmp_path / runtime / "s" / "trial-0000"))
+        plans[runtime] = json.loads(Path(prepared.argv[2]).read_text())
+        staged = {p.name.split("-")[0] for p in (tmp_path / runtime / ".orch-warm" / "bin").iterdir()}
+        assert staged == ({"entry", "forkserver"} if runtime == "none" else {"entry"})
+    assert plans["none"]["fork"]["preload"] == ["json"] and "fork" not in plans["podman"]
