@@ -325,9 +325,9 @@ _PYTHON_COMMAND = re.compile(r"^(\{python\}|(.*/)?python[0-9.]*)$")
 class ForkServer(_Strict):
     """`trainer.fork_server`: a process per machine imports `preload` once (never touching a GPU) and starts each
     trial's trainer by fork, so a warm machine stops paying those imports per trial (orchestrator/warm/forkserver.py).
-    For a `python -m MODULE` or `python SCRIPT` command outside a container; the trainer must not need its own
-    code to set, before its first import of a preloaded library, a variable that library reads at import (set it
-    in `trainer.env` instead: those variables key the server)."""
+    For a `python -m MODULE`, `python SCRIPT` or single-node `torchrun` command outside a container; the trainer
+    must not need its own code to set, before its first import of a preloaded library, a variable that library
+    reads at import (set it in `trainer.env` instead: those variables key the server)."""
 
     #: torch, its compiler front end and Inductor's utilities: 7.9 s of a GPU trial's start (docs/fleet.md). Not
     #: torch._inductor.compile_fx: importing it opens the CUDA driver on a GPU machine (an H100, torch 2.11), and a
@@ -371,10 +371,13 @@ class Trainer(_Strict):
                       "remove `warm: false`, or remove `fork_server`")
         rest = [a for a in self.command[1:] if a != "-u"]
         script = bool(rest) and not rest[0].startswith("-") and not rest[0].startswith("{")
-        if not _PYTHON_COMMAND.match(self.command[0]) or not ((len(rest) >= 2 and rest[0] == "-m") or script):
-            raise bad(f"fork_server starts `python -m MODULE ...` or `python SCRIPT ...`, not {self.command[:3]}",
-                      "start the trainer as `{python} -m MODULE` or `{python} SCRIPT`, or remove `fork_server` "
-                      "(torchrun and other launchers start their own processes)")
+        torchrun = self.command[0].rsplit("/", 1)[-1] == "torchrun"
+        if not torchrun and (not _PYTHON_COMMAND.match(self.command[0])
+                             or not ((len(rest) >= 2 and rest[0] == "-m") or script)):
+            raise bad(f"fork_server starts `python -m MODULE ...`, `python SCRIPT ...` or a single-node `torchrun`, "
+                      f"not {self.command[:3]}",
+                      "start the trainer as `{python} -m MODULE`, `{python} SCRIPT` or `torchrun --standalone "
+                      "--nproc-per-node N SCRIPT`, or remove `fork_server`")
         return self
 
     @field_validator("image")

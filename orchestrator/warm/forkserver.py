@@ -16,9 +16,14 @@ The job's contract holds: the trainer's stdout and stderr are the job's; a signa
 the trainer's group through the entry; an entry killed outright (SIGKILL after the launcher's grace) is seen by the
 child through a pidfd, and the child kills its own group; the entry exits with the trainer's status.
 
+A single-node `torchrun` command (`--standalone`, `--nproc-per-node N`, `--nnodes 1`, `--master-addr/port`, `-m`) is
+forked too: the child does what torchrun's agent would on one node. It forks N workers with torchrun's variables
+(RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_*; OMP_NUM_THREADS=1 unless set) into its
+process group and waits for them; a worker that fails stops the others and makes the status 1.
+
 Anything the fork path cannot do starts the trainer as before (the entry execs it), and the `@@warm` report says
-why: a command that is not `python [-u] -m MODULE ...` or `python [-u] SCRIPT ...` run by the entry's own
-interpreter, a server whose preload failed (its error), no pidfd on this kernel.
+why: a command other than `python [-u] -m MODULE ...`, `python [-u] SCRIPT ...` or such a torchrun, run by the entry's
+own interpreter; a server whose preload failed (its error); no pidfd on this kernel.
 
 The socket is in Linux's abstract namespace (no file, no path-length limit), named from the user id and a digest of
 the interpreter, the .orch-warm root, the cache key, the preload list and the environment variables a library may
@@ -55,6 +60,7 @@ SERVER_ONLY_ENV = {"PYTORCH_NVML_BASED_CUDA_CHECK": "1", "TORCH_WARM_POOL": "0"}
 BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "SHELL")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 MAX_MESSAGE = 16 << 20
+STOP_GRACE_S = 30  # a failed rank's others get SIGTERM, then SIGKILL this much later (torchrun's default)
 _PYTHON = re.compile(r"^python[0-9.]*$")
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -98,21 +104,85 @@ def _recv(sock, fds=0):
 
 # ---- which commands can be forked, and by which server -------------------------------------------------------------
 def forkable(command):
-    """{"kind": "module"|"path", "name", "args", "unbuffered"} of `python [-u] -m MODULE ARGS` or `python [-u] SCRIPT
-    ARGS`; a string saying why not otherwise."""
-    if not command or not _PYTHON.match(os.path.basename(command[0])):
-        return f"{os.path.basename(command[0]) if command else 'the command'} is not a python interpreter"
+    """What the server is to run for `command`: {"kind": "module"|"path", "name", "args", "unbuffered"} of `python
+    [-u] -m MODULE ARGS` or `python [-u] SCRIPT ARGS`, with "nproc" (and the rendezvous) added for a single-node
+    `torchrun [OPTIONS] SCRIPT|-m MODULE ARGS` (or `python -m torch.distributed.run ...`); a string saying why not
+    otherwise."""
+    if not command:
+        return "the command is empty"
+    name = os.path.basename(command[0])
+    if name == "torchrun":
+        if _interpreter_of(command[0]) != os.path.realpath(sys.executable):
+            return f"{command[0]} does not run in the interpreter the entry program runs in ({sys.executable})"
+        return _torchrun(command[1:])
+    if not _PYTHON.match(name):
+        return f"{name} is neither a python interpreter nor torchrun"
     found = shutil.which(command[0])
     if not found or os.path.realpath(found) != os.path.realpath(sys.executable):
         return f"{command[0]} is not the interpreter the entry program runs in ({sys.executable})"
     rest, unbuffered = list(command[1:]), False
     while rest and rest[0] == "-u":
         rest, unbuffered = rest[1:], True
+    if len(rest) >= 2 and rest[0] == "-m" and rest[1] == "torch.distributed.run":
+        return _torchrun(rest[2:])
     if len(rest) >= 2 and rest[0] == "-m":
         return {"kind": "module", "name": rest[1], "args": rest[2:], "unbuffered": unbuffered}
     if rest and not rest[0].startswith("-"):
         return {"kind": "path", "name": rest[0], "args": rest[1:], "unbuffered": unbuffered}
     return f"python options {rest[:1]} other than -u, -m MODULE or a script"
+
+
+def _interpreter_of(program):
+    """The interpreter a console script (its `#!` line) runs in, or None."""
+    found = shutil.which(program)
+    try:
+        with open(found or "", "rb") as f:
+            line = f.readline(4096)
+    except OSError:
+        return None
+    if not line.startswith(b"#!"):
+        return None
+    words = line[2:].decode(errors="replace").split()
+    if words and os.path.basename(words[0]) == "env" and len(words) > 1:
+        words = [shutil.which(words[1]) or words[1]]
+    return os.path.realpath(words[0]) if words else None
+
+
+#: torchrun's options a single-node fork does as torchrun would; any other starts the command as before
+_TORCHRUN_FLAGS = {"--standalone": "standalone", "-m": "module", "--module": "module"}
+_TORCHRUN_VALUES = {"--nproc-per-node": "nproc", "--nproc_per_node": "nproc", "--nnodes": "nnodes",
+                    "--master-port": "master_port", "--master_port": "master_port", "--master-addr": "master_addr",
+                    "--master_addr": "master_addr", "--max-restarts": "max_restarts", "--max_restarts": "max_restarts"}
+
+
+def _torchrun(args):
+    opts, rest = {}, list(args)
+    while rest and rest[0].startswith("-"):
+        word = rest.pop(0)
+        option, _, value = word.partition("=")
+        if option in _TORCHRUN_FLAGS and not value:
+            opts[_TORCHRUN_FLAGS[option]] = True
+        elif option in _TORCHRUN_VALUES:
+            if not value:
+                if not rest:
+                    return f"torchrun option {option} has no value"
+                value = rest.pop(0)
+            opts[_TORCHRUN_VALUES[option]] = value
+        else:
+            return f"torchrun option {option} is not one the fork server does (a single-node run)"
+    if not rest:
+        return "torchrun names no script"
+    if not str(opts.get("nproc", "1")).isdigit() or int(opts.get("nproc", "1")) < 1:
+        return f"torchrun --nproc-per-node {opts['nproc']}: the fork server needs a number"
+    if opts.get("nnodes", "1") not in ("1", "1:1"):
+        return f"torchrun --nnodes {opts['nnodes']}: the fork server runs one node"
+    if opts.get("max_restarts", "0") != "0":
+        return "torchrun --max-restarts: the fork server does not restart workers"
+    if opts.get("master_port") is not None and not str(opts["master_port"]).isdigit():
+        return f"torchrun --master-port {opts['master_port']}: not a port number"
+    return {"kind": "module" if opts.get("module") else "path", "name": rest[0], "args": rest[1:],
+            "unbuffered": True, "nproc": int(opts.get("nproc", "1")), "standalone": bool(opts.get("standalone")),
+            "master_addr": opts.get("master_addr", "127.0.0.1"), "master_port": opts.get("master_port")}
 
 
 def server_name(root, key, preload, env):
@@ -169,6 +239,8 @@ def run(fork, root, command, env, report, emit):
     if not hasattr(os, "pidfd_open"):
         report["fork"] = {"state": "fresh", "why": "no pidfd on this system (Linux 5.3 and Python 3.9 needed)"}
         return None
+    if target.get("nproc", 1) > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = "1"  # as torchrun sets it (part of the server's name: torch reads it at import)
     name = server_name(root, report.get("key"), fork["preload"], env)
     sock, spawned = _connect(name), False
     if sock is None:
@@ -396,8 +468,9 @@ def serve(name, preload, idle_s, ready_fd):
 
 
 def _child_setup(request):
-    """In the forked child: become the job (its fds, cwd, env, umask, affinity, a session of its own), wait for the
-    entry's go, and watch the entry: should it die, the trainer's group is killed."""
+    """In the forked child: become the job (its fds, cwd, env, umask, affinity, a session of its own) and wait for
+    the entry's go. Returns what starts the watch on the entry (should it die, the trainer's group is killed): a
+    thread, started once no more forks follow (a fork copies only the calling thread)."""
     conn = request["conn"]
     os.setsid()
     for target_fd, fd in enumerate(request["fds"]):
@@ -429,7 +502,80 @@ def _child_setup(request):
         _wait_readable(entry)
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
-    threading.Thread(target=watch_entry, daemon=True, name="orch-fork-entry").start()
+    return lambda: threading.Thread(target=watch_entry, daemon=True, name="orch-fork-entry").start()
+
+
+def _free_port(addr):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((addr, 0))
+        return sock.getsockname()[1]
+
+
+def _ranks(target, watch):
+    """torchrun on one node: this process forks `nproc` workers with torchrun's variables (RANK, LOCAL_RANK,
+    WORLD_SIZE, MASTER_ADDR/PORT, ...) and returns in each with its rank set. This process, the workers' parent in
+    their process group, stays to wait: a worker that fails stops the others (SIGTERM, SIGKILL after
+    STOP_GRACE_S) and makes the exit status 1; a signal it gets goes on to every worker, and it then ends by it."""
+    nproc = int(target["nproc"])
+    addr = target.get("master_addr") or "127.0.0.1"
+    port = target.get("master_port") or (_free_port(addr) if target.get("standalone") else 29500)
+    run_id = os.urandom(8).hex() if target.get("standalone") else "none"
+    os.environ.update({"MASTER_ADDR": addr, "MASTER_PORT": str(port), "WORLD_SIZE": str(nproc),
+                       "LOCAL_WORLD_SIZE": str(nproc), "GROUP_RANK": "0", "GROUP_WORLD_SIZE": "1",
+                       "ROLE_NAME": "default", "ROLE_WORLD_SIZE": str(nproc), "TORCHELASTIC_RESTART_COUNT": "0",
+                       "TORCHELASTIC_MAX_RESTARTS": "0", "TORCHELASTIC_RUN_ID": run_id,
+                       "TORCHELASTIC_USE_AGENT_STORE": "False"})
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    workers, received = {}, []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        for pid in list(workers):
+            try:
+                os.kill(pid, signum)
+            except OSError:
+                pass
+
+    def kill_rest(_signum, _frame):
+        for pid in list(workers):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    for signum in FORWARDED:
+        signal.signal(signum, forward)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for rank in range(nproc):
+        pid = os.fork()
+        if pid == 0:
+            for signum in FORWARDED:
+                signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+            os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "ROLE_RANK": str(rank)})
+            return rank
+        workers[pid] = rank
+    watch()
+    failed = None
+    while workers:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        rank = workers.pop(pid, None)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 and failed is None and not received and rank is not None:
+            failed = (rank, code)
+            print(f"orch-fork: rank {rank} (pid {pid}) exited with {code}; stopping the other ranks", file=sys.stderr,
+                  flush=True)
+            signal.signal(signal.SIGALRM, kill_rest)
+            signal.alarm(STOP_GRACE_S)
+            forward(signal.SIGTERM, None)
+            received.clear()
+    if received:
+        signal.signal(received[0], signal.SIG_DFL)
+        os.kill(os.getpid(), received[0])
+    sys.exit(1 if failed else 0)
 
 
 def _stdio(unbuffered):
@@ -463,7 +609,11 @@ def main(argv):
     request = serve(argv[1], json.loads(argv[2]), float(argv[3]), int(argv[4]))
     if request is None:
         return 0
-    _child_setup(request)
+    watch = _child_setup(request)
+    if "nproc" in request["target"]:
+        _ranks(request["target"], watch)  # returns in each worker; the ranks' parent exits in it
+    else:
+        watch()
     _run_target(request["target"])  # as `python -m`/`python SCRIPT` would: exceptions and SystemExit end it alike
     return 0
 

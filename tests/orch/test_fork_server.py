@@ -199,7 +199,7 @@ def test_what_cannot_be_forked_starts_as_before_and_says_why(machine):
                          cwd=tmp_path / "job", env=_env(tmp_path, JOB_SECRET="x"), capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0 and out.stdout.splitlines()[-1] == "plain x"
-    assert _report(out.stdout)["fork"] == {"state": "fresh", "why": "bash is not a python interpreter"}
+    assert _report(out.stdout)["fork"] == {"state": "fresh", "why": "bash is neither a python interpreter nor torchrun"}
 
     # a preload that fails: the server says so, the trainer starts fresh and imports the module itself
     proc = _start(tmp_path, plan(preload=("preloaded_lib", "no_such_module_anywhere")), sys.executable, "train.py",
@@ -327,3 +327,57 @@ def test_a_container_machine_starts_its_trainers_as_before(tmp_path):
         staged = {p.name.split("-")[0] for p in (tmp_path / runtime / ".orch-warm" / "bin").iterdir()}
         assert staged == ({"entry", "forkserver"} if runtime == "none" else {"entry"})
     assert plans["none"]["fork"]["preload"] == ["json"] and "fork" not in plans["podman"]
+
+
+RANKS = """import os, sys, time
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+total = torch.tensor([rank + 1.0])
+dist.all_reduce(total)
+# one write a line: the ranks run unbuffered (`python -u`, as torchrun starts them), and print's separate write of
+# the newline would let the other rank's line in between
+sys.stdout.write(f"rank {rank} of {world} local {os.environ['LOCAL_RANK']} sum {total.item():g} "
+                 f"omp {os.environ.get('OMP_NUM_THREADS')} group {os.getpgid(0)}\\n")
+dist.barrier()  # every rank here before any tears down (gloo aborts otherwise)
+dist.destroy_process_group()
+failing_code, failing_rank = int(sys.argv[1]), int(sys.argv[2])
+if rank == failing_rank:
+    sys.exit(failing_code)
+if failing_code:
+    time.sleep(120)  # the ranks' parent stops this one
+"""
+
+
+def test_a_single_node_torchrun_is_forked_as_torchrun_would_start_it(machine):
+    """`torchrun --standalone --nproc_per_node=2 SCRIPT`: both ranks are forked from the server (one process group,
+    torchrun's variables, a working gloo all-reduce); a rank that fails stops the other and the job's status is 1."""
+    pytest.importorskip("torch")
+    tmp_path, plan, servers = machine
+    (tmp_path / "job" / "ranks.py").write_text(RANKS)
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    ranks_plan = plan(preload=("torch", "torch.distributed"))
+    proc = _start(tmp_path, ranks_plan, torchrun, "--standalone", "--nproc_per_node=2", "ranks.py", "0", "-1")
+    stdout, stderr = proc.communicate(timeout=120)
+    fork = _report(stdout)["fork"]
+    servers.append(fork.get("server_pid"))
+    assert proc.returncode == 0 and fork["state"] == "forked", stdout + stderr
+    lines = sorted(line.split() for line in stdout.splitlines() if line.startswith("rank "))
+    assert [(w[1], w[3], w[5], w[7], w[9]) for w in lines] == [("0", "2", "0", "3", "1"), ("1", "2", "1", "3", "1")]
+    assert {w[11] for w in lines} == {str(fork["pid"])}  # one process group, the forked child's: a kill reaches all
+
+    began = time.monotonic()
+    proc = _start(tmp_path, ranks_plan, torchrun, "--standalone", "--nproc_per_node=2", "ranks.py", "3", "1")
+    stdout, stderr = proc.communicate(timeout=120)
+    assert _report(stdout)["fork"]["state"] == "forked"
+    assert proc.returncode == 1 and "rank 1" in stderr and "exited with 3; stopping the other ranks" in stderr
+    assert time.monotonic() - began < 60  # the other rank was stopped, not waited for (it sleeps 120 s)
+
+    # a torchrun option the fork server does not do: started as before, and said why
+    out = subprocess.run([sys.executable, str(ENTRY), str(ranks_plan), "--", torchrun, "--standalone",
+                          "--nproc_per_node=2", "--max-restarts=1", "ranks.py", "0", "-1"], cwd=tmp_path / "job",
+                         env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert _report(out.stdout)["fork"] == {"state": "fresh",
+                                           "why": "torchrun --max-restarts: the fork server does not restart workers"}
+    assert out.returncode == 0 and sorted(line.split()[:4] for line in out.stdout.splitlines()
+                                          if line.startswith("rank ")) == [["rank", "0", "of", "2"], ["rank", "1", "of", "2"]]
