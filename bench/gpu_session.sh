@@ -34,6 +34,8 @@
 #            imported torch and its compiler (3 + 3 runs, 20 steps each, after one of each that fills the caches)
 #   cold     bench/duty_cycle.py cold phase: 2 trials, each on empty caches of its own
 #   pg       docs/studies/2026-12-06-parameter-golf-h200/run.sh (parameter-golf's train_gpt.py, 2 trials)
+#   mngfork  the mng study with `trainer.fork_server: {}` (its single-node torchrun forked), 3 trials: after mng in the
+#            same session its trials find mng's caches, so their walls compare with mng's warm trials
 # The default is `setup forkduty` (about 15 minutes); `setup fork duty cold` measured the probe, the tuned start
 # against the old one (about 16) and two trials on empty caches; STEPS="setup mng" runs the record's study (about
 # 16 minutes: its first trial compiles for 9), STEPS="setup probe collect standin pg" bash bench/gpu_session.sh start
@@ -94,6 +96,11 @@ run_step() {
         echo "probe: the misaligned scale runs on this machine; DISABLE_FP8=1"; export DISABLE_FP8=1
       fi
       OUT="$S/mng" SKIP_EXPORT=1 bash docs/studies/2026-12-06-modded-nanogpt-h200/run.sh ;;
+    mngfork)  # the record's study with trainer.fork_server: its torchrun (one rank) forked from the machine's server,
+      # on the caches an earlier mng step filled (or cold: the first trial then compiles for about 9 minutes)
+      env_for_orch; D=docs/studies/2026-12-06-modded-nanogpt-h200
+      sed 's|^  log_format: modded-nanogpt$|  log_format: modded-nanogpt\n  fork_server: {}|' "$D/study.yaml" > "$D/study-fork.yaml"
+      OUT="$S/mngfork" SKIP_EXPORT=1 STUDY_FILE="$D/study-fork.yaml" bash bench/one_gpu_study.sh "$D" mng-fork ;;
     cold)
       env_for_orch; python3 bench/duty_cycle.py "${DUTY_ARGS[@]}" --phases cold --trials 2 --out "$S/duty-cold" ;;
   esac
@@ -118,9 +125,9 @@ collect_out() {
   # tables and step logs; then every trial log. Never the data, the caches or the checkpoints a script saves.
   # (a database of a study still running has its newest rows in its -wal file: orch.db* takes it along)
   tar -czf "$OUT/session.tar.gz" --exclude='*.bin' --exclude='*.pt' --exclude='*.ptz' "$S" runs/duty-gpu/orch.db* \
-    runs/duty-gpu/*.yaml runs/duty-gpu/machine/.orch-warm/forkserver 2>/dev/null
+    runs/duty-gpu/*.yaml runs/duty-gpu/machine/.orch-warm/forkserver runs/.orch-warm/forkserver 2>/dev/null
   tar -czf "$OUT/trial-logs.tar.gz" runs/duty-gpu/machine/*/trial-*/*.log runs/mng-h200/trial-*/*.log \
-    runs/mng-h200/trial-*/logs runs/pg-h200/trial-*/*.log 2>/dev/null
+    runs/mng-h200/trial-*/logs runs/mng-fork/trial-*/*.log runs/pg-h200/trial-*/*.log 2>/dev/null
   ls -la "$OUT"
 }
 
