@@ -305,8 +305,9 @@ sys.exit(int(sys.argv[1]))
 
 def test_a_trainer_forked_from_the_machines_fork_server_is_its_job(case, launcher, tmp_path):
     """With `trainer.fork_server` the entry program has the machine's fork server (orchestrator/warm/forkserver.py)
-    fork the trainer: its lines still arrive in order, its exit status is the job's, and a cancel of a trainer that
-    ignores SIGTERM kills it after the grace, although it is the server's child, not the job's."""
+    fork the trainer: its lines still arrive in order, its exit status is the job's, the server outlives the job
+    and forks the next trial's trainer, and a cancel of a trainer that ignores SIGTERM kills it after the grace,
+    although it is the server's child, not the job's."""
     _needs_commands(case)
     script = tmp_path / "forked.py"
     script.write_text(FORKED)
@@ -331,13 +332,16 @@ def test_a_trainer_forked_from_the_machines_fork_server_is_its_job(case, launche
         lines, exit_event, _ = _until_exit(events, 11, 90)
         text = [line.rstrip("\n") for _, line in lines]
         assert (exit_event.returncode, exit_event.error) == (3, None), text
-        assert fork_of(text)["state"] == "forked", text
+        first = fork_of(text)
+        assert first["state"] == "forked", text
         assert [line for line in text if not line.startswith("@@warm ")] == [f"line {i}" for i in range(20)]
 
         handle, events = start(12, "wait")
         seen = _until_line(events, 12, "ready", 90)
         fork = fork_of(seen)
         assert fork["state"] == "forked" and _alive(fork["pid"])
+        # the server outlived the first trial's job (its own session) and forked this one too
+        assert (fork["server_pid"], fork["spawned"], fork["forks"]) == (first["server_pid"], False, first["forks"] + 1)
         started = time.monotonic()
         handle.cancel("timeout")
         _, exit_event, ended = _until_exit(events, 12, 40)
