@@ -54,6 +54,9 @@ import time
 IMPORT_ENV = re.compile(r"^(PYTHON|LD_|TORCH|PYTORCH|TRITON|INDUCTOR|OMP_|MKL_|KMP_|OPENBLAS|NCCL_|CUDA_|CUBLAS|CUDNN|"
                         r"NVIDIA_|XLA_|TF_|HF_|TOKENIZERS)")
 PER_JOB_ENV = ("CUDA_VISIBLE_DEVICES",)
+#: never in a server's environment or name, whatever the prefix: what looks like a credential (HF_TOKEN), besides the
+#: names the study declares secret (the plan's `secret_vars`)
+SECRET_LIKE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|PRIVATE_KEY)", re.IGNORECASE)
 #: the server's own: torch asks NVML, not the CUDA driver, whether there is a GPU (a driver initialized before the fork
 #: is unusable in the child), and starts no compile-worker pool at import (a server never compiles)
 SERVER_ONLY_ENV = {"PYTORCH_NVML_BASED_CUDA_CHECK": "1", "TORCH_WARM_POOL": "0"}
@@ -185,10 +188,16 @@ def _torchrun(args):
             "master_addr": opts.get("master_addr", "127.0.0.1"), "master_port": opts.get("master_port")}
 
 
-def server_name(root, key, preload, env):
-    import_env = sorted((k, v) for k, v in env.items() if IMPORT_ENV.match(k) and k not in PER_JOB_ENV)
+def import_env(env, secret_vars=()):
+    """The variables of `env` a preloaded library may read at import: the server's name and environment hold these."""
+    return {k: v for k, v in env.items() if IMPORT_ENV.match(k) and k not in PER_JOB_ENV and k not in secret_vars
+            and not SECRET_LIKE.search(k)}
+
+
+def server_name(root, key, preload, env, secret_vars=()):
+    imports = sorted(import_env(env, secret_vars).items())
     ident = json.dumps({"python": os.path.realpath(sys.executable), "root": os.path.abspath(root), "key": key,
-                        "preload": list(preload), "env": import_env}, sort_keys=True)
+                        "preload": list(preload), "env": imports}, sort_keys=True)
     return f"orch-fork-{os.getuid()}-{hashlib.sha256(ident.encode()).hexdigest()[:20]}"
 
 
@@ -210,8 +219,8 @@ def _spawn(program, name, fork, root, env):
     read, write = os.pipe()
     # the variables a preload may read, and no job's own (its trial's parameters, its secrets): each trainer gets its
     # job's whole environment through the request
-    server_env = {k: v for k, v in env.items() if (IMPORT_ENV.match(k) and k not in PER_JOB_ENV) or k in BASE_ENV}
-    server_env.update(SERVER_ONLY_ENV)
+    server_env = {**{k: v for k, v in env.items() if k in BASE_ENV},
+                  **import_env(env, fork.get("secret_vars", ())), **SERVER_ONLY_ENV}
     try:
         with open(os.path.join(log_dir, name + ".log"), "ab") as log:
             subprocess.Popen([sys.executable, program, "serve", name, json.dumps(list(fork["preload"])),
@@ -241,7 +250,7 @@ def run(fork, root, command, env, report, emit):
         return None
     if target.get("nproc", 1) > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = "1"  # as torchrun sets it (part of the server's name: torch reads it at import)
-    name = server_name(root, report.get("key"), fork["preload"], env)
+    name = server_name(root, report.get("key"), fork["preload"], env, fork.get("secret_vars", ()))
     sock, spawned = _connect(name), False
     if sock is None:
         spawned = _spawn(fork["program"], name, fork, root, env)

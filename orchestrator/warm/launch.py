@@ -61,7 +61,7 @@ def prepare(launcher, job: "JobSpec", machine: Machine, trial_dir: str) -> "JobS
     if warm_plan.fork is not None and machine.container.runtime != "none":
         # a container ends with its trial, and a server in it with it: the trainer starts as before
         warm_plan = dataclasses.replace(warm_plan, fork=None)
-    items, entry, plan = stage_items(warm_plan, root, keep)
+    items, entry, plan = stage_items(warm_plan, root, keep, tuple(job.secret_env))
     launcher.stage(machine, root, items)
     return dataclasses.replace(job, argv=[entry_python(machine, job.argv), entry, plan, "--", *job.argv])
 

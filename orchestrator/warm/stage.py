@@ -63,15 +63,20 @@ def _program(path: Path, name: str, what: str) -> StageItem:
     return _blob(program, f"bin/{name}-{hashlib.sha256(program).hexdigest()[:12]}.py", what)
 
 
-def stage_items(plan: WarmPlan, root: str, keep_vars: tuple[str, ...] = ()) -> tuple[list[StageItem], str, str]:
+def stage_items(plan: WarmPlan, root: str, keep_vars: tuple[str, ...] = (),
+                secret_vars: tuple[str, ...] = ()) -> tuple[list[StageItem], str, str]:
     """(items, the entry program's path on the machine, the plan's path on the machine) of a job's warm plan.
-    `keep_vars`: the cache variables the study or the machine sets itself (the entry program leaves those alone)."""
+    `keep_vars`: the cache variables the study or the machine sets itself (the entry program leaves those alone);
+    `secret_vars`: the names of the job's secrets (kept out of a fork server's environment and name)."""
     import json
 
     entry = _program(ENTRY, "entry", "entry program")
     server = _program(FORK_SERVER, "forkserver", "fork server") if plan.fork is not None else None
     fork_program = f"{root}/{server.dest}" if server else None
-    text = json.dumps({**plan.entry_plan(root, fork_program), "keep_vars": sorted(keep_vars)}, sort_keys=True).encode()
+    entry_plan = {**plan.entry_plan(root, fork_program), "keep_vars": sorted(keep_vars)}
+    if "fork" in entry_plan:
+        entry_plan["fork"]["secret_vars"] = sorted(secret_vars)
+    text = json.dumps(entry_plan, sort_keys=True).encode()
     plan_item = _blob(text, f"plans/{hashlib.sha256(text).hexdigest()[:16]}.json", "plan")
     items = [entry, *([server] if server else []), plan_item] + [StageItem(dest=f"data/{f.sha256}", size=f.size, sha256=f.sha256, source=f.source,
                                             what=f.name) for f in plan.data]

@@ -41,6 +41,7 @@ TRAINER = """import gc, os, sys, preloaded_lib
 print("trainer", os.getpid(), os.getsid(0), os.getcwd(), json.dumps(sys.argv[1:]), os.environ.get("JOB_SECRET"),
       oct(os.umask(0)), __name__, gc.isenabled(), flush=True)
 print("to stderr", file=sys.stderr, flush=True)
+print("secrets", os.environ.get("HF_TOKEN"), os.environ.get("TRITON_DECLARED_SECRET"), flush=True)
 if sys.argv[1] == "raise":
     raise RuntimeError("the trainer failed")
 if sys.argv[1] == "wait":  # until the test signals it
@@ -68,7 +69,8 @@ def machine(tmp_path):
         path = tmp_path / f"plan-{len(preload)}-{idle_s:g}.json"
         path.write_text(json.dumps({"v": 1, "root": str(tmp_path / "warm"), "code": "c0", "link": "data", "keep": 8,
                                     "data": [], "fork": {"program": str(FORK_SERVER), "preload": list(preload),
-                                                         "idle_s": idle_s}}))
+                                                         "idle_s": idle_s,
+                                                         "secret_vars": ["TRITON_DECLARED_SECRET"]}}))
         return path
 
     servers: list[int] = []
@@ -112,7 +114,10 @@ def test_trainers_forked_from_one_server_are_their_jobs(machine):
     python = sys.executable
     runs = []
     for code, secret in (("3", "s3cret-one"), ("0", "s3cret-two"), ("raise", "s3cret-three")):
-        proc = _start(tmp_path, plan(), python, "train.py", code, env=_env(tmp_path, JOB_SECRET=secret))
+        # HF_TOKEN and TRITON_DECLARED_SECRET have prefixes the server's environment takes (HF_, TRITON_); the
+        # first looks like a credential, the second is declared one (the study's secret_env)
+        env = _env(tmp_path, JOB_SECRET=secret, HF_TOKEN=f"hf-{secret}", TRITON_DECLARED_SECRET=f"tr-{secret}")
+        proc = _start(tmp_path, plan(), python, "train.py", code, env=env)
         out, err = proc.communicate(timeout=60)
         runs.append((proc.returncode, out, err, _report(out)))
     states = [r[3]["fork"] for r in runs]
@@ -135,6 +140,7 @@ def test_trainers_forked_from_one_server_are_their_jobs(machine):
     # the job's own variables reach its trainer through the request, never the server's environment
     server_env = Path(f"/proc/{states[0]['server_pid']}/environ").read_bytes()
     assert b"s3cret" not in server_env and b"PYTHONPATH=" in server_env
+    assert "secrets hf-s3cret-two tr-s3cret-two" in out0.splitlines()
 
 
 def test_trainers_started_together_share_one_server(machine):
@@ -316,6 +322,7 @@ def test_a_container_machine_starts_its_trainers_as_before(tmp_path):
     from orchestrator.warm.plan import ForkPlan, WarmPlan
 
     job = JobSpec(study="s", trial=0, argv=[sys.executable, "-m", "trainer"], env={}, timeout_s=60,
+                  secret_env={"WANDB_KEY_X": "never-in-a-plan"},
                   warm=WarmPlan(code="c0", fork=ForkPlan(preload=("json",), idle_s=60.0)))
     plans = {}
     for runtime in ("none", "podman"):
@@ -327,6 +334,8 @@ def test_a_container_machine_starts_its_trainers_as_before(tmp_path):
         staged = {p.name.split("-")[0] for p in (tmp_path / runtime / ".orch-warm" / "bin").iterdir()}
         assert staged == ({"entry", "forkserver"} if runtime == "none" else {"entry"})
     assert plans["none"]["fork"]["preload"] == ["json"] and "fork" not in plans["podman"]
+    assert plans["none"]["fork"]["secret_vars"] == ["WANDB_KEY_X"]  # the name, to keep it from the server
+    assert "never-in-a-plan" not in json.dumps(plans)
 
 
 RANKS = """import os, sys, time
