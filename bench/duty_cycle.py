@@ -164,7 +164,7 @@ def trial_rows(url: str, study: str) -> list[dict]:
                             "wall_s": (r.ended_at - r.created_at).total_seconds() if r.ended_at else None,
                             "warmup_s": final.get("warmup_s"), "startup_s": final.get("startup_s"),
                             "compile_cache": final.get("compile_cache"),
-                            "cache_found": warm.get("found"),
+                            "cache_found": warm.get("found"), "fork": (warm.get("fork") or {}).get("state"),
                             "data": [d.get("state") for d in warm.get("data", [])]})
             return out
     finally:
@@ -209,8 +209,8 @@ STARTUP = ("process", "import", "device", "data", "model", "optimizers", "compil
 
 def startup_table(results: list[dict]) -> list[str]:
     """Mean seconds of each start-up phase (the trainer's `startup_s`) a phase of the bench, and their sum."""
-    out = ["| caches | " + " | ".join(STARTUP) + " | before step 0 | compile cache hit / miss |",
-           "| --- |" + " --- |" * (len(STARTUP) + 2)]
+    out = ["| caches | " + " | ".join(STARTUP) + " | before step 0 | compile cache hit / miss | forked |",
+           "| --- |" + " --- |" * (len(STARTUP) + 3)]
     for r in results:
         rows = [t["startup_s"] for t in r["trials"] if t.get("startup_s")]
         if not rows:
@@ -219,8 +219,9 @@ def startup_table(results: list[dict]) -> list[str]:
         counts = [t.get("compile_cache") or {} for t in r["trials"]]
         hits = sum(v for c in counts for k, v in c.items() if k.endswith("_hit"))
         misses = sum(v for c in counts for k, v in c.items() if k.endswith("_miss"))
+        forked = sum(t.get("fork") == "forked" for t in r["trials"])  # a server that refused: its trials ran fresh
         out.append(f"| {r['phase']} | " + " | ".join(f"{m:.2f}" for m in means) + f" | {sum(means):.2f} | "
-                   f"{hits} / {misses} |")
+                   f"{hits} / {misses} | {forked} of {len(r['trials'])} |")
     return out
 
 
