@@ -194,10 +194,10 @@ def import_env(env, secret_vars=()):
             and not SECRET_LIKE.search(k)}
 
 
-def server_name(root, key, preload, env, secret_vars=()):
-    imports = sorted(import_env(env, secret_vars).items())
+def server_name(root, key, preload, imports):
+    """The socket's name: one server per user, interpreter, root, cache key, preload list and `imports` (import_env)."""
     ident = json.dumps({"python": os.path.realpath(sys.executable), "root": os.path.abspath(root), "key": key,
-                        "preload": list(preload), "env": imports}, sort_keys=True)
+                        "preload": list(preload), "env": sorted(imports.items())}, sort_keys=True)
     return f"orch-fork-{os.getuid()}-{hashlib.sha256(ident.encode()).hexdigest()[:20]}"
 
 
@@ -211,7 +211,7 @@ def _connect(name):
     return sock
 
 
-def _spawn(program, name, fork, root, env):
+def _spawn(program, name, fork, root, env, imports):
     """Start a server (a session of its own: it outlives this job) and wait until it holds the socket. True when a
     server holds it now (this one or another job's, which won the race)."""
     log_dir = os.path.join(root, "forkserver")
@@ -219,15 +219,13 @@ def _spawn(program, name, fork, root, env):
     read, write = os.pipe()
     # the variables a preload may read, and no job's own (its trial's parameters, its secrets): each trainer gets its
     # job's whole environment through the request
-    server_env = {**{k: v for k, v in env.items() if k in BASE_ENV},
-                  **import_env(env, fork.get("secret_vars", ())), **SERVER_ONLY_ENV}
+    server_env = {**{k: v for k, v in env.items() if k in BASE_ENV}, **imports, **SERVER_ONLY_ENV}
     try:
         with open(os.path.join(log_dir, name + ".log"), "ab") as log:
             subprocess.Popen([sys.executable, program, "serve", name, json.dumps(list(fork["preload"])),
                               str(float(fork.get("idle_s", 900))), str(write)],
                              stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=server_env, cwd=root,
-                             pass_fds=(write,),
-                             start_new_session=True, close_fds=True)
+                             pass_fds=(write,), start_new_session=True, close_fds=True)
     finally:
         os.close(write)
     with os.fdopen(read, "rb") as pipe:
@@ -250,10 +248,11 @@ def run(fork, root, command, env, report, emit):
         return None
     if target.get("nproc", 1) > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = "1"  # as torchrun sets it (part of the server's name: torch reads it at import)
-    name = server_name(root, report.get("key"), fork["preload"], env, fork.get("secret_vars", ()))
+    imports = import_env(env, fork.get("secret_vars", ()))
+    name = server_name(root, report.get("key"), fork["preload"], imports)
     sock, spawned = _connect(name), False
     if sock is None:
-        spawned = _spawn(fork["program"], name, fork, root, env)
+        spawned = _spawn(fork["program"], name, fork, root, env, imports)
         sock = _connect(name) if spawned else None
     if sock is None:
         report["fork"] = {"state": "fresh", "why": "the fork server did not start (see "
@@ -537,20 +536,16 @@ def _ranks(target, watch):
     os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     workers, received = {}, []
 
-    def forward(signum, _frame):
-        received.append(signum)
+    def send(signum):
         for pid in list(workers):
             try:
                 os.kill(pid, signum)
             except OSError:
                 pass
 
-    def kill_rest(_signum, _frame):
-        for pid in list(workers):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+    def forward(signum, _frame):
+        received.append(signum)
+        send(signum)
 
     for signum in FORWARDED:
         signal.signal(signum, forward)
@@ -577,10 +572,9 @@ def _ranks(target, watch):
             failed = (rank, code)
             print(f"orch-fork: rank {rank} (pid {pid}) exited with {code}; stopping the other ranks", file=sys.stderr,
                   flush=True)
-            signal.signal(signal.SIGALRM, kill_rest)
+            signal.signal(signal.SIGALRM, lambda _signum, _frame: send(signal.SIGKILL))
             signal.alarm(STOP_GRACE_S)
-            forward(signal.SIGTERM, None)
-            received.clear()
+            send(signal.SIGTERM)
     if received:
         signal.signal(received[0], signal.SIG_DFL)
         os.kill(os.getpid(), received[0])

@@ -56,13 +56,15 @@ class WarmPlan:
     checksums: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     fork: ForkPlan | None = None
 
-    def entry_plan(self, root: str, fork_program: str | None = None) -> dict:
+    def entry_plan(self, root: str, fork_program: str | None = None, secret_vars: tuple[str, ...] = ()) -> dict:
         """The plan the entry program reads on the machine (paths there; no controller-side path). `fork_program`:
-        the fork server's staged file, when this job's trainer is to be forked (None: started as before)."""
+        the fork server's staged file, when this job's trainer is to be forked (None: started as before);
+        `secret_vars`: the names of the job's secrets, kept out of the server's environment and name."""
         plan = {"v": 1, "root": root, "code": self.code, "link": self.link, "keep": self.keep,
                 "data": [{"name": f.name, "sha256": f.sha256, "size": f.size} for f in self.data]}
         if self.fork is not None and fork_program:
-            plan["fork"] = {"program": fork_program, "preload": list(self.fork.preload), "idle_s": self.fork.idle_s}
+            plan["fork"] = {"program": fork_program, "preload": list(self.fork.preload), "idle_s": self.fork.idle_s,
+                            "secret_vars": sorted(secret_vars)}
         return plan
 
 

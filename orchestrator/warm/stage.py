@@ -73,13 +73,12 @@ def stage_items(plan: WarmPlan, root: str, keep_vars: tuple[str, ...] = (),
     entry = _program(ENTRY, "entry", "entry program")
     server = _program(FORK_SERVER, "forkserver", "fork server") if plan.fork is not None else None
     fork_program = f"{root}/{server.dest}" if server else None
-    entry_plan = {**plan.entry_plan(root, fork_program), "keep_vars": sorted(keep_vars)}
-    if "fork" in entry_plan:
-        entry_plan["fork"]["secret_vars"] = sorted(secret_vars)
-    text = json.dumps(entry_plan, sort_keys=True).encode()
+    text = json.dumps({**plan.entry_plan(root, fork_program, secret_vars), "keep_vars": sorted(keep_vars)},
+                      sort_keys=True).encode()
     plan_item = _blob(text, f"plans/{hashlib.sha256(text).hexdigest()[:16]}.json", "plan")
-    items = [entry, *([server] if server else []), plan_item] + [StageItem(dest=f"data/{f.sha256}", size=f.size, sha256=f.sha256, source=f.source,
-                                            what=f.name) for f in plan.data]
+    programs = [entry, server] if server else [entry]
+    items = programs + [plan_item] + [StageItem(dest=f"data/{f.sha256}", size=f.size, sha256=f.sha256,
+                                                source=f.source, what=f.name) for f in plan.data]
     return items, f"{root}/{entry.dest}", f"{root}/{plan_item.dest}"
 
 
