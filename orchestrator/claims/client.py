@@ -8,7 +8,8 @@ study's demand row (what it still wants, what it holds, its use and, while it wa
 started trial's claim gets its trial number in the transaction that records the trial `pending` (`assign`); it is
 released in the transaction that records the trial's end (`release`). Block rows are made when a controller starts
 and, for a machine unreachable then, when it first offers that machine's slots.
-The heartbeat renews every claim (`renew`); `close` releases what no trial holds and leaves the claims of trials whose
+The heartbeat renews every claim (`renew`); a finished run first waits, bounded, for the claims earlier runs of its
+study left on jobs that were still stopping (`settle`); `close` releases what no trial holds and leaves the claims of trials whose
 end this run did not see to the reaper (their jobs may still run). While the study waits for other studies' slots the
 loop looks again every `POLL_S` (`next_poll`).
 """
@@ -33,7 +34,7 @@ from ..config.study import StudySpec
 from ..launchers.base import Launcher, MachineInfo, Slot
 from . import store
 from .policy import Candidate, Contender, allocate, candidates_for, decayed, share
-from .reaper import Reaper
+from .reaper import RECHECK_S, Reaper
 from .units import bits_of, blocks_for, claimable, popcount, sets_of, slot_units, units_in
 
 #: a study waiting for other studies' slots looks at the fleet again this often
@@ -537,6 +538,23 @@ class FleetClaims:
         with self.db.session() as s:
             store.renew(s, self.owner, self.study_id, until)
             self._write_demand(s, now, force=True)
+
+    def left_by_earlier_runs(self) -> list[str]:
+        """This study's claims that other controllers (earlier runs of it, now gone) still hold: their jobs were
+        stopping when this run began. One label each (`machine slot`)."""
+        with self.db.read_session() as s:
+            return sorted(f"{r.machine} {r.slot or r.units}" for r in store.claims_of(s)
+                          if r.study_id == self.study_id and r.controller != self.owner)
+
+    def settle(self, timeout_s: float, stop: threading.Event) -> list[str]:
+        """A finished run, before it says done: wait (at most `timeout_s`, or until `stop`) while earlier runs' claims
+        of this study are still held, so that nothing of the study holds the fleet once it has ended. The reaper frees
+        them as their jobs end (it looks every `RECHECK_S` while one still runs). What is still held when it gave up."""
+        deadline = time.monotonic() + timeout_s
+        left = self.left_by_earlier_runs()
+        while left and time.monotonic() < deadline and not stop.wait(RECHECK_S / 4):
+            left = self.left_by_earlier_runs()
+        return left
 
     def close(self) -> None:
         """The run ends: claims no trial holds are released, the demand row goes; the claims of trials whose end

@@ -5,8 +5,9 @@
   controller's queue (metric points reach the database while the run goes).
 - The job's process group is killed on cancel or timeout; PR_SET_PDEATHSIG makes the job receive SIGTERM
   if the controller dies, even by SIGKILL (the trainer, or torchrun, then ends its own workers).
-- Jobs die with their controller, so `reattach` finds nothing to attach to: it kills what a job that ignored
-  SIGTERM left running on this host (by pid and start time, never a reused pid) and returns None.
+- Jobs die with their controller, so `reattach` finds nothing to attach to and returns None; a job still running
+  on this host then (stopping, or ignoring SIGTERM) gets the kill grace to end, then its group is SIGKILLed (by pid
+  and start time, never a reused pid). Its slot stays claimed until it is gone (orchestrator/claims/reaper.py).
 """
 
 from __future__ import annotations
@@ -111,6 +112,11 @@ class LocalMachine(Machine):
         return f"{self.name}@{socket.gethostname()}"
 
 
+def _kill_if_alive(pid: int | None, start: str | None) -> None:
+    if process_alive(pid, start):
+        kill_group(pid, signal.SIGKILL)
+
+
 class LocalLauncher(Launcher):
     name = "local"
     machine_type = LocalMachine
@@ -129,11 +135,14 @@ class LocalLauncher(Launcher):
         return result.returncode, result.stdout + result.stderr
 
     def reattach(self, record: JobRecord, machine: Machine, events: "queue.Queue[Event]") -> None:
-        """A job outlives its controller only if it ignored SIGTERM (PR_SET_PDEATHSIG): its output went nowhere since,
-        so it is killed (its group, SIGKILL), on the controller's own host only; nothing to attach to."""
+        """A job outlives its controller while it stops after SIGTERM (PR_SET_PDEATHSIG: a trainer saving a
+        checkpoint), or if it ignores it; its output went nowhere since, so nothing is attached to. On the controller's
+        own host only, what still runs is given the kill grace, as a cancel gives it, then its group is SIGKILLed."""
         same_host = bool(record.controller) and record.controller.split(":", 1)[0] == socket.gethostname()
         if same_host and process_alive(record.pid, record.pid_start):
-            kill_group(record.pid, signal.SIGKILL)
+            timer = threading.Timer(self.kill_grace_s, _kill_if_alive, (record.pid, record.pid_start))
+            timer.daemon = True
+            timer.start()
         return None
 
     def job_alive(self, record: JobRecord, machine: Machine) -> bool:

@@ -55,6 +55,7 @@ from .sources import SearchTrials, TrialSource
 POINTS_FLUSH_S = 0.25  # metric points reach the database at most this long after their line
 HEARTBEAT_S = 5.0
 MAX_INVALID_IN_A_ROW = 50
+SETTLE_S = 30.0  # a finished run waits this long at most for an earlier run's jobs still stopping (ssh: 5 s grace)
 EVENT_QUEUE_MAX = 256  # launcher events waiting for the controller (each line is at most 1 MiB)
 
 
@@ -191,6 +192,7 @@ class Controller:
             warm_plan(self.spec, spec_dir, self.code.checksums)  # a data file gone since create: stop now, naming it
             self.source.set_status("running")
             self._loop()
+            self._settle_claims()
         except StopRequested:
             self._stopped_by(None)
             if not self._stop_clean:
@@ -655,6 +657,20 @@ class Controller:
         for message in self.claims.messages():  # the reaper's (dead controllers' claims freed)
             self._say(message)
         self.machines.recheck({r.slot.machine for r in self.running.values()})
+
+    def _settle_claims(self) -> None:
+        """The study is done: jobs of an earlier run (its controller killed) may still be stopping on their slots.
+        Wait for them (at most SETTLE_S) so that the study holds nothing of the fleet once this run ends."""
+        left = self.claims.left_by_earlier_runs() if self.claims is not None else []
+        if not left:
+            return
+        self._say(f"waiting for {len(left)} job(s) of an earlier run to stop ({', '.join(left)})")
+        left = self.claims.settle(SETTLE_S, self._stop)
+        for message in self.claims.messages():
+            self._say(message)
+        if left:
+            self._say(f"still held after {SETTLE_S:g} s: {', '.join(left)}; the next run on this database frees them "
+                      "once their jobs are gone")
 
     def _close_claims(self) -> None:
         if self.claims is None:
