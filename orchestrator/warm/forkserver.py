@@ -30,7 +30,10 @@ the interpreter, the .orch-warm root, the cache key, the preload list and the en
 read when it is imported (PYTHON*, TORCH*, TRITON*, OMP_*, ...; not CUDA_VISIBLE_DEVICES, which torch reads when it
 first touches the GPU): a job that differs in any of them gets a server of its own. The server answers only
 processes of its own user (SO_PEERCRED). It never touches CUDA (a preload that initializes it is refused), and it
-exits after `idle_s` seconds without a running child. Its log: ROOT/forkserver/NAME.log.
+exits after `idle_s` seconds without a running child. Its log: ROOT/forkserver/NAME.log. After the imports it also
+computes the hashes torch's compiler would compute at each trainer's first compile (COMPILE_KEYS: Triton's sources
+and library, 0.38 s a process on the 2-core CI machine; torch's sources 0.11 s), so that forked trainers start with
+them.
 """
 
 import gc
@@ -333,15 +336,41 @@ def _log(message):
     print(f"[{time.strftime('%Y-%m-%dT%H:%M:%S')}] pid {os.getpid()}: {message}", file=sys.stderr, flush=True)
 
 
+#: per-process hashes torch's compiler computes at its first compile of every process (a cache key's parts): the
+#: module that holds each function, its name; computed by the server when the preload imported the module (file reads
+#: only: Triton's sources and its library, torch's sources), so that each forked trainer finds them done
+COMPILE_KEYS = (("triton.runtime.cache", "triton_key"), ("torch._inductor.codecache", "torch_key"),
+                ("torch._inductor.codecache", "triton_key"))
+
+
+def _warm_compile_keys():
+    """Compute COMPILE_KEYS whose module is imported; the names of those computed (a failure is logged, not fatal)."""
+    done = []
+    for module, name in COMPILE_KEYS:
+        func = getattr(sys.modules.get(module), name, None)
+        if func is None:
+            continue
+        try:
+            func()
+            done.append(f"{module}.{name}")
+        except Exception as exc:  # noqa: BLE001 - a library's internals: the trainer computes it itself then
+            _log(f"{module}.{name}() failed ({type(exc).__name__}: {exc}); each trainer computes it")
+    return done
+
+
 def _preload(modules):
-    """(error or None, seconds) of importing the preload list; a module that made a CUDA context is an error: a
-    forked child could not use the GPU."""
+    """(error or None, seconds) of importing the preload list and computing the compile keys it allows; a module that
+    made a CUDA context is an error: a forked child could not use the GPU."""
     began = time.monotonic()
     for module in modules:
         try:
             importlib.import_module(module)
         except BaseException as exc:  # an import may fail any way (SystemExit included): the server reports it
             return f"importing {module} failed: {type(exc).__name__}: {exc}", time.monotonic() - began
+    keys_began = time.monotonic()
+    keys = _warm_compile_keys()
+    if keys:
+        _log(f"compile keys {', '.join(keys)} in {time.monotonic() - keys_began:.2f} s")
     cuda = sys.modules.get("torch.cuda")
     if (cuda is not None and getattr(cuda, "is_initialized", lambda: False)()) or _cuda_driver_open():
         return "a preloaded module initialized CUDA (a forked trainer could not use the GPU)", time.monotonic() - began

@@ -7,11 +7,12 @@ environment never holds), stdout, stderr, umask and exit status; a SIGTERM to th
 a trainer that ignores SIGTERM dies with its entry when the launcher kills the group. What cannot be forked starts as
 before, with the reason in the `@@warm` report. `orch study run` of a study with `trainer.fork_server` forks trials 2
 and 3 from the server the first spawned, and the real trainer (CPU, tiny preset) trains to a val_loss forked from a
-server that imported torch.
+server that imported torch. A forked trainer finds the compile keys (the hash of Triton's sources) the server computed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import select
@@ -229,6 +230,27 @@ def test_an_idle_server_exits(machine):
     assert proc.returncode == 0
     assert _gone(server, 20), "the server did not exit once idle"
     assert "idle for 0.5 s after 1 forks: exiting" in next((tmp_path / "warm" / "forkserver").glob("*.log")).read_text()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (torch's compiler's kernels)")
+def test_a_forked_trainer_finds_the_compile_keys_computed(machine):
+    """The hash of Triton's sources and library that torch's compiler asks for at every process's first compile: the
+    server computed it once, after its preload; the forked trainer finds it cached (and computes nothing)."""
+    tmp_path, plan, servers = machine
+    (tmp_path / "job" / "keys.py").write_text(
+        "import time, triton.runtime.cache as cache\n"
+        "before = cache.triton_key.cache_info().currsize\n"
+        "began = time.monotonic(); key = cache.triton_key(); took = time.monotonic() - began\n"
+        "print('keys', before, cache.triton_key.cache_info().misses, len(key), f'{took:.4f}', flush=True)\n")
+    proc = _start(tmp_path, plan(preload=("triton.runtime.cache",)), sys.executable, "keys.py")
+    stdout, stderr = proc.communicate(timeout=120)
+    report = _report(stdout)
+    servers.append(report["fork"]["server_pid"])
+    assert proc.returncode == 0 and report["fork"]["state"] == "forked", (report, stderr)
+    line = next(line.split() for line in stdout.splitlines() if line.startswith("keys "))
+    assert line[1:3] == ["1", "1"] and int(line[3]) > 0, line  # cached before the trainer asked; the miss was the server's
+    log = next((tmp_path / "warm" / "forkserver").glob("*.log")).read_text()
+    assert "compile keys triton.runtime.cache.triton_key in " in log, log
 
 
 def _servers_of(rows) -> set[int]:
