@@ -45,7 +45,7 @@
 # fourth setup and mng (3 trials to their val_loss), then 2 duty trials with DUTY_PHASES=prime,tuned:3 (three failed
 # starts had taken 8 minutes). 2026-12-07 (fifth): setup and forkduty (its server refused: the preload of then,
 # torch._inductor.compile_fx, opens the CUDA driver; the trainers started fresh), then forked:3 by hand with the new
-# preload (docs/fleet.md, "Fifth GPU session").
+# preload (docs/fleet.md, "Fifth GPU session"). The sixth (2026-12-07) got no machine in 16 tries.
 set -uo pipefail
 S=runs/gpu-session
 mkdir -p "$S"
