@@ -9,9 +9,9 @@ started trial's claim gets its trial number in the transaction that records the 
 released in the transaction that records the trial's end (`release`). Block rows are made when a controller starts
 and, for a machine unreachable then, when it first offers that machine's slots.
 The heartbeat renews every claim (`renew`); a finished run first waits, bounded, for the claims earlier runs of its
-study left on jobs that were still stopping (`settle`); `close` releases what no trial holds and leaves the claims of trials whose
-end this run did not see to the reaper (their jobs may still run). While the study waits for other studies' slots the
-loop looks again every `POLL_S` (`next_poll`).
+study left on jobs that were still stopping (`settle`); `close` releases what no trial holds and leaves the claims of
+trials whose end this run did not see to the reaper (their jobs may still run). While the study waits for other
+studies' slots the loop looks again every `POLL_S` (`next_poll`).
 """
 
 from __future__ import annotations

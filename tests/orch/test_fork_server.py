@@ -248,7 +248,8 @@ def test_a_forked_trainer_finds_the_compile_keys_computed(machine):
     servers.append(report["fork"]["server_pid"])
     assert proc.returncode == 0 and report["fork"]["state"] == "forked", (report, stderr)
     line = next(line.split() for line in stdout.splitlines() if line.startswith("keys "))
-    assert line[1:3] == ["1", "1"] and int(line[3]) > 0, line  # cached before the trainer asked; the miss was the server's
+    # cached before the trainer asked; the one miss is the server's
+    assert line[1:3] == ["1", "1"] and int(line[3]) > 0, line
     log = next((tmp_path / "warm" / "forkserver").glob("*.log")).read_text()
     assert "compile keys triton.runtime.cache.triton_key in " in log, log
 
