@@ -661,11 +661,15 @@ class Controller:
     def _settle_claims(self) -> None:
         """The study is done: jobs of an earlier run (its controller killed) may still be stopping on their slots.
         Wait for them (at most SETTLE_S) so that the study holds nothing of the fleet once this run ends."""
-        left = self.claims.left_by_earlier_runs() if self.claims is not None else []
-        if not left:
+        try:
+            left = self.claims.left_by_earlier_runs() if self.claims is not None else []
+            if not left:
+                return
+            self._say(f"waiting for {len(left)} job(s) of an earlier run to stop ({', '.join(left)})")
+            left = self.claims.settle(SETTLE_S, self._stop)
+        except Exception as exc:  # noqa: BLE001 - the study is done; a database outage now leaves them to the next run
+            self._say(f"could not check an earlier run's claims ({type(exc).__name__}); the next run frees them")
             return
-        self._say(f"waiting for {len(left)} job(s) of an earlier run to stop ({', '.join(left)})")
-        left = self.claims.settle(SETTLE_S, self._stop)
         for message in self.claims.messages():
             self._say(message)
         if left:
