@@ -546,12 +546,12 @@ class FleetClaims:
             return sorted(f"{r.machine} {r.slot or r.units}" for r in store.claims_of(s)
                           if r.study_id == self.study_id and r.controller != self.owner)
 
-    def settle(self, timeout_s: float, stop: threading.Event) -> list[str]:
+    def settle(self, left: list[str], timeout_s: float, stop: threading.Event) -> list[str]:
         """A finished run, before it says done: wait (at most `timeout_s`, or until `stop`) while earlier runs' claims
-        of this study are still held, so that nothing of the study holds the fleet once it has ended. The reaper frees
-        them as their jobs end (it looks every `RECHECK_S` while one still runs). What is still held when it gave up."""
+        of this study (`left`, as `left_by_earlier_runs` found them) are still held, so that nothing of the study holds
+        the fleet once it has ended. The reaper frees them as their jobs end (it looks every `RECHECK_S` while one still
+        runs). What is still held when it gave up."""
         deadline = time.monotonic() + timeout_s
-        left = self.left_by_earlier_runs()
         while left and time.monotonic() < deadline and not stop.wait(RECHECK_S / 4):
             left = self.left_by_earlier_runs()
         return left

@@ -666,7 +666,7 @@ class Controller:
             if not left:
                 return
             self._say(f"waiting for {len(left)} job(s) of an earlier run to stop ({', '.join(left)})")
-            left = self.claims.settle(SETTLE_S, self._stop)
+            left = self.claims.settle(left, SETTLE_S, self._stop)
         except Exception as exc:  # noqa: BLE001 - the study is done; a database outage now leaves them to the next run
             self._say(f"could not check an earlier run's claims ({type(exc).__name__}); the next run frees them")
             return

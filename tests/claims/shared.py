@@ -18,10 +18,11 @@ from tests.conftest import REPO, STAND_IN
 RECORDER = REPO / "tests" / "helpers" / "slot_recorder.py"
 
 
-def two_gpu_box(tmp_path: Path) -> Path:
-    """A fleet file of one local machine with 2 GPUs (a stand-in count: the trainers are CPU stand-ins) and 1 CPU slot."""
+def gpu_box(tmp_path: Path, gpus: int = 2) -> Path:
+    """A fleet file of one local machine `box` with `gpus` GPUs (a stand-in count: the trainers are CPU stand-ins) and
+    1 CPU slot."""
     fleet = tmp_path / "fleet.yaml"
-    fleet.write_text(yaml.safe_dump({"machines": [{"name": "box", "launcher": "local", "gpus": 2, "cpu_slots": 1,
+    fleet.write_text(yaml.safe_dump({"machines": [{"name": "box", "launcher": "local", "gpus": gpus, "cpu_slots": 1,
                                                    "workdir": str(tmp_path / "runs")}]}))
     return fleet
 

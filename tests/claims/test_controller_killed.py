@@ -16,9 +16,7 @@ from db import Database, EventRow, FleetDemandRow, SlotBlockRow, SlotClaimRow
 from tests.conftest import orch, wait_for
 from tests.orch._checks import assert_agrees_with_optuna, rows_of
 
-import yaml
-
-from .shared import overlaps, runs, start, study_file, two_gpu_box
+from .shared import gpu_box, overlaps, runs, start, study_file
 
 LINGER_S = 6.0  # longer than a reaper period (the heartbeat, 5 s): some check finds the job still running
 STOPPING_S = 4.0  # under the kill grace (5 s) the restarted run gives a job it finds still running: it stops by itself
@@ -27,7 +25,7 @@ STOPPING_S = 4.0  # under the kill grace (5 s) the restarted run gives a job it 
 @pytest.mark.slow
 def test_a_killed_controllers_gpus_wait_for_its_jobs_then_go_to_the_waiting_study(tmp_path):
     db_url = f"sqlite:///{tmp_path / 'orch.db'}"
-    fleet = two_gpu_box(tmp_path)
+    fleet = gpu_box(tmp_path)
     record = tmp_path / "record.jsonl"
     fast = tmp_path / "fast"  # a's jobs run until killed; its retries, once this exists, 1 s
     for name in ("a", "b"):
@@ -79,9 +77,7 @@ def test_a_killed_controllers_gpus_wait_for_its_jobs_then_go_to_the_waiting_stud
 @pytest.mark.slow
 def test_a_study_run_again_ends_only_once_its_killed_runs_jobs_have_stopped(tmp_path):
     db_url = f"sqlite:///{tmp_path / 'orch.db'}"
-    fleet = tmp_path / "fleet.yaml"  # 4 GPUs: the retries run on the two the killed run's stopping jobs leave free
-    fleet.write_text(yaml.safe_dump({"machines": [{"name": "box", "launcher": "local", "gpus": 4, "cpu_slots": 1,
-                                                   "workdir": str(tmp_path / "runs")}]}))
+    fleet = gpu_box(tmp_path, gpus=4)  # the retries run on the two GPUs the killed run's stopping jobs leave free
     record = tmp_path / "record.jsonl"
     fast = tmp_path / "fast"
     path = study_file(tmp_path, "a", record, trials=2, parallel=2, wall_s=1.0, linger_s=STOPPING_S,

@@ -9,12 +9,12 @@ import json
 
 from tests.conftest import orch, wait_for
 
-from .shared import gpu_seconds, overlaps, runs, start, study_file, two_gpu_box
+from .shared import gpu_box, gpu_seconds, overlaps, runs, start, study_file
 
 
 def test_two_controllers_share_one_machine_on_sqlite(tmp_path):
     db_url = f"sqlite:///{tmp_path / 'orch.db'}"
-    fleet = two_gpu_box(tmp_path)
+    fleet = gpu_box(tmp_path)
     record = tmp_path / "record.jsonl"
     for name in ("a", "b"):
         # trials of 2 s: a controller's own delay in claiming a freed GPU (a loaded 2-core machine: a few hundred ms)
