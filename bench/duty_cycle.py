@@ -6,8 +6,10 @@ Two studies of the same trainer command run one after the other on one machine (
   study to a folder in the trial's directory, which the warm-machine entry leaves as it is): a fresh container or
   node, every trial compiles from nothing;
 - warm: the machine's caches (orchestrator/warm): the first trial compiles and fills them, the others find them;
-- prime: one trial of the warm study's command on the machine's caches (same key), so that a later `warm` phase,
-  in another device call on the same machine, starts warm;
+- prime: one trial on the machine's caches with the flags and environment of the phase after it (warm, tuned or
+  forked; warm's when none follows), so that the next phase, in this run or another device call on the same machine,
+  starts warm: Inductor's cache key holds its settings (TORCHINDUCTOR_COMPILE_THREADS among them), so a prime run
+  with other settings would leave the next phase's first trial compiling from nothing;
 - tuned: the warm study (without `--warm-args`, flags only the prime and warm phases get) with `--tuned-args` added to the trainer's flags and `--tuned-env` to its environment (the
   same code, so the same cache key): a start-up change measured beside the plain warm trials, on the same machine
   in the same run;
@@ -91,7 +93,9 @@ def build_data(work: Path, args) -> Path:
     return folder / "SHA256SUMS"
 
 
-def study_file(work: Path, phase: str, trials: int, manifest: Path, args) -> Path:
+def study_file(work: Path, phase: str, trials: int, manifest: Path, args, like: str = "") -> Path:
+    """The phase's study file; `like` is the phase whose trainer flags and environment it takes (prime's: the next)."""
+    like = like or phase
     command = ["{python}", "-m", "trainer", "--preset", args.preset, "--device", args.device, "--compile", args.compile,
                "--dataset", "shards", "--data-dir", "data", "--train-files", args.train_files,
                "--val-files", args.val_files, "--num-steps", str(args.steps), "--extension-steps", "0"]
@@ -101,9 +105,9 @@ def study_file(work: Path, phase: str, trials: int, manifest: Path, args) -> Pat
     env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
     if phase == "cold":  # caches of the trial's own: each trial compiles from nothing
         env |= {"TORCHINDUCTOR_CACHE_DIR": "cold-cache/inductor", "TRITON_CACHE_DIR": "cold-cache/triton"}
-    if phase in ("prime", "warm"):
+    if like in ("prime", "warm"):
         command += shlex.split(args.warm_args)
-    if phase in ("tuned", "forked"):
+    if like in ("tuned", "forked"):
         command += shlex.split(args.tuned_args)
         env |= dict(item.split("=", 1) for item in args.tuned_env.split(",") if item)
     spec = {
@@ -262,8 +266,10 @@ def main() -> int:
     manifest = build_data(work, args)
     fleet = fleet_file(work, args)
     results = []
-    for phase, count in phases:
-        spec = study_file(work, phase, int(count or args.trials), manifest, args)
+    for i, (phase, count) in enumerate(phases):
+        after = [p for p, _ in phases[i + 1:] if p in ("warm", "tuned", "forked")]
+        like = (after[0] if after else "warm") if phase == "prime" else phase
+        spec = study_file(work, phase, int(count or args.trials), manifest, args, like)
         if orch("study", "status", phase, "--json", "--db", url, check=False).returncode != 0:
             orch("study", "create", phase, "--from", str(spec), "--db", url)
         orch("study", "run", phase, "--plain", "--fleet", str(fleet), "--db", url)
