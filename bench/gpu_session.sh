@@ -143,6 +143,8 @@ case "${1:-}" in
     end=$((SECONDS + ${2:-540}))
     while [ ! -f "$S/finished" ] && [ $SECONDS -lt $end ]; do sleep 5; done
     cat "$S/session.log"; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    # what else runs on the machine (trials that grow slower one after another: a process left behind?)
+    uptime; ps -eo pid,ppid,etimes,pcpu,rss,args --sort=-pcpu | cut -c1-160 | head -n 12
     collect_out ;;
   *) echo "usage: $0 start | wait SECONDS" >&2; exit 2 ;;
 esac
