@@ -28,6 +28,7 @@ duty_cycle.py); the warm study is also given without its first (cold) trial, as 
     python bench/duty_cycle.py --trials 6 --steps 200 --out DIR # DIR/duty_cycle.json and DIR/duty_cycle.md
     python bench/duty_cycle.py --preset gpt2 --device cuda --phases prime --steps 100 --work runs/duty-gpu
     python bench/duty_cycle.py --preset gpt2 --device cuda --phases warm --steps 100 --work runs/duty-gpu --out DIR
+    python bench/duty_cycle.py --report --work runs/duty-gpu --phases prime,forked,tuned ...   # tables only
 
 `--work DIR` keeps the workspace (the database, the machine's workdir with its `.orch-warm`): the same command run
 again resumes the studies (`orch study run` resumes) with the caches as they were: `--phases prime` in one device
@@ -180,8 +181,8 @@ def phase_result(url: str, phase: str) -> dict:
     rows = trial_rows(url, phase)
     result = {"phase": phase, "duty": status["duty_cycle"], "trials": [
         {k: v for k, v in r.items() if k not in ("started_at", "ended_at", "machine", "slot")} for r in rows]}
-    if phase == "warm" and len(rows) > 1:  # the machine once warm: without its first trial
-        result["after_first"] = duty_from_trials(rows[1:]).to_json()
+    if phase in ("warm", "tuned", "forked") and len(rows) > 1:  # the machine once warm: without the phase's first
+        result["after_first"] = duty_from_trials(rows[1:]).to_json()  # trial (a first fork, a changed cache key)
     return result
 
 
@@ -203,7 +204,7 @@ def table(results: list[dict]) -> list[str]:
     for r in results:
         out.append(row(r["phase"], r["duty"], r["trials"]))
         if "after_first" in r:
-            out.append(row("warm, trials 2..N", r["after_first"], r["trials"][1:]))
+            out.append(row(f"{r['phase']}, trials 2..{len(r['trials'])}", r["after_first"], r["trials"][1:]))
     return out
 
 
@@ -213,7 +214,7 @@ STARTUP = ("process", "import", "device", "data", "model", "optimizers", "compil
 
 def startup_table(results: list[dict]) -> list[str]:
     """Mean seconds of each start-up phase (the trainer's `startup_s`) a phase of the bench, and their sum."""
-    out = ["| caches | " + " | ".join(STARTUP) + " | before step 0 | compile cache hit / miss | forked |",
+    out = ["| caches | " + " | ".join(STARTUP) + " | before step 0 | FX graph + AOTAutograd cache hit / miss | forked |",
            "| --- |" + " --- |" * (len(STARTUP) + 3)]
     for r in results:
         rows = [t["startup_s"] for t in r["trials"] if t.get("startup_s")]
@@ -221,8 +222,10 @@ def startup_table(results: list[dict]) -> list[str]:
             continue
         means = [sum(row.get(k, 0.0) for row in rows) / len(rows) for k in STARTUP]
         counts = [t.get("compile_cache") or {} for t in r["trials"]]
-        hits = sum(v for c in counts for k, v in c.items() if k.endswith("_hit"))
-        misses = sum(v for c in counts for k, v in c.items() if k.endswith("_miss"))
+        # the caches on disk (async_compile's counts are kernels met twice within one process)
+        persistent = [(k, v) for c in counts for k, v in c.items() if k.startswith(("fxgraph_", "autograd_"))]
+        hits = sum(v for k, v in persistent if k.endswith("_hit"))
+        misses = sum(v for k, v in persistent if k.endswith("_miss"))
         forked = sum(t.get("fork") == "forked" for t in r["trials"])  # a server that refused: its trials ran fresh
         out.append(f"| {r['phase']} | " + " | ".join(f"{m:.2f}" for m in means) + f" | {sum(means):.2f} | "
                    f"{hits} / {misses} | {forked} of {len(r['trials'])} |")
@@ -252,6 +255,8 @@ def main() -> int:
     ap.add_argument("--timeout-s", type=int, default=1800, help="per-trial timeout")
     ap.add_argument("--work", type=Path, default=None, help="keep the workspace here (resumes when run again)")
     ap.add_argument("--out", type=Path, default=None, help="write duty_cycle.json and duty_cycle.md here")
+    ap.add_argument("--report", action="store_true", help="only the tables of --work's database (its phases that "
+                    "ran), e.g. of a device run copied back; runs nothing")
     args = ap.parse_args()
     args.threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
     args.one_stage = bool(args.one_stage if args.one_stage is not None else args.preset == "tiny")
@@ -263,6 +268,10 @@ def main() -> int:
     work = (args.work or Path(tempfile.mkdtemp(prefix="duty-cycle-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{work / 'orch.db'}"
+    if args.report:
+        results = [phase_result(url, phase) for phase, _ in phases
+                   if orch("study", "status", phase, "--json", "--db", url, check=False).returncode == 0]
+        return write_report(args, phases, results)
     manifest = build_data(work, args)
     fleet = fleet_file(work, args)
     results = []
@@ -275,6 +284,10 @@ def main() -> int:
         orch("study", "run", phase, "--plain", "--fleet", str(fleet), "--db", url)
         results.append(phase_result(url, phase))
         print("\n".join(table(results[-1:])[2:]), flush=True)
+    return write_report(args, phases, results)
+
+
+def write_report(args, phases, results) -> int:
     lines = table(results) + [""] + startup_table(results)
     setup = (f"phases {args.phases} ({args.trials} trials where no count is given), `python -m trainer --preset "
              f"{args.preset} --device {args.device} --compile {args.compile} --num-steps {args.steps}`"

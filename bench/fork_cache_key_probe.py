@@ -1,0 +1,150 @@
+"""Does a trainer forked from the fork server compute the same FX graph cache key as a fresh process?
+
+The seventh GPU session (docs/fleet.md) saw the first forked trial on a machine miss the FX graph cache that fresh
+trials with the same flags and environment had filled (3 misses; then every forked trial hit the forked one's
+entries, and fresh trials hit the fresh ones'). On CPU a forked child hits a fresh process's entries. This probe
+compiles one small function (forward and backward) three times on shared empty caches: in a fresh process, in a
+child forked from a server started as orchestrator/warm/forkserver.py starts one (its environment, its preload,
+its compile keys), and fresh again; it prints each run's FX graph / AOTAutograd cache hits and misses and, where
+the keys differ, the lines of Inductor's hash details that differ (logged by torch._inductor.codecache at debug).
+
+    .venv/bin/python bench/fork_cache_key_probe.py                 # CPU
+    python3 bench/fork_cache_key_probe.py --device cuda --out DIR  # DIR/fork_cache_key_probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.warm import forkserver  # noqa: E402
+
+PRELOAD = ("torch", "torch._dynamo", "torch._inductor.utils")
+
+
+def compile_once(device: str, details_file: str) -> dict:
+    """Compile and run a small function with its backward; the cache counters and the hash details logged."""
+    import logging
+
+    import torch
+    from torch._dynamo.utils import counters
+
+    handler = logging.FileHandler(details_file)
+    handler.setLevel(logging.DEBUG)
+    log = logging.getLogger("torch._inductor.codecache")
+    log.setLevel(logging.DEBUG)
+    log.addHandler(handler)
+
+    def f(x, w):
+        return torch.nn.functional.gelu(x @ w).square().mean()
+
+    x = torch.randn(64, 64, device=device)
+    w = torch.randn(64, 64, device=device, requires_grad=True)
+    torch.compile(f)(x, w).backward()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    found = {f"{group}.{k}": v for group in ("inductor", "aot_autograd") for k, v in counters[group].items()
+             if "cache" in k}
+    handler.flush()
+    return found
+
+
+def hash_details(path: str) -> list[str]:
+    text = Path(path).read_text() if Path(path).exists() else ""
+    return [line for line in text.splitlines() if line.startswith("[") or ": " in line]
+
+
+def run_fresh(args, env, tag) -> dict:
+    out = subprocess.run([sys.executable, __file__, "child", "--device", args.device, "--tag", tag, "--work",
+                          str(args.work)], env=env, capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise SystemExit(f"fresh run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_forked(args, env) -> dict:
+    """A server as the fork server starts one (its environment, preload, compile keys), which forks the child."""
+    imports = forkserver.import_env(env)
+    server_env = {**{k: v for k, v in env.items() if k in forkserver.BASE_ENV}, **imports, **forkserver.SERVER_ONLY_ENV,
+                  "PYTHONPATH": env.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, __file__, "server", "--device", args.device, "--work", str(args.work),
+                          "--job-env", json.dumps(env)], env=server_env, capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise SystemExit(f"forked run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child(args):
+    details = str(args.work / f"details-{args.tag}.log")
+    print(json.dumps({"tag": args.tag, "counters": compile_once(args.device, details), "details": details}))
+
+
+def server(args):
+    error, seconds = forkserver._preload(PRELOAD)
+    if error:
+        raise SystemExit(f"preload: {error}")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the job's environment, as the server's child takes it
+        os.close(read)
+        os.environ.clear()
+        os.environ.update(json.loads(args.job_env))
+        details = str(args.work / "details-forked.log")
+        result = {"tag": "forked", "counters": compile_once(args.device, details), "details": details,
+                  "preload_s": round(seconds, 2)}
+        os.write(write, json.dumps(result).encode())
+        os._exit(0)
+    os.close(write)
+    data = b""
+    while chunk := os.read(read, 65536):
+        data += chunk
+    _, status = os.waitpid(pid, 0)
+    if status:
+        raise SystemExit(f"forked child failed: status {status}")
+    print(data.decode())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", nargs="?", default="probe", choices=("probe", "child", "server"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--work", type=Path)
+    ap.add_argument("--tag", default="fresh")
+    ap.add_argument("--job-env", default="{}")
+    ap.add_argument("--out", type=Path, help="write DIR/fork_cache_key_probe.json")
+    args = ap.parse_args()
+    if args.mode == "child":
+        return child(args)
+    if args.mode == "server":
+        return server(args)
+    args.work = Path(args.work or tempfile.mkdtemp(prefix="fork-cache-key-")).resolve()
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(args.work / "inductor"),
+           "TRITON_CACHE_DIR": str(args.work / "triton"), "TORCHINDUCTOR_COMPILE_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                         if p])}
+    runs = [run_fresh(args, env, "fresh"), run_forked(args, env), run_fresh(args, env, "fresh-again")]
+    details = {r["tag"]: hash_details(r["details"]) for r in runs}
+    # Inductor logs the details only where it computes a key for a miss: a run that hit has none to compare
+    differ = {f"fresh vs {tag}": sorted(set(details["fresh"]) ^ set(details[tag])) if details[tag] else "hit: none"
+              for tag in ("forked", "fresh-again")}
+    for r in runs:
+        print(f"{r['tag']:12s} {r['counters']}")
+    for name, lines in differ.items():
+        print(f"{name}: " + (lines if isinstance(lines, str) else f"{len(lines)} hash-detail line(s) differ"))
+        for line in lines[:40] if isinstance(lines, list) else []:
+            print("   ", line[:300])
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "fork_cache_key_probe.json").write_text(json.dumps({"runs": runs, "differ": differ}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
