@@ -94,6 +94,22 @@ def build_data(work: Path, args) -> Path:
     return folder / "SHA256SUMS"
 
 
+def plan_phases(text: str, trials: int) -> list[tuple[str, int, str]]:
+    """(phase, trials, the phase whose trainer flags and environment it takes) for `--phases`: a prime trial takes
+    those of the next warm, tuned or forked phase (warm's if none follows), so that phase finds its key filled."""
+    phases = [(p.partition(":")[0], p.partition(":")[2]) for p in text.split(",") if p]
+    if (not {name for name, _ in phases} <= {"cold", "prime", "warm", "tuned", "forked"} or trials < 1
+            or any(n and not (n.isdigit() and int(n) > 0) for _, n in phases)):
+        raise SystemExit("--phases takes cold, prime, warm, tuned and forked (NAME or NAME:N), comma-separated; "
+                         "--trials and each N at least 1")
+    planned = []
+    for i, (phase, count) in enumerate(phases):
+        after = [p for p, _ in phases[i + 1:] if p in ("warm", "tuned", "forked")]
+        like = (after[0] if after else "warm") if phase == "prime" else phase
+        planned.append((phase, 1 if phase == "prime" else int(count or trials), like))  # prime: one trial
+    return planned
+
+
 def study_file(work: Path, phase: str, trials: int, manifest: Path, args, like: str = "") -> Path:
     """The phase's study file; `like` is the phase whose trainer flags and environment it takes (prime's: the next)."""
     like = like or phase
@@ -119,7 +135,7 @@ def study_file(work: Path, phase: str, trials: int, manifest: Path, args, like: 
         "parameters": {"init_seed": {"type": "int", "low": 1, "high": 100000, "flag": "--seed"}},
         "objective": {"minimize": "train_time_s", "subject_to": ["val_loss <= 100"]},
         "sampler": {"name": "random", "seed": 0},
-        "budget": {"max_trials": 1 if phase == "prime" else trials, "parallel": 1},
+        "budget": {"max_trials": trials, "parallel": 1},
         "timeout_s": args.timeout_s,
         "resources": {"gpus": 1 if args.device == "cuda" else 0},
     }
@@ -260,25 +276,19 @@ def main() -> int:
     args = ap.parse_args()
     args.threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
     args.one_stage = bool(args.one_stage if args.one_stage is not None else args.preset == "tiny")
-    phases = [(p.partition(":")[0], p.partition(":")[2]) for p in args.phases.split(",") if p]
-    if (not {name for name, _ in phases} <= {"cold", "prime", "warm", "tuned", "forked"} or args.trials < 1
-            or any(n and not (n.isdigit() and int(n) > 0) for _, n in phases)):
-        raise SystemExit("--phases takes cold, prime, warm, tuned and forked (NAME or NAME:N), comma-separated; "
-                         "--trials and each N at least 1")
+    phases = plan_phases(args.phases, args.trials)
     work = (args.work or Path(tempfile.mkdtemp(prefix="duty-cycle-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{work / 'orch.db'}"
     if args.report:
-        results = [phase_result(url, phase) for phase, _ in phases
+        results = [phase_result(url, phase) for phase, _, _ in phases
                    if orch("study", "status", phase, "--json", "--db", url, check=False).returncode == 0]
         return write_report(args, phases, results)
     manifest = build_data(work, args)
     fleet = fleet_file(work, args)
     results = []
-    for i, (phase, count) in enumerate(phases):
-        after = [p for p, _ in phases[i + 1:] if p in ("warm", "tuned", "forked")]
-        like = (after[0] if after else "warm") if phase == "prime" else phase
-        spec = study_file(work, phase, int(count or args.trials), manifest, args, like)
+    for phase, count, like in phases:
+        spec = study_file(work, phase, count, manifest, args, like)
         if orch("study", "status", phase, "--json", "--db", url, check=False).returncode != 0:
             orch("study", "create", phase, "--from", str(spec), "--db", url)
         orch("study", "run", phase, "--plain", "--fleet", str(fleet), "--db", url)
@@ -293,9 +303,9 @@ def write_report(args, phases, results) -> int:
              f"{args.preset} --device {args.device} --compile {args.compile} --num-steps {args.steps}`"
              + (" (one stage)" if args.one_stage else "")
              + (f"; warm: `{args.warm_args}`" if args.warm_args else "")
-             + (f"; tuned: `{args.tuned_args}` {args.tuned_env}" if any(p in ("tuned", "forked") for p, _ in phases)
+             + (f"; tuned: `{args.tuned_args}` {args.tuned_env}" if any(p in ("tuned", "forked") for p, _, _ in phases)
                 else "")
-             + (f"; forked: preload {args.fork_preload}" if any(p == "forked" for p, _ in phases) else ""))
+             + (f"; forked: preload {args.fork_preload}" if any(p == "forked" for p, _, _ in phases) else ""))
     text = "\n".join([setup, ""] + lines) + "\n"
     print(text)
     if args.out:
