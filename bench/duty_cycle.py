@@ -58,6 +58,7 @@ sys.path.insert(0, str(REPO))
 
 from db import Database, StudyRow, TrialRow  # noqa: E402
 from orchestrator.analysis.duty_cycle import duty_from_trials  # noqa: E402
+from orchestrator.config.study import ForkServer  # noqa: E402
 from orchestrator.warm.plan import sha256_file  # noqa: E402
 from orchestrator.warm.report import log_report  # noqa: E402
 from sqlalchemy import select  # noqa: E402
@@ -122,7 +123,7 @@ def study_file(work: Path, phase: str, trials: int, manifest: Path, args, like: 
     env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
     if phase == "cold":  # caches of the trial's own: each trial compiles from nothing
         env |= {"TORCHINDUCTOR_CACHE_DIR": "cold-cache/inductor", "TRITON_CACHE_DIR": "cold-cache/triton"}
-    if like in ("prime", "warm"):
+    if like == "warm":
         command += shlex.split(args.warm_args)
     if like in ("tuned", "forked"):
         command += shlex.split(args.tuned_args)
@@ -256,7 +257,7 @@ def main() -> int:
     ap.add_argument("--warm-args", default="", help="trainer flags added in the prime and warm phases")
     ap.add_argument("--tuned-args", default="", help="trainer flags added in the tuned phase (one shell-quoted string)")
     ap.add_argument("--tuned-env", default="", help="environment of the tuned phase's trials: KEY=VALUE,KEY=VALUE")
-    ap.add_argument("--fork-preload", default="torch,torch._dynamo,torch._inductor.utils",
+    ap.add_argument("--fork-preload", default=",".join(ForkServer().preload),
                     help="the forked phase's `trainer.fork_server.preload` (comma-separated modules)")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -25,9 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from orchestrator.config.study import ForkServer  # noqa: E402
 from orchestrator.warm import forkserver  # noqa: E402
 
-PRELOAD = ("torch", "torch._dynamo", "torch._inductor.utils")
+PRELOAD = ForkServer().preload  # the fork server's default
 
 
 def compile_once(device: str, details_file: str) -> dict:
