@@ -10,6 +10,7 @@ the keys differ, the lines of Inductor's hash details that differ (logged by tor
 
     .venv/bin/python bench/fork_cache_key_probe.py                 # CPU
     python3 bench/fork_cache_key_probe.py --device cuda --out DIR  # DIR/fork_cache_key_probe.json
+    python3 bench/fork_cache_key_probe.py --device cuda --trainer-args "--preset gpt2 --device cuda ..."  # the trainer
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -31,8 +33,9 @@ from orchestrator.warm import forkserver  # noqa: E402
 PRELOAD = ForkServer().preload  # the fork server's default
 
 
-def compile_once(device: str, details_file: str) -> dict:
-    """Compile and run a small function with its backward; the cache counters and the hash details logged."""
+def compile_once(device: str, details_file: str, trainer_args: str = "") -> dict:
+    """Compile and run a small function with its backward, or our trainer with `trainer_args` in this process; the
+    cache counters and the hash details logged."""
     import logging
 
     import torch
@@ -44,12 +47,17 @@ def compile_once(device: str, details_file: str) -> dict:
     log.setLevel(logging.DEBUG)
     log.addHandler(handler)
 
-    def f(x, w):
-        return torch.nn.functional.gelu(x @ w).square().mean()
+    if trainer_args:
+        from trainer.train import main as train
 
-    x = torch.randn(64, 64, device=device)
-    w = torch.randn(64, 64, device=device, requires_grad=True)
-    torch.compile(f)(x, w).backward()
+        train(shlex.split(trainer_args))
+    else:
+        def f(x, w):
+            return torch.nn.functional.gelu(x @ w).square().mean()
+
+        x = torch.randn(64, 64, device=device)
+        w = torch.randn(64, 64, device=device, requires_grad=True)
+        torch.compile(f)(x, w).backward()
     if device == "cuda":
         torch.cuda.synchronize()
     found = {f"{group}.{k}": v for group in ("inductor", "aot_autograd") for k, v in counters[group].items()
@@ -65,7 +73,8 @@ def hash_details(path: str) -> list[str]:
 
 def run_fresh(args, env, tag) -> dict:
     out = subprocess.run([sys.executable, __file__, "child", "--device", args.device, "--tag", tag, "--work",
-                          str(args.work)], env=env, capture_output=True, text=True, check=False)
+                          str(args.work), f"--trainer-args={args.trainer_args}"],
+                         env=env, capture_output=True, text=True, check=False)
     if out.returncode:
         raise SystemExit(f"fresh run failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -77,7 +86,8 @@ def run_forked(args, env) -> dict:
     server_env = {**{k: v for k, v in env.items() if k in forkserver.BASE_ENV}, **imports, **forkserver.SERVER_ONLY_ENV,
                   "PYTHONPATH": env.get("PYTHONPATH", "")}
     out = subprocess.run([sys.executable, __file__, "server", "--device", args.device, "--work", str(args.work),
-                          "--job-env", json.dumps(env)], env=server_env, capture_output=True, text=True, check=False)
+                          "--job-env", json.dumps(env), f"--trainer-args={args.trainer_args}"],
+                         env=server_env, capture_output=True, text=True, check=False)
     if out.returncode:
         raise SystemExit(f"forked run failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -85,7 +95,8 @@ def run_forked(args, env) -> dict:
 
 def child(args):
     details = str(args.work / f"details-{args.tag}.log")
-    print(json.dumps({"tag": args.tag, "counters": compile_once(args.device, details), "details": details}))
+    counts = compile_once(args.device, details, args.trainer_args)
+    print(json.dumps({"tag": args.tag, "counters": counts, "details": details}))
 
 
 def server(args):
@@ -99,8 +110,8 @@ def server(args):
         os.environ.clear()
         os.environ.update(json.loads(args.job_env))
         details = str(args.work / "details-forked.log")
-        result = {"tag": "forked", "counters": compile_once(args.device, details), "details": details,
-                  "preload_s": round(seconds, 2)}
+        counts = compile_once(args.device, details, args.trainer_args)
+        result = {"tag": "forked", "counters": counts, "details": details, "preload_s": round(seconds, 2)}
         os.write(write, json.dumps(result).encode())
         os._exit(0)
     os.close(write)
@@ -120,6 +131,8 @@ def main():
     ap.add_argument("--work", type=Path)
     ap.add_argument("--tag", default="fresh")
     ap.add_argument("--job-env", default="{}")
+    ap.add_argument("--trainer-args", default="", help="run our trainer (python -m trainer ARGS) instead of the small "
+                    "function: its graphs, user-defined Triton kernels included")
     ap.add_argument("--out", type=Path, help="write DIR/fork_cache_key_probe.json")
     args = ap.parse_args()
     if args.mode == "child":

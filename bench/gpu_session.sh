@@ -32,14 +32,15 @@
 #            (trainer.fork_server), then 3 with the same tuned start, not forked
 #   fork     bench/forkserver_probe.py: the duty step's trainer started fresh against forked from a process that
 #            imported torch and its compiler (3 + 3 runs, 20 steps each, after one of each that fills the caches)
-#   keyprobe bench/fork_cache_key_probe.py: one small function compiled fresh, forked from a server started as the
-#            fork server starts one, and fresh again, on shared empty caches; the lines of Inductor's FX graph key that
-#            differ between a fresh and a forked process (the seventh session's first forked trial missed the cache)
+#   keyprobe bench/fork_cache_key_probe.py: one small function, then the duty step's trainer for 4 steps, each compiled
+#            fresh, forked from a server started as the fork server starts one, and fresh again, on shared empty
+#            caches; the lines of Inductor's FX graph key that differ between a fresh and a forked process (the seventh
+#            session's first forked trial missed the cache); about 3 minutes
 #   cold     bench/duty_cycle.py cold phase: 2 trials, each on empty caches of its own
 #   pg       docs/studies/2026-12-06-parameter-golf-h200/run.sh (parameter-golf's train_gpt.py, 2 trials)
 #   mngfork  the mng study with `trainer.fork_server: {}` (its single-node torchrun forked), 3 trials: after mng in the
 #            same session its trials find mng's caches, so their walls compare with mng's warm trials
-# The default is `setup keyprobe forkduty` (about 15 minutes); `setup fork duty cold` measured the probe, the tuned start
+# The default is `setup keyprobe forkduty` (about 18 minutes); `setup fork duty cold` measured the probe, the tuned start
 # against the old one (about 16) and two trials on empty caches; STEPS="setup mng" runs the record's study (about
 # 16 minutes: its first trial compiles for 9), STEPS="setup probe collect standin pg" bash bench/gpu_session.sh start
 # others. Sessions of 2026-12-06: the first ran setup, collect, standin, duty and pg
@@ -105,8 +106,13 @@ run_step() {
       env_for_orch; D=docs/studies/2026-12-06-modded-nanogpt-h200
       sed 's|^  log_format: modded-nanogpt$|  log_format: modded-nanogpt\n  fork_server: {}|' "$D/study.yaml" > "$D/study-fork.yaml"
       OUT="$S/mngfork" SKIP_EXPORT=1 STUDY_FILE="$D/study-fork.yaml" bash bench/one_gpu_study.sh "$D" mng-fork ;;
-    keyprobe)
-      env_for_orch; python3 bench/fork_cache_key_probe.py --device cuda --out "$S/keyprobe" ;;
+    keyprobe)  # a small function, then the duty step's trainer (4 steps): fresh, forked, fresh again each
+      env_for_orch; python3 bench/fork_cache_key_probe.py --device cuda --out "$S/keyprobe" &&
+      python3 bench/fork_cache_key_probe.py --device cuda --out "$S/keyprobe-trainer" --trainer-args "--preset gpt2
+        --device cuda --compile 1 --num-steps 4 --extension-steps 0 --dataset shards --data-dir data/fineweb10B
+        --train-files 'fineweb_train_*.bin' --val-files 'fineweb_val_*.bin' --stage-durations 1 --stage-seq-lens 2048
+        --stage-batch-tokens 393216 --stage-lr-mults 1 --stage-windows 2048 --val-every 0 --val-tokens 65536
+        --micro-batch-tokens 65536 --attn sdpa --fp8-head 1 --warmup-steps 1" ;;
     cold)
       env_for_orch; python3 bench/duty_cycle.py "${DUTY_ARGS[@]}" --phases cold --trials 2 --out "$S/duty-cold" ;;
   esac
