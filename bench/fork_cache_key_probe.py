@@ -16,12 +16,14 @@ the keys differ, the lines of Inductor's hash details that differ (logged by tor
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shlex
 import subprocess
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,17 +105,24 @@ def server(args):
     error, seconds = forkserver._preload(PRELOAD)
     if error:
         raise SystemExit(f"preload: {error}")
+    gc.freeze()  # as the fork server does before it forks
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the job's environment, as the server's child takes it
-        os.close(read)
-        os.environ.clear()
-        os.environ.update(json.loads(args.job_env))
-        details = str(args.work / "details-forked.log")
-        counts = compile_once(args.device, details, args.trainer_args)
-        result = {"tag": "forked", "counters": counts, "details": details, "preload_s": round(seconds, 2)}
-        os.write(write, json.dumps(result).encode())
-        os._exit(0)
+        code = 1
+        try:
+            os.close(read)
+            os.environ.clear()
+            os.environ.update(json.loads(args.job_env))
+            details = str(args.work / "details-forked.log")
+            counts = compile_once(args.device, details, args.trainer_args)
+            result = {"tag": "forked", "counters": counts, "details": details, "preload_s": round(seconds, 2)}
+            os.write(write, json.dumps(result).encode())
+            code = 0
+        except BaseException:  # the child never returns into the server's code
+            traceback.print_exc()
+        finally:
+            os._exit(code)
     os.close(write)
     data = b""
     while chunk := os.read(read, 65536):
