@@ -84,9 +84,7 @@ def run_fresh(args, env, tag) -> dict:
 
 def run_forked(args, env) -> dict:
     """A server as the fork server starts one (its environment, preload, compile keys), which forks the child."""
-    imports = forkserver.import_env(env)
-    server_env = {**{k: v for k, v in env.items() if k in forkserver.BASE_ENV}, **imports, **forkserver.SERVER_ONLY_ENV,
-                  "PYTHONPATH": env.get("PYTHONPATH", "")}
+    server_env = forkserver.server_environment(env, forkserver.import_env(env))  # PYTHONPATH among its imports
     out = subprocess.run([sys.executable, __file__, "server", "--device", args.device, "--work", str(args.work),
                           "--job-env", json.dumps(env), f"--trainer-args={args.trainer_args}"],
                          env=server_env, capture_output=True, text=True, check=False)

@@ -214,15 +214,20 @@ def _connect(name):
     return sock
 
 
+def server_environment(env, imports):
+    """A server's environment: the variables a preload may read (`imports`, from import_env) over the basics of `env`,
+    and no job's own (its trial's parameters, its secrets): each trainer gets its job's whole environment through the
+    request."""
+    return {**{k: v for k, v in env.items() if k in BASE_ENV}, **imports, **SERVER_ONLY_ENV}
+
+
 def _spawn(program, name, fork, root, env, imports):
     """Start a server (a session of its own: it outlives this job) and wait until it holds the socket. True when a
     server holds it now (this one or another job's, which won the race)."""
     log_dir = os.path.join(root, "forkserver")
     os.makedirs(log_dir, exist_ok=True)
     read, write = os.pipe()
-    # the variables a preload may read, and no job's own (its trial's parameters, its secrets): each trainer gets its
-    # job's whole environment through the request
-    server_env = {**{k: v for k, v in env.items() if k in BASE_ENV}, **imports, **SERVER_ONLY_ENV}
+    server_env = server_environment(env, imports)
     try:
         with open(os.path.join(log_dir, name + ".log"), "ab") as log:
             subprocess.Popen([sys.executable, program, "serve", name, json.dumps(list(fork["preload"])),
