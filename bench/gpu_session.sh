@@ -40,8 +40,8 @@
 #   pg       docs/studies/2026-12-06-parameter-golf-h200/run.sh (parameter-golf's train_gpt.py, 2 trials)
 #   mngfork  the mng study with `trainer.fork_server: {}` (its single-node torchrun forked), 3 trials: after mng in the
 #            same session its trials find mng's caches, so their walls compare with mng's warm trials
-# The default is `setup keyprobe forkduty` (about 18 minutes); `setup fork duty cold` measured the probe, the tuned start
-# against the old one (about 16) and two trials on empty caches; STEPS="setup mng" runs the record's study (about
+# The default is `setup keyprobe forkduty` (about 18 minutes); `setup fork duty cold` measured the probe, the tuned
+# start against the old one (about 16) and two trials on empty caches; STEPS="setup mng" runs the record's study (about
 # 16 minutes: its first trial compiles for 9), STEPS="setup probe collect standin pg" bash bench/gpu_session.sh start
 # others. Sessions of 2026-12-06: the first ran setup, collect, standin, duty and pg
 # (mng failed on an FP8 scale); the second setup, probe, mng (trained, then ran out of data) and part of duty; the
@@ -49,16 +49,22 @@
 # fourth setup and mng (3 trials to their val_loss), then 2 duty trials with DUTY_PHASES=prime,tuned:3 (three failed
 # starts had taken 8 minutes). 2026-12-07 (fifth): setup and forkduty (its server refused: the preload of then,
 # torch._inductor.compile_fx, opens the CUDA driver; the trainers started fresh), then forked:3 by hand with the new
-# preload (docs/fleet.md, "Fifth GPU session"). The sixth (2026-12-07) got no machine in 16 tries. The seventh (2026-12-07) ran setup and forkduty (14 minutes;
-# six failed starts took 10); keyprobe, written then, did not get a machine.
+# preload (docs/fleet.md, "Fifth GPU session"). The sixth (2026-12-07) got no machine in 16 tries. The seventh
+# (2026-12-07) ran setup and forkduty (14 minutes; six failed starts took 10); keyprobe, written then, did not get a
+# machine.
 set -uo pipefail
 S=runs/gpu-session
 mkdir -p "$S"
 STEPS=${STEPS:-setup keyprobe forkduty}
+# the duty step's trainer: one stage of 2048-token sequences, 393,216 tokens a step (our best variant's shape)
+SHAPE="--stage-durations 1 --stage-seq-lens 2048 --stage-batch-tokens 393216 --stage-lr-mults 1 --stage-windows 2048
+  --val-every 0 --val-tokens 65536 --micro-batch-tokens 65536 --attn sdpa --fp8-head 1"
 DUTY_ARGS=(--preset gpt2 --device cuda --compile 1 --one-stage 0 --steps "${DUTY_STEPS:-80}" --work runs/duty-gpu
   --data-dir data/fineweb10B --train-files 'fineweb_train_*.bin' --val-files 'fineweb_val_*.bin'
-  --trainer-args "--stage-durations 1 --stage-seq-lens 2048 --stage-batch-tokens 393216 --stage-lr-mults 1
-  --stage-windows 2048 --val-every 0 --val-tokens 65536 --micro-batch-tokens 65536 --attn sdpa --fp8-head 1")
+  --trainer-args "$SHAPE")
+# the same trainer run by a probe, without orch (its steps added by the step)
+TRAINER="--preset gpt2 --device cuda --compile 1 --extension-steps 0 --data-dir data/fineweb10B
+  --train-files 'fineweb_train_*.bin' --val-files 'fineweb_val_*.bin' $SHAPE --warmup-steps 1"
 
 env_for_orch() {
   export PYTHONPATH="/tmp/site:/tmp/pt:$PWD" PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR="$PWD/.devcarry/tiktoken-cache"
@@ -85,11 +91,8 @@ run_step() {
       env_for_orch; python3 bench/duty_cycle.py "${DUTY_ARGS[@]}" --phases "${DUTY_PHASES:-prime,forked:6,tuned:3}" \
         --tuned-args "--warmup-steps 1" --tuned-env TORCHINDUCTOR_COMPILE_THREADS=1 --out "$S/forkduty" ;;
     fork)  # what a fork server would save a warm GPU trial (docs/fleet.md): fresh starts against forked ones
-      env_for_orch; python3 bench/forkserver_probe.py --runs 3 --out "$S/forkserver.json" --trainer-args "--preset gpt2
-        --device cuda --compile 1 --num-steps 20 --extension-steps 0 --data-dir data/fineweb10B
-        --train-files 'fineweb_train_*.bin' --val-files 'fineweb_val_*.bin' --stage-durations 1 --stage-seq-lens 2048
-        --stage-batch-tokens 393216 --stage-lr-mults 1 --stage-windows 2048 --val-every 0 --val-tokens 65536
-        --micro-batch-tokens 65536 --attn sdpa --fp8-head 1 --warmup-steps 1" ;;
+      env_for_orch; python3 bench/forkserver_probe.py --runs 3 --out "$S/forkserver.json" \
+        --trainer-args "$TRAINER --num-steps 20" ;;
     pg)
       env_for_orch; OUT="$S/pg" SKIP_EXPORT=1 bash docs/studies/2026-12-06-parameter-golf-h200/run.sh ;;
     probe)
@@ -108,11 +111,8 @@ run_step() {
       OUT="$S/mngfork" SKIP_EXPORT=1 STUDY_FILE="$D/study-fork.yaml" bash bench/one_gpu_study.sh "$D" mng-fork ;;
     keyprobe)  # a small function, then the duty step's trainer (4 steps): fresh, forked, fresh again each
       env_for_orch; python3 bench/fork_cache_key_probe.py --device cuda --out "$S/keyprobe" &&
-      python3 bench/fork_cache_key_probe.py --device cuda --out "$S/keyprobe-trainer" --trainer-args "--preset gpt2
-        --device cuda --compile 1 --num-steps 4 --extension-steps 0 --dataset shards --data-dir data/fineweb10B
-        --train-files 'fineweb_train_*.bin' --val-files 'fineweb_val_*.bin' --stage-durations 1 --stage-seq-lens 2048
-        --stage-batch-tokens 393216 --stage-lr-mults 1 --stage-windows 2048 --val-every 0 --val-tokens 65536
-        --micro-batch-tokens 65536 --attn sdpa --fp8-head 1 --warmup-steps 1" ;;
+      python3 bench/fork_cache_key_probe.py --device cuda --out "$S/keyprobe-trainer" \
+        --trainer-args "$TRAINER --num-steps 4" ;;
     cold)
       env_for_orch; python3 bench/duty_cycle.py "${DUTY_ARGS[@]}" --phases cold --trials 2 --out "$S/duty-cold" ;;
   esac
