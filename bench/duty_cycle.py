@@ -95,6 +95,10 @@ def build_data(work: Path, args) -> Path:
     return folder / "SHA256SUMS"
 
 
+#: the phases on the machine's caches whose first trial may compile and whose later trials find the cache
+WARM_PHASES = ("warm", "tuned", "forked")
+
+
 def plan_phases(text: str, trials: int) -> list[tuple[str, int, str]]:
     """(phase, trials, the phase whose trainer flags and environment it takes) for `--phases`: a prime trial takes
     those of the next warm, tuned or forked phase (warm's if none follows), so that phase finds its key filled."""
@@ -105,7 +109,7 @@ def plan_phases(text: str, trials: int) -> list[tuple[str, int, str]]:
                          "--trials and each N at least 1")
     planned = []
     for i, (phase, count) in enumerate(phases):
-        after = [p for p, _ in phases[i + 1:] if p in ("warm", "tuned", "forked")]
+        after = [p for p, _ in phases[i + 1:] if p in WARM_PHASES]
         like = (after[0] if after else "warm") if phase == "prime" else phase
         planned.append((phase, 1 if phase == "prime" else int(count or trials), like))  # prime: one trial
     return planned
@@ -198,7 +202,7 @@ def phase_result(url: str, phase: str) -> dict:
     rows = trial_rows(url, phase)
     result = {"phase": phase, "duty": status["duty_cycle"], "trials": [
         {k: v for k, v in r.items() if k not in ("started_at", "ended_at", "machine", "slot")} for r in rows]}
-    if phase in ("warm", "tuned", "forked") and len(rows) > 1:  # the machine once warm: without the phase's first
+    if phase in WARM_PHASES and len(rows) > 1:  # the machine once warm: without the phase's first
         result["after_first"] = duty_from_trials(rows[1:]).to_json()  # trial (a first fork, a changed cache key)
     return result
 
