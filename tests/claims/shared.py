@@ -106,6 +106,10 @@ def overlaps(all_runs: list[Run]) -> list[tuple[Run, Run]]:
     return out
 
 
-def gpu_seconds(all_runs: list[Run], study: str, begin: float, end: float) -> float:
-    return sum(max(0.0, min(r.end or end, end) - max(r.start, begin)) * len(r.gpus)
+def gpu_seconds(all_runs: list[Run], study: str, begin: float, end: float,
+                claimed: dict[tuple[str, int], float] | None = None) -> float:
+    """`study`'s GPU-seconds within [begin, end]: each job from its start (or, given `claimed`, from when its trial
+    claimed its GPUs: (study, trial) -> epoch seconds) to its end."""
+    since = (lambda r: claimed[r.study, r.trial]) if claimed is not None else (lambda r: r.start)
+    return sum(max(0.0, min(r.end or end, end) - max(since(r), begin)) * len(r.gpus)
                for r in all_runs if r.study == study)
