@@ -36,11 +36,15 @@
 #            fresh, forked from a server started as the fork server starts one, and fresh again, on shared empty
 #            caches; the lines of Inductor's FX graph key that differ between a fresh and a forked process (the seventh
 #            session's first forked trial missed the cache); about 3 minutes
+#   attn     issue 21 item 4: the GPU tests of `--attn varlen` (FlashAttention's variable-length kernel, documents kept
+#            apart), then bench/trainer_throughput.py at the duty step's shape: SDPA causal (our best so far) beside
+#            varlen over 2048 and at the record's third-stage windows 640/1408, and flex at 640/1408; about 9 minutes
 #   cold     bench/duty_cycle.py cold phase: 2 trials, each on empty caches of its own
 #   pg       docs/studies/2026-12-06-parameter-golf-h200/run.sh (parameter-golf's train_gpt.py, 2 trials)
 #   mngfork  the mng study with `trainer.fork_server: {}` (its single-node torchrun forked), 3 trials: after mng in the
 #            same session its trials find mng's caches, so their walls compare with mng's warm trials
-# The default is `setup keyprobe forkduty` (about 18 minutes); `setup fork duty cold` measured the probe, the tuned
+# The default is `setup attn keyprobe` (about 13 minutes); `setup keyprobe forkduty` (about 18) measures the fork
+# server's duty cycle again with whatever the probe finds fixed; `setup fork duty cold` measured the probe, the tuned
 # start against the old one (about 16) and two trials on empty caches; STEPS="setup mng" runs the record's study (about
 # 16 minutes: its first trial compiles for 9), STEPS="setup probe collect standin pg" bash bench/gpu_session.sh start
 # others. Sessions of 2026-12-06: the first ran setup, collect, standin, duty and pg
@@ -51,11 +55,11 @@
 # torch._inductor.compile_fx, opens the CUDA driver; the trainers started fresh), then forked:3 by hand with the new
 # preload (docs/fleet.md, "Fifth GPU session"). The sixth (2026-12-07) got no machine in 16 tries. The seventh
 # (2026-12-07) ran setup and forkduty (14 minutes; six failed starts took 10); keyprobe, written then, did not get a
-# machine.
+# machine. The eighth (2026-12-07) began with 155 s of device time: nothing ran; attn was written then.
 set -uo pipefail
 S=runs/gpu-session
 mkdir -p "$S"
-STEPS=${STEPS:-setup keyprobe forkduty}
+STEPS=${STEPS:-setup attn keyprobe}
 # the duty step's trainer: one stage of 2048-token sequences, 393,216 tokens a step (our best variant's shape)
 SHAPE="--stage-durations 1 --stage-seq-lens 2048 --stage-batch-tokens 393216 --stage-lr-mults 1 --stage-windows 2048
   --val-every 0 --val-tokens 65536 --micro-batch-tokens 65536 --attn sdpa --fp8-head 1"
@@ -113,6 +117,12 @@ run_step() {
       env_for_orch; python3 bench/fork_cache_key_probe.py --device cuda --out "$S/keyprobe" &&
       python3 bench/fork_cache_key_probe.py --device cuda --out "$S/keyprobe-trainer" \
         --trainer-args "$TRAINER --num-steps 4" ;;
+    attn)  # correctness first (varlen against SDPA with the explicit mask, and a tiny model trained), then speed
+      env_for_orch; python3 -m pytest -q -m gpu -p no:cacheprovider -k varlen tests/trainer/test_block_masks.py \
+        tests/trainer/test_gpu.py
+      python3 bench/trainer_throughput.py --data-dir data/fineweb10B --steps 30 --batch-tokens 393216 \
+        --micro-batch-tokens 65536 --trainer-args "--train-files fineweb_train_*.bin --val-files fineweb_val_*.bin" \
+        --variants sdpa_fp8,varlen_fp8,varlen_640_1408_fp8,flex_640_1408_fp8 --out "$S/attn.json" ;;
     cold)
       env_for_orch; python3 bench/duty_cycle.py "${DUTY_ARGS[@]}" --phases cold --trials 2 --out "$S/duty-cold" ;;
   esac

@@ -63,10 +63,10 @@ def time_phases(run, steps: int) -> dict:
         run.sync()
         t0 = time.perf_counter()
         e = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
-        batch = run.fetch(s)
+        fetched = run.fetch(s)
         t1 = time.perf_counter()
         e[0].record()
-        run.forward_backward(s, batch)
+        run.forward_backward(s, fetched)
         e[1].record()
         run.optimizer_step(s)
         e[2].record()

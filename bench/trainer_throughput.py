@@ -7,7 +7,7 @@ reported against it (and against the dense spec peak when the GPU is known).
 
 usage (on the GPU machine):
   python bench/trainer_throughput.py --data-dir DIR [--variants compile_flex,compile_flex_triton,...]
-         [--steps 30] [--batch-tokens 262144] [--out results.json]
+         [--steps 30] [--batch-tokens 262144] [--trainer-args "--train-files ..."] [--out results.json]
 Prints a markdown table and writes JSON (one object per variant plus the device facts).
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,12 @@ VARIANTS = {
     "compile_sdpa": ["--compile", "1", "--attn", "sdpa", "--kernels", "torch"],
     "compile_sdpa_triton": ["--compile", "1", "--attn", "sdpa", "--kernels", "triton"],
     "eager_sdpa": ["--compile", "0", "--attn", "sdpa", "--kernels", "torch"],
+    # issue 21 item 4: our best variant (SDPA causal, FP8 head) beside FlashAttention's variable-length kernel with
+    # documents kept apart, over the whole sequence and at the current record's third-stage windows (640/1408)
+    "sdpa_fp8": ["--compile", "1", "--attn", "sdpa", "--fp8-head", "1"],
+    "varlen_fp8": ["--compile", "1", "--attn", "varlen", "--fp8-head", "1"],
+    "varlen_640_1408_fp8": ["--compile", "1", "--attn", "varlen", "--fp8-head", "1", "--stage-windows", "640/1408"],
+    "flex_640_1408_fp8": ["--compile", "1", "--attn", "flex", "--fp8-head", "1", "--stage-windows", "640/1408"],
 }
 
 
@@ -64,7 +71,8 @@ def run_variant(name, flags, a) -> dict:
            str(a.batch_tokens), "--stage-lr-mults", "1", "--stage-windows", a.window,
            "--num-steps", str(a.steps), "--extension-steps", "0",  # --steps N runs N steps, no extension
            "--val-every", "0", "--val-tokens", str(a.val_tokens),
-           "--log-every", "5", "--micro-batch-tokens", str(a.micro_batch_tokens), *flags]
+           "--log-every", "5", "--micro-batch-tokens", str(a.micro_batch_tokens), *shlex.split(a.trainer_args),
+           *flags]
     t0 = time.time()
     try:
         p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=a.timeout)
@@ -104,6 +112,7 @@ def main():
     p.add_argument("--window", default="2048", help="attention window(s) SHORT/LONG in tokens")
     p.add_argument("--val-tokens", type=int, default=65536)
     p.add_argument("--timeout", type=int, default=300)
+    p.add_argument("--trainer-args", default="", help="more trainer flags for every variant (e.g. --train-files)")
     p.add_argument("--out", default=os.path.join(os.environ.get("OUT") or tempfile.gettempdir(),
                                                  "trainer_throughput.json"))
     a = p.parse_args()

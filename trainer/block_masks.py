@@ -1,5 +1,6 @@
-"""FlexAttention block masks for causal, sliding-window attention with documents masked apart, built
-from the document starts at block granularity on the device.
+"""What attention needs to keep documents apart: FlexAttention block masks for causal, sliding-window attention
+(built from the document starts at block granularity on the device), or the segment offsets of FlashAttention's
+variable-length kernel (`segment_offsets`, built on the host from the batch before it is copied).
 
 `create_block_mask` evaluates the mask on every (query, key) pair: B x T x T calls of the mask function
 per window per micro-batch. Here the three conditions are decided per pair of 128-token blocks from a
@@ -19,9 +20,11 @@ masks it exactly, so the result equals create_block_mask's up to such (rare) emp
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 BLOCK = 128  # FlexAttention's default block size
+SEGMENT_ROUND = 128  # segment offsets are padded to a multiple of this: few distinct shapes, few compiles
 
 
 def document_ids(idx: torch.Tensor, bos_id: int) -> torch.Tensor:
@@ -62,3 +65,20 @@ def block_mask(docs: torch.Tensor, window: int, block: int = BLOCK):
 
     return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mask_mod,
                                     seq_lengths=(T, T))
+
+
+def segment_offsets(idx: np.ndarray, bos_id: int, capacity: int = 0) -> np.ndarray:
+    """Cumulative offsets (int32) of the segments of the rows `idx` (B, T) laid end to end, as FlashAttention's
+    variable-length kernel reads them: a segment starts at each row's start and at each document start (`bos_id`)
+    inside a row; the last offset is B * T. Padded with B * T (empty segments) to `capacity` entries, or, when more
+    are needed or `capacity` is 0, to the next multiple of SEGMENT_ROUND."""
+    B, T = idx.shape
+    starts = (idx == bos_id)
+    starts[:, 0] = True
+    offsets = np.flatnonzero(starts)
+    size = len(offsets) + 1
+    if size > capacity:
+        capacity = -(-size // SEGMENT_ROUND) * SEGMENT_ROUND
+    out = np.full(capacity, B * T, dtype=np.int32)
+    out[: len(offsets)] = offsets
+    return out

@@ -92,7 +92,9 @@ class Config:
     device: str = "auto"
     threads: int = 0  # 0: leave torch's default (OMP_NUM_THREADS)
     compile: str = "auto"  # auto (on for cuda) | 1 | 0
-    attn: str = "auto"  # auto (= sdpa) | flex (FlexAttention: block-sparse windows, documents apart; cuda) | sdpa
+    # auto (= sdpa) | sdpa | flex (FlexAttention: block-sparse windows) | varlen (FlashAttention's variable-length
+    # kernel, torch >= 2.10); flex and varlen: CUDA, documents masked apart
+    attn: str = "auto"
     kernels: str = "torch"  # torch | triton (kernels/ package, cuda only)
     ce_kernel: str = "auto"  # auto (= triton on cuda) | triton | torch: the cross-entropy over the head's logits
     warmup_steps: int = 0  # compile warm-up steps (state restored afterwards, not timed)
@@ -233,7 +235,7 @@ OPTIONS: dict[str, tuple] = {
     "device": ("device", None, "auto | cpu | cuda"),
     "threads": ("threads", _int, "torch CPU threads (0: default)"),
     "compile": ("compile", None, "torch.compile: auto (cuda only) | 1 | 0"),
-    "attn": ("attn", None, "attention: auto (=sdpa) | sdpa | flex (cuda; documents masked apart)"),
+    "attn": ("attn", None, "attention: auto (=sdpa) | sdpa | flex | varlen (flex, varlen: cuda; documents apart)"),
     "kernels": ("kernels", None, "torch | triton (fused kernels from kernels/, cuda)"),
     "ce-kernel": ("ce_kernel", None, "auto | triton | torch: cross-entropy over the head's logits (auto: triton on cuda)"),
     "warmup-steps": ("warmup_steps", _int, "untimed compile warm-up steps, state restored afterwards"),
@@ -363,7 +365,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         (cfg.early_exit_at >= 0, "--early-exit-at must be >= 0", "give 0 (off) or a loss"),
         (cfg.device in ("auto", "cpu", "cuda"), f"--device {cfg.device!r} unknown", "use auto, cpu or cuda"),
         (cfg.compile in ("auto", "0", "1"), f"--compile {cfg.compile!r} unknown", "use auto, 1 or 0"),
-        (cfg.attn in ("auto", "flex", "sdpa"), f"--attn {cfg.attn!r} unknown", "use auto, flex or sdpa"),
+        (cfg.attn in ("auto", "flex", "sdpa", "varlen"), f"--attn {cfg.attn!r} unknown",
+         "use auto, flex, sdpa or varlen"),
         (cfg.kernels in ("torch", "triton"), f"--kernels {cfg.kernels!r} unknown", "use torch or triton"),
         (cfg.ce_kernel in ("auto", "triton", "torch"), f"--ce-kernel {cfg.ce_kernel!r} unknown",
          "use auto, triton or torch"),
@@ -386,7 +389,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         (cfg.micro_batch_tokens >= 0, "--micro-batch-tokens must be >= 0", "give 0 (off) or a token count"),
         (cfg.sdpa_backend in SDPA_BACKENDS, f"--sdpa-backend {cfg.sdpa_backend!r} unknown",
          "use " + ", ".join(SDPA_BACKENDS)),
-        (cfg.sdpa_backend == "auto" or cfg.attn != "flex", f"--sdpa-backend {cfg.sdpa_backend} applies to --attn sdpa",
+        (cfg.sdpa_backend == "auto" or cfg.attn in ("auto", "sdpa"),
+         f"--sdpa-backend {cfg.sdpa_backend} applies to --attn sdpa",
          "use --attn sdpa or drop --sdpa-backend"),
         (not cfg.fp8_head or (cfg.model_dim % 16 == 0 and cfg.vocab_size % 16 == 0),
          f"--fp8-head 1 needs --model-dim ({cfg.model_dim}) and --vocab-size ({cfg.vocab_size}) divisible by 16",

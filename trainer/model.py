@@ -3,7 +3,8 @@
 Speedrun features: rotary position embeddings, QK-norm, parameter-free RMS norms, ReLU^2 MLP,
 zero-initialised output projections and head, the embedding mixed back into every block through
 learned scalars, logit softcap, sliding-window attention (a short window in most layers, a long one
-in every 4th and the last) with FlexAttention (documents masked apart) or SDPA.
+in every 4th and the last) with FlexAttention or FlashAttention's variable-length kernel (`--attn varlen`; both
+keep documents apart) or SDPA.
 Weights stay fp32; on CUDA the activations run in bf16 under autocast. Optional: the head matmul in FP8
 (`--fp8-head`, trainer/fp8.py) and one fixed SDPA kernel (`--sdpa-backend`).
 """
@@ -18,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from trainer.block_masks import BLOCK, block_mask, document_ids
+from trainer.block_masks import BLOCK, block_mask, document_ids, segment_offsets
 from trainer.fp8 import fp8_head, fp8_head_cross_entropy
 
 
@@ -81,10 +82,23 @@ def _window_mask(T: int, window: int, device):
     return (d >= 0) & (d < window)
 
 
+def varlen_attention(q, k, v, offsets, window: int):
+    """Causal attention within `window` keys inside each segment (`offsets`: block_masks.segment_offsets of the
+    rows, on the device) by FlashAttention's variable-length kernel (torch >= 2.10, CUDA); q, k, v: (B, T, H, D)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    B, T, H, D = q.shape
+    flat = [t.reshape(B * T, H, D) for t in (q, k, v)]
+    left = window - 1 if window < T else -1  # FlashAttention's window: keys q - left .. q
+    y = varlen_attn(*flat, offsets, offsets, T, T, window_size=(left, 0))
+    return y.view(B, T, H, D)
+
+
 class Attention(nn.Module):
-    def __init__(self, dim: int, n_head: int, max_seq_len: int, rope_base: float, sdpa_backend: str = "auto"):
+    def __init__(self, dim: int, n_head: int, max_seq_len: int, rope_base: float, sdpa_backend: str = "auto",
+                 kind: str = "sdpa"):
         super().__init__()
-        self.n_head, self.head_dim = n_head, dim // n_head
+        self.n_head, self.head_dim, self.kind = n_head, dim // n_head, kind
         self.sdpa_backend = SDPA_BACKEND.get(sdpa_backend)
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)  # Muon treats it as three dim x dim matrices
         self.proj = nn.Linear(dim, dim, bias=False)
@@ -94,6 +108,8 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
         q, k = self.rotary(norm(q)), self.rotary(norm(k))  # QK-norm, then rotary
+        if self.kind == "varlen":
+            return self.proj(varlen_attention(q, k, v, masks, window).reshape(B, T, C))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         if masks is not None:
             from torch.nn.attention.flex_attention import flex_attention
@@ -130,10 +146,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg, max_seq_len: int, long_window: bool, kern=None):
+    def __init__(self, cfg, max_seq_len: int, long_window: bool, kern=None, attn: str = "sdpa"):
         super().__init__()
         self.long_window = long_window
-        self.attn = Attention(cfg.model_dim, cfg.n_head, max_seq_len, cfg.rope_base, cfg.sdpa_backend)
+        self.attn = Attention(cfg.model_dim, cfg.n_head, max_seq_len, cfg.rope_base, cfg.sdpa_backend, attn)
         self.mlp = MLP(cfg.model_dim, cfg.mlp_mult, kern)
         self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))  # x <- l0 * x + l1 * x0
 
@@ -168,12 +184,13 @@ class GPT(nn.Module):
     def __init__(self, cfg, max_seq_len: int, attn: str = "sdpa"):
         super().__init__()
         self.cfg, self.attn_kind = cfg, attn
+        self._segments = 0  # the padded size of the last segment offsets (`--attn varlen`)
         kern = _kernels(cfg.kernels == "triton")
         self.kern = kern
         L, d = cfg.n_layer, cfg.model_dim
         self.embed = nn.Embedding(cfg.vocab_size, d)
         long_layers = {i for i in range(L) if i % 4 == 3} | {L - 1}
-        self.blocks = nn.ModuleList(Block(cfg, max_seq_len, i in long_layers, kern) for i in range(L))
+        self.blocks = nn.ModuleList(Block(cfg, max_seq_len, i in long_layers, kern, attn) for i in range(L))
         self.lm_head = None if cfg.tie_embed else nn.Linear(d, cfg.vocab_size, bias=False)
         self.reset_parameters()
 
@@ -196,9 +213,19 @@ class GPT(nn.Module):
     def head_weight(self):
         return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
-    def block_masks(self, idx, windows):
-        """What `forward` needs as `masks`: FlexAttention block masks, or None with SDPA."""
-        return flex_block_masks(idx, windows, self.cfg.bos_id) if self.attn_kind == "flex" else None
+    def block_masks(self, idx, windows, host=None):
+        """What `forward` needs as `masks`: FlexAttention block masks, the segment offsets of `--attn varlen` (built
+        from `host`, the rows as a numpy array, when given: no wait for the device), or None with SDPA."""
+        if self.attn_kind == "flex":
+            return flex_block_masks(idx, windows, self.cfg.bos_id)
+        if self.attn_kind != "varlen":
+            return None
+        rows = host if host is not None else idx.cpu().numpy()
+        # the padded size only grows (a multiple of 128): the compiled model sees few shapes
+        offsets = segment_offsets(rows, self.cfg.bos_id, self._segments)
+        self._segments = len(offsets)
+        offsets = torch.from_numpy(offsets)
+        return offsets.pin_memory().to(idx.device, non_blocking=True) if idx.is_cuda else offsets
 
     def hidden(self, idx, windows, masks=None):
         x = x0 = norm(self.embed(idx))
@@ -210,7 +237,7 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets, windows, masks=None):
         """Mean cross-entropy of targets given idx (both (B, T)); windows = (short, long) in tokens;
-        masks = `block_masks(idx, windows)` (needed with FlexAttention)."""
+        masks = `block_masks(idx, windows)` (needed with FlexAttention and varlen)."""
         x = self.hidden(idx, windows, masks)
         return softcap_cross_entropy(x, self.head_weight, targets, self.cfg.logit_softcap, self.kern,
                                      fp8=self.cfg.fp8_head, ce_kernel=self.cfg.ce_kernel)

@@ -86,6 +86,15 @@ def versions() -> dict:
 # schedule
 
 
+def _has_varlen(torch) -> bool:
+    """Whether this torch has FlashAttention's variable-length kernel (`--attn varlen`)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class Schedule:
     """Which stage a step belongs to and its learning-rate multiplier.
 
@@ -148,7 +157,7 @@ class Run:
         self.tokens = 0
         self.val_loss = None
         self.total_steps = cfg.total_steps
-        self._prefetched: dict = {}  # step -> its batch, already on the device
+        self._prefetched: dict = {}  # step -> its batch (host rows, rows already on the device)
         # seconds from the process's start to its first timed step, by phase (the final @@metrics' startup_s)
         self.startup: dict[str, float] = {"process": round(time.time() - _process_start(), 2)}
         self._lap_at = time.perf_counter()
@@ -198,13 +207,18 @@ class Run:
         self.use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and self.is_cuda)
         # auto = sdpa: the path verified at GPT-2 size on an H100 (docs/trainer.md); flex is opt-in
         self.attn_kind = cfg.attn if cfg.attn != "auto" else "sdpa"
-        if self.attn_kind == "flex" and not self.is_cuda:
-            raise ConfigError("--attn flex needs CUDA here", "use --attn sdpa on CPU")
+        if self.attn_kind in ("flex", "varlen") and not self.is_cuda:
+            raise ConfigError(f"--attn {self.attn_kind} needs CUDA here", "use --attn sdpa on CPU")
+        if self.attn_kind == "varlen" and not _has_varlen(torch):
+            raise ConfigError(f"--attn varlen needs torch >= 2.10 (torch.nn.attention.varlen), not {torch.__version__}",
+                              "use --attn flex or sdpa, or a newer torch")
         if cfg.sdpa_backend in ("cudnn", "efficient") and not self.is_cuda:
             raise ConfigError(f"--sdpa-backend {cfg.sdpa_backend} needs CUDA", "use auto, flash or math on CPU")
         if cfg.fp8_head and not fp8.fp8_supported(self.device):
             raise ConfigError("--fp8-head 1 needs a GPU with FP8 matmuls (compute capability 8.9+: Ada, Hopper)",
                               "use --fp8-head 0 on this GPU")
+        if self.attn_kind == "varlen" and not self.use_bf16:
+            raise ConfigError("--attn varlen runs in bf16 (FlashAttention takes no fp32)", "drop --dtype fp32")
         self.compile = cfg.compile == "1" or (cfg.compile == "auto" and self.is_cuda)
         self.schedule = Schedule(cfg)
 
@@ -249,13 +263,14 @@ class Run:
 
     # -- one optimizer step ---------------------------------------------------------------
     def fetch(self, step: int):
-        """The rows of `step`'s batch on the device (pinned, copied without blocking the host)."""
+        """`step`'s batch: its rows on the host (numpy) and on the device (pinned, copied without blocking)."""
         torch = self.torch
         st = self.schedule.stages[self.schedule.stage_index(step)]
-        batch = torch.from_numpy(self.loader.next_batch(st.seq_len, st.batch_tokens))
+        host = self.loader.next_batch(st.seq_len, st.batch_tokens)
+        batch = torch.from_numpy(host)
         if self.is_cuda:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        return batch
+        return host, batch
 
     def train_step(self, step: int):
         """Forward and backward over the micro-batches, the gradient all-reduce, the optimizers. The next
@@ -270,8 +285,9 @@ class Run:
         st = self.schedule.stages[self.schedule.stage_index(step)]
         return loss_sum, st.batch_tokens, st.seq_len
 
-    def forward_backward(self, step: int, batch):
+    def forward_backward(self, step: int, fetched):
         cfg = self.cfg
+        host, batch = fetched
         st = self.schedule.stages[self.schedule.stage_index(step)]
         windows = (min(st.window_short, st.seq_len), min(st.window_long, st.seq_len))
         n = batch.size(0)
@@ -283,7 +299,7 @@ class Run:
         for i in range(0, n, micro):
             chunk = batch[i:i + micro]
             x, y = chunk[:, :-1], chunk[:, 1:]
-            masks = self.model.block_masks(x, windows)
+            masks = self.model.block_masks(x, windows, host[i:i + micro, :-1])
             with self.autocast():
                 loss = self.fwd(x, y, windows, masks)
             (loss * (x.size(0) / n)).backward()
@@ -318,7 +334,7 @@ class Run:
             for i in range(0, self.val.size(0), rows):
                 chunk = self.val[i:i + rows].to(self.device, non_blocking=True)
                 x, y = chunk[:, :-1], chunk[:, 1:]
-                masks = self.model.block_masks(x, windows)
+                masks = self.model.block_masks(x, windows, self.val[i:i + rows, :-1].numpy())
                 with self.autocast():
                     loss = self.fwd(x, y, windows, masks)
                 total += loss.detach().double() * x.size(0)

@@ -245,6 +245,9 @@ def test_tiny_preset_trains_with_fp8_head(run_trainer):
     (["--fp8-head", "1", "--vocab-size", "260"], "divisible by 16"),
     (["--fp8-head", "1", "--kernels", "triton"], "--kernels triton"),
     (["--sdpa-backend", "cudnn", "--device", "cpu"], "needs CUDA"),
+    (["--sdpa-backend", "flash", "--attn", "varlen"], "applies to --attn sdpa"),
+    (["--attn", "varlen", "--device", "cpu"], "--attn varlen needs CUDA"),
+    (["--attn", "flash"], "--attn 'flash' unknown"),
 ])
 def test_bad_values_exit_2(run_trainer, args, needle):
     p = run_trainer(*args)
