@@ -88,6 +88,9 @@ def varlen_attention(q, k, v, offsets, window: int):
     from torch.nn.attention.varlen import varlen_attn
 
     B, T, H, D = q.shape
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev):  # a custom op is not autocast; CUDA autocast's rms_norm made q and k fp32
+        q, k, v = (t.to(torch.get_autocast_dtype(dev)) for t in (q, k, v))
     flat = [t.reshape(B * T, H, D) for t in (q, k, v)]
     left = window - 1 if window < T else -1  # FlashAttention's window: keys q - left .. q
     y = varlen_attn(*flat, offsets, offsets, T, T, window_size=(left, 0))
