@@ -7,6 +7,10 @@ compiles one small function (forward and backward) three times on shared empty c
 child forked from a server started as orchestrator/warm/forkserver.py starts one (its environment, its preload,
 its compile keys), and fresh again; it prints each run's FX graph / AOTAutograd cache hits and misses and, where
 the keys differ, the lines of Inductor's hash details that differ (logged by torch._inductor.codecache at debug).
+A fourth run tests one candidate fix: a forked child that first clears every functools cache of torch and triton the
+server filled (a value the server computed without the job's environment or a GPU would else outlive the fork), on a
+copy of the caches as the first fresh run left them: if it hits them, such a stale value is the cause, and the list
+of caches it cleared names the candidates.
 
     .venv/bin/python bench/fork_cache_key_probe.py                 # CPU
     python3 bench/fork_cache_key_probe.py --device cuda --out DIR  # DIR/fork_cache_key_probe.json
@@ -16,10 +20,12 @@ the keys differ, the lines of Inductor's hash details that differ (logged by tor
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,11 +88,13 @@ def run_fresh(args, env, tag) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_forked(args, env) -> dict:
-    """A server as the fork server starts one (its environment, preload, compile keys), which forks the child."""
+def run_forked(args, env, clear: bool = False) -> dict:
+    """A server as the fork server starts one (its environment, preload, compile keys), which forks the child;
+    `clear`: the child clears the library caches the server filled first."""
     server_env = forkserver.server_environment(env, forkserver.import_env(env))  # PYTHONPATH among its imports
     out = subprocess.run([sys.executable, __file__, "server", "--device", args.device, "--work", str(args.work),
-                          "--job-env", json.dumps(env), f"--trainer-args={args.trainer_args}"],
+                          "--job-env", json.dumps(env), f"--trainer-args={args.trainer_args}",
+                          *(["--clear-caches"] if clear else [])],
                          env=server_env, capture_output=True, text=True, check=False)
     if out.returncode:
         raise SystemExit(f"forked run failed:\n{out.stderr[-3000:]}")
@@ -97,6 +105,25 @@ def child(args):
     details = str(args.work / f"details-{args.tag}.log")
     counts = compile_once(args.device, details, args.trainer_args)
     print(json.dumps({"tag": args.tag, "counters": counts, "details": details}))
+
+
+def clear_library_caches(prefixes=("torch", "triton")) -> list[str]:
+    """Empty every functools cache that holds something in the modules of `prefixes` (module functions and the static
+    and class methods of their classes); their names. (Walked through sys.modules: the server froze its objects, and
+    gc.get_objects does not list frozen ones.)"""
+    cleared = []
+    for name, module in list(sys.modules.items()):
+        if module is None or name.split(".")[0] not in prefixes:
+            continue
+        for attr, value in list(vars(module).items()):
+            found = [(attr, value)]
+            if isinstance(value, type) and value.__module__ == name:
+                found = [(f"{attr}.{k}", getattr(v, "__func__", v)) for k, v in vars(value).items()]
+            for label, fn in found:
+                if isinstance(fn, functools._lru_cache_wrapper) and fn.cache_info().currsize:
+                    fn.cache_clear()
+                    cleared.append(f"{name}.{label}")
+    return sorted(set(cleared))
 
 
 def server(args):
@@ -112,9 +139,12 @@ def server(args):
             os.close(read)
             os.environ.clear()
             os.environ.update(json.loads(args.job_env))
-            details = str(args.work / "details-forked.log")
+            tag = "forked-cleared" if args.clear_caches else "forked"
+            cleared = clear_library_caches() if args.clear_caches else None
+            details = str(args.work / f"details-{tag}.log")
             counts = compile_once(args.device, details, args.trainer_args)
-            result = {"tag": "forked", "counters": counts, "details": details, "preload_s": round(seconds, 2)}
+            result = {"tag": tag, "counters": counts, "details": details, "preload_s": round(seconds, 2),
+                      **({"cleared": cleared} if cleared is not None else {})}
             os.write(write, json.dumps(result).encode())
             code = 0
         except BaseException:  # the child never returns into the server's code
@@ -141,6 +171,7 @@ def main():
     ap.add_argument("--trainer-args", default="", help="run our trainer (python -m trainer ARGS) instead of the small "
                     "function: its graphs, user-defined Triton kernels included")
     ap.add_argument("--out", type=Path, help="write DIR/fork_cache_key_probe.json")
+    ap.add_argument("--clear-caches", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mode == "child":
         return child(args)
@@ -151,13 +182,21 @@ def main():
            "TRITON_CACHE_DIR": str(args.work / "triton"), "TORCHINDUCTOR_COMPILE_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                                                          if p])}
-    runs = [run_fresh(args, env, "fresh"), run_forked(args, env), run_fresh(args, env, "fresh-again")]
+    runs = [run_fresh(args, env, "fresh")]
+    for name in ("inductor", "triton"):  # what the first fresh run left, for the candidate fix to find
+        if (args.work / name).is_dir():
+            shutil.copytree(args.work / name, args.work / f"{name}-after-fresh", dirs_exist_ok=True)
+    runs += [run_forked(args, env), run_fresh(args, env, "fresh-again")]
+    cleared_env = {**env, "TORCHINDUCTOR_CACHE_DIR": str(args.work / "inductor-after-fresh"),
+                   "TRITON_CACHE_DIR": str(args.work / "triton-after-fresh")}
+    runs.append(run_forked(args, cleared_env, clear=True))
     details = {r["tag"]: hash_details(r["details"]) for r in runs}
     # Inductor logs the details only where it computes a key for a miss: a run that hit has none to compare
     differ = {f"fresh vs {tag}": sorted(set(details["fresh"]) ^ set(details[tag])) if details[tag] else "hit: none"
-              for tag in ("forked", "fresh-again")}
+              for tag in ("forked", "fresh-again", "forked-cleared")}
     for r in runs:
-        print(f"{r['tag']:12s} {r['counters']}")
+        print(f"{r['tag']:14s} {r['counters']}")
+    print("caches the forked-cleared child emptied:", ", ".join(runs[-1]["cleared"]) or "none")
     for name, lines in differ.items():
         print(f"{name}: " + (lines if isinstance(lines, str) else f"{len(lines)} hash-detail line(s) differ"))
         for line in lines[:40] if isinstance(lines, list) else []:

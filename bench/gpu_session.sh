@@ -35,7 +35,8 @@
 #   keyprobe bench/fork_cache_key_probe.py: one small function, then the duty step's trainer for 4 steps, each compiled
 #            fresh, forked from a server started as the fork server starts one, and fresh again, on shared empty
 #            caches; the lines of Inductor's FX graph key that differ between a fresh and a forked process (the seventh
-#            session's first forked trial missed the cache); about 3 minutes
+#            session's first forked trial missed the cache); then a forked child that first empties the torch and triton
+#            caches the server filled (a candidate fix) on a copy of the first fresh run's caches; about 5 minutes
 #   attn     issue 21 item 4: the GPU tests of `--attn varlen` (FlashAttention's variable-length kernel, documents kept
 #            apart), then bench/trainer_throughput.py at the duty step's shape: SDPA causal (our best so far) beside
 #            varlen over 2048 and at the record's third-stage windows 640/1408, and flex at 640/1408; about 9 minutes
@@ -43,7 +44,7 @@
 #   pg       docs/studies/2026-12-06-parameter-golf-h200/run.sh (parameter-golf's train_gpt.py, 2 trials)
 #   mngfork  the mng study with `trainer.fork_server: {}` (its single-node torchrun forked), 3 trials: after mng in the
 #            same session its trials find mng's caches, so their walls compare with mng's warm trials
-# The default is `setup attn keyprobe` (about 13 minutes); `setup keyprobe forkduty` (about 18) measures the fork
+# The default is `setup attn keyprobe` (about 15 minutes); `setup keyprobe forkduty` (about 18) measures the fork
 # server's duty cycle again with whatever the probe finds fixed; `setup fork duty cold` measured the probe, the tuned
 # start against the old one (about 16) and two trials on empty caches; STEPS="setup mng" runs the record's study (about
 # 16 minutes: its first trial compiles for 9), STEPS="setup probe collect standin pg" bash bench/gpu_session.sh start
