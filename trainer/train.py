@@ -86,7 +86,7 @@ def versions() -> dict:
 # schedule
 
 
-def _has_varlen(torch) -> bool:
+def _has_varlen() -> bool:
     """Whether this torch has FlashAttention's variable-length kernel (`--attn varlen`)."""
     try:
         from torch.nn.attention.varlen import varlen_attn  # noqa: F401
@@ -209,7 +209,7 @@ class Run:
         self.attn_kind = cfg.attn if cfg.attn != "auto" else "sdpa"
         if self.attn_kind in ("flex", "varlen") and not self.is_cuda:
             raise ConfigError(f"--attn {self.attn_kind} needs CUDA here", "use --attn sdpa on CPU")
-        if self.attn_kind == "varlen" and not _has_varlen(torch):
+        if self.attn_kind == "varlen" and not _has_varlen():
             raise ConfigError(f"--attn varlen needs torch >= 2.10 (torch.nn.attention.varlen), not {torch.__version__}",
                               "use --attn flex or sdpa, or a newer torch")
         if cfg.sdpa_backend in ("cudnn", "efficient") and not self.is_cuda:
