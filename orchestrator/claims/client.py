@@ -452,7 +452,7 @@ class FleetClaims:
 
     def idle(self) -> None:
         """The study wants no slot now (its round is open, it is stopping): it waits for nothing."""
-        if self.waiting is not None or self.unmet:
+        if self.waiting is not None or self.unmet or self._written is None:
             self._decided(_now(), 0, None)
             with self.db.session() as s:
                 self._write_demand(s, _now())
@@ -468,14 +468,18 @@ class FleetClaims:
 
     def release(self, s, writes, number: int) -> None:
         """Trial `number` ended: its slot is free (in `s`, the transaction that records its end), and the study's
-        demand row holds that much less (`writes`, flushed with it)."""
+        demand row holds that much less and wants one trial's slot more (`writes`, flushed with it). Without that want
+        a controller of a lower priority could read the slot free while this study's row still said it wanted nothing,
+        and take it before this study's next decision (seen: a priority-1 study lost its slot that way for a trial's
+        length). Where the study wants no more trials, its next decision (this controller's next loop) says so."""
         slot = self.by_trial.pop(number, None)
         if slot is None:
             return
         now = _now()
         store.give_back(s, self._unhold(slot, now), self.owner)
-        writes.add(store.DEMAND_HELD, dict(sid=self.study_id, me=self.owner, held=self.held_units(),
-                                           usage=self.usage, usage_at=now))
+        writes.add(store.DEMAND_RELEASED, dict(sid=self.study_id, me=self.owner, held=self.held_units(),
+                                               usage=self.usage, usage_at=now))
+        self._written = None  # the row's want is a guess until the next decision writes it
 
     def drop(self, slots: list[Slot]) -> None:
         """Claimed slots no trial was started on (an invalid point, an empty queue): free again at once."""

@@ -36,6 +36,9 @@ ASSIGN = update(CLAIMS).where(CLAIMS.c.id == bindparam("claim_"), CLAIMS.c.contr
     trial_number=bindparam("number"))
 DEMAND_HELD = update(DEMAND).where(DEMAND.c.study_id == bindparam("sid"), DEMAND.c.controller == bindparam("me")).values(
     held=bindparam("held"), usage=bindparam("usage"), usage_at=bindparam("usage_at"))
+#: a trial ended: its slot is free and the study wants one more trial's slot in the same commit (its controller's
+#: next decision writes what it really wants), so that no other controller sees the slot free and the study not wanting
+DEMAND_RELEASED = DEMAND_HELD.values(wanted=DEMAND.c.wanted + 1)
 _UNDO = update(BLOCKS).where(BLOCKS.c.id == bindparam("block_")).values(free=BLOCKS.c.free + _BITS)
 _HOLDERS = select(CLAIMS.c.controller, func.max(CLAIMS.c.lease_expires)).group_by(CLAIMS.c.controller)
 
@@ -192,4 +195,4 @@ def held_by_holder(s: Session) -> list[tuple[int | None, str, int]]:
 
 
 __all__ = ["ensure_blocks", "free_blocks", "demand", "claim_bits", "undo_bits", "add_claims", "give_back", "take_over",
-           "renew", "write_demand", "drop_demand", "holders", "claims_of", "trial_of", "held_by_holder", "ASSIGN", "DEMAND_HELD", "BLOCKS", "CLAIMS", "DEMAND"]
+           "renew", "write_demand", "drop_demand", "holders", "claims_of", "trial_of", "held_by_holder", "ASSIGN", "DEMAND_HELD", "DEMAND_RELEASED", "BLOCKS", "CLAIMS", "DEMAND"]

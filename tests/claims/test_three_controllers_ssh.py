@@ -23,7 +23,7 @@ from tests.orch._checks import assert_agrees_with_optuna
 from .shared import gpu_seconds, overlaps, runs, start, study_file
 
 LINGER_S = 3.5  # below the ssh wrapper's kill grace (5 s): a stopped job ends by itself and records its end
-SLACK_S = 1.0  # from a job's end to the next trial's row: its exit read, the claim released, a decision, a claim
+SLACK_S = 1.0  # a claim decided just before c's demand was written may land this long after it (a race, not a choice)
 
 
 @pytest.mark.slow
@@ -72,23 +72,22 @@ def test_three_controllers_share_two_ssh_machines_on_postgres(ssh_machines, post
     assert lost and sorted(r.state for r in a_rows) == ["complete"] * 14 + ["lost"] * len(lost)
     assert {r.retry_of for r in a_rows if r.retry_of is not None} == lost  # re-run as recorded retries
 
-    # c (priority 1) was served first: it got the first two GPUs freed after it began to wait ...
+    # c (priority 1) was served first and kept its two GPUs until its trials were done: from its first wait to its last
+    # claim, no trial of a or b claimed a GPU that c was owed, i.e. when no more GPUs were free than c still wanted.
+    # Read from the claims (trial rows) and the jobs' ends, not from how soon c's controller claimed: it starts one
+    # dispatch's jobs before it looks again, and on a loaded machine an ssh start takes a second (c's second claim
+    # once came 1.06 s after a GPU freed while c was starting its first job; a and b had left that GPU free). This
+    # check found c losing the GPU of a trial that had just ended to b: c's row said it wanted nothing until c's next
+    # decision (now a release writes the want with the freed slot, orchestrator/claims/client.py `release`)
     waited = _events(db, "study.waiting", "waiting", "c")[0].at.replace(tzinfo=timezone.utc).timestamp()
-    freed = sorted(r.end for r in seen if r.study in "ab" and r.end > waited)
-    c_runs = sorted((r for r in seen if r.study == "c"), key=lambda r: r.start)
-    created = sorted(_created(db, "c"))
-    assert created[0] <= max(waited, freed[0]) + SLACK_S and created[1] <= freed[1] + SLACK_S, (waited, freed, created)
-    # ... and kept both until its trials were done: when one of its trials ended while it had more to run, its next
-    # one started within the slack (on that GPU or on one freed at the same moment: which one is the claim's luck)
-    ends = sorted(r.end for r in c_runs)[: len(c_runs) - 2]
-    starts = sorted(r.start for r in c_runs)[2:]
-    assert all(start - end < SLACK_S + 1.0 for end, start in zip(ends, starts)), c_runs
+    claimed = _claimed(db)
+    c_last = max(claimed["c", n] for n in range(4))
+    assert _owed_gpus_taken(seen, claimed, waited + SLACK_S, c_last) == [], (waited, c_last)
 
     # a and b within the fair-share bound while both had trials to start (until the last claim of either, or a's kill).
     # Held from each trial's claim, not its job's start: what the policy hands out is the claim; the time from a claim
     # to its job's start (ssh, a Python start: up to seconds on a loaded 2-core machine, against 1 s jobs) would count
     # as a gap against whichever study claimed last before the window's end (CI once read 0.94 from that alone)
-    claimed = _claimed(db)
     ab = [r for r in seen if r.study in "ab"]
     killed_at = min(r.end for r in ab if r.study == "a" and r.termed) - LINGER_S
     both = (max(min(claimed[r.study, r.trial] for r in ab if r.study == s) for s in "ab"),
@@ -123,10 +122,23 @@ def _claimed(db: Database) -> dict[tuple[str, int], float]:
             select(StudyRow.name, TrialRow.number, TrialRow.created_at).join(StudyRow))}
 
 
-def _created(db: Database, study: str) -> list[float]:
-    with db.session() as s:
-        return [t.replace(tzinfo=timezone.utc).timestamp() for t in s.scalars(
-            select(TrialRow.created_at).join(StudyRow).where(StudyRow.name == study))]
+def _owed_gpus_taken(seen: list, claimed: dict, begin: float, end: float, gpus: int = 4, c_parallel: int = 2,
+                     c_trials: int = 4) -> list:
+    """The jobs of a and b claimed in (begin, end] when, before the claim, no more GPUs were free than c wanted (at
+    most `c_parallel` running, `c_trials` in all). A GPU counts as held from its trial's claim to its job's end (its
+    release comes a little later: free GPUs are over-counted, never under-)."""
+    taken = []
+    for run in seen:
+        at = claimed[run.study, run.trial]
+        if run.study == "c" or not begin < at <= end:
+            continue
+        held = [r for r in seen if claimed[r.study, r.trial] < at and (r.end is None or r.end > at)]
+        c_held = sum(r.study == "c" for r in held)
+        c_started = sum(r.study == "c" and claimed["c", r.trial] < at for r in seen)
+        c_wants = min(c_parallel - c_held, c_trials - c_started)
+        if gpus - len(held) - 1 < c_wants:
+            taken.append((run, {"free": gpus - len(held), "c_wants": c_wants}))
+    return taken
 
 
 def _events(db: Database, kind: str, new: str | None = None, study: str | None = None) -> list:
