@@ -13,8 +13,8 @@ Which study gets a free slot is the policy (`policy`): a higher `scheduling.prio
 equal priority, the one that used the fewest GPU-seconds recently (a decayed sum, `window_s`), within each study's
 `scheduling.max_gpus`. Every controller runs the same allocation over the same database rows (each study's demand
 row: what it wants and holds; a trial's end frees its slot and adds one to its study's want in one commit, so the slot
-is never seen free while its study seems to want nothing) and claims only what falls to its own study; a study that gets nothing waits (a state, not a failure) and says for what (`orch study
-status`, `orch fleet queue`). Machines whose resource manager queues jobs itself (Capability.QUEUES_JOBS: Slurm) are
+is never seen free while its study seems to want nothing) and claims only what falls to its own study; a study that
+gets nothing waits (a state, not a failure) and says for what (`orch study status`, `orch fleet queue`). Machines whose resource manager queues jobs itself (Capability.QUEUES_JOBS: Slurm) are
 not claimed: orch submits and the manager arbitrates.
 
 Parts: `units` (slots as units, keys), `policy` (pure: usage decay, ranking, allocation), `store` (the SQL), `client`
