@@ -82,10 +82,6 @@ def versions() -> dict:
     return v
 
 
-# ---------------------------------------------------------------------------------------------
-# schedule
-
-
 def _has_varlen() -> bool:
     """Whether this torch has FlashAttention's variable-length kernel (`--attn varlen`)."""
     try:
@@ -93,6 +89,10 @@ def _has_varlen() -> bool:
     except ImportError:
         return False
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# schedule
 
 
 class Schedule:
