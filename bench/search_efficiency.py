@@ -13,10 +13,12 @@ level=LEVEL, noise_hint=HINT)`` with LEVEL = 0.9, the level a study gets by defa
 against the world's truth:
 
 * feasible / wrong / none: the pick's true mean val_loss <= target / > target / no pick;
-* regret: true expected time of the pick minus the best feasible variant's (s); a None pick scores the
-  baseline (equal thirds) variant's regret;
-* right: feasible and within 0.15 s of the best; trials until right: the first checkpoint after which every
-  pick up to the budget is right (``>B`` when never);
+* regret: true expected time of the pick minus the best feasible variant's (s); a None pick (the team keeps
+  the baseline, equal thirds) scores the baseline's time minus the best's, 0 where no feasible variant is faster
+  than the baseline (``WorldDraw.regret``: a no-pick once scored negative there, flattering methods that
+  seldom pick);
+* right: a pick, feasible and within 0.15 s of the best; trials until right: the first checkpoint after which
+  every pick up to the budget is right (``>B`` when never);
 * ours: trials at ``FrontierSampler.settled()`` and the pick there;
 * noise floor (uses the truth; a reference): runs at the best variant for P(mean <= target) >= LEVEL and at
   its faster neighbour to call it infeasible (one-sided normal, the world's noise there);
@@ -242,7 +244,8 @@ def summarise(results: list[SeedResult], budget: int) -> list[dict[str, str]]:
                 none = np.mean([p is None for p in picks])
                 reg = [d.regret(p) for d, p in zip(ds, picks)]
                 right = np.mean([_right(d, p) for d, p in zip(ds, picks)])
-                row[f"@{c}: feasible / wrong / none"] = f"{_pct(feas)} / {_pct(1 - feas - none)} / {_pct(none)}"
+                wrong = np.mean([p is not None and not d.feasible[p] for d, p in zip(ds, picks)])
+                row[f"@{c}: feasible / wrong / none"] = f"{_pct(feas)} / {_pct(wrong)} / {_pct(none)}"
                 row[f"@{c}: regret s, median (p90)"] = f"{_q(reg, 50):+.2f} ({_q(reg, 90):+.2f})"
                 row[f"@{c}: within {TOLERANCE} s"] = _pct(right)
             tt = [r.until_right for r in rs]
@@ -374,8 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.seeds} seeds ({seeds_gp} for gp) x {len(names)} worlds x {len(methods)} methods "
         f"({', '.join(methods)}), budget {args.budget} trials in rounds of {W.MACHINES}, {args.workers} "
         f"worker(s), {elapsed:.0f} s. Pick rule for every method: {rule}. Regret: true time of the pick minus "
-        f"the best feasible variant's (a None pick scores the baseline's); right = feasible and within "
-        f"{TOLERANCE} s. Machines: time x N(1, {W.MACHINE_SD}) per machine per seed.  \n"
+        f"the best feasible variant's (a None pick scores the baseline's time minus the best's, at least 0); "
+        f"right = a feasible pick within {TOLERANCE} s. Machines: time x N(1, {W.MACHINE_SD}) per machine per seed.  \n"
         f"{cost_line(results)}\n"
     )
     wtable = markdown(world_rows(names, args.seeds))

@@ -198,9 +198,13 @@ class WorldDraw:
         return t, float(self.mean[i] + self.sigma[i] * z_loss), False
 
     def regret(self, i: int | None) -> float:
-        """True expected time of the pick minus the best feasible variant's; None scores the baseline."""
+        """True expected time of the pick minus the best feasible variant's.  None (no pick: the team keeps the
+        baseline and submits nothing) scores what was missed: the baseline's time minus the best's, 0 where no
+        feasible variant is faster than the baseline (there no record was to be had)."""
         assert self.best is not None
-        return float(self.time[self.base if i is None else i] - self.time[self.best])
+        if i is None:
+            return max(0.0, float(self.time[self.base] - self.time[self.best]))
+        return float(self.time[i] - self.time[self.best])
 
     def noise_floor(self, level: float = LEVEL) -> tuple[float, float]:
         """Runs the truth says are needed: at the best variant for P(mean <= target) >= level, and at its
@@ -222,7 +226,7 @@ class WorldDraw:
         offset, which it learns from ``runs`` runs at the least noisy variant (crashes and heavy tails ignored:
         a generous bound).  Its offset estimate errs by e ~ N(0, sd^2), sd = sigma_min / sqrt(runs); it picks
         the fastest variant with P(mean <= target) >= level, i.e. mean + e + z sd <= target.  Returns the
-        regrets (a None pick scores the baseline's, as the benchmark does), the wrongness (the pick's true mean over
+        regrets (a None pick scored as ``regret`` scores it), the wrongness (the pick's true mean over
         the target) and whether there was a pick, over ``draws`` quantiles of e (``draws=1``: e = 0)."""
         margin = NormalDist().inv_cdf(level) * self._offset_sd(runs)
         picks = [self._fastest_within(self._offset_sd(runs) * NormalDist().inv_cdf((k + 0.5) / draws) + margin)

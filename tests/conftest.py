@@ -35,6 +35,20 @@ def pytest_ignore_collect(collection_path, config):
     return True if path.relative_to(REPO / "tests").parts[0] not in TORCH_ONLY else None
 
 
+#: tests that start real daemons (sshd, Ray, PostgreSQL outages, Slurm, podman, network namespaces) or hold a
+#: wall-clock bound: under `pytest -n N --dist loadgroup` (scripts/test.sh) they run one at a time on one worker, as
+#: without xdist, while the rest (parsers, samplers, kernels, exports, ...) spread over the other workers
+SERIAL = {"fleet", "fault", "claims", "liveness", "orch", "trainer", "test_bench_dispatch.py", "test_system_packages.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    serial = pytest.mark.xdist_group("serial")
+    for item in items:
+        path = Path(item.path).resolve()
+        if path.is_relative_to(REPO / "tests") and path.relative_to(REPO / "tests").parts[0] in SERIAL:
+            item.add_marker(serial)
+
+
 STAND_IN = REPO / "tests" / "helpers" / "stand_in_trainer.py"
 PG_BIN_DIRS = ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin"]
 

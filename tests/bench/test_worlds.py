@@ -143,3 +143,17 @@ def test_known_shape_floor_sees_a_wider_noise_as_a_later_answer() -> None:
     # the same world with twice the noise needs about 4x the runs (a copy: draw() is cached)
     hi = dataclasses.replace(d, sigma=d.sigma * 2).shape_floor_runs(W.RIGHT_TOLERANCE)
     assert hi >= lo and (hi == float("inf") or hi >= 2 * lo)
+
+
+@pytest.mark.parametrize("name", ["linear", "interacting", "hetero-heavy"])
+def test_no_pick_scores_the_record_it_missed_and_never_less_than_nothing(name: str) -> None:
+    draws = [W.draw(name, s) for s in range(60)]
+    missed = [d for d in draws if d.time[d.best] < d.time[d.base] - 1e-9]  # a faster feasible variant existed
+    none_to_have = [d for d in draws if d.time[d.best] >= d.time[d.base] - 1e-9]  # the baseline is the best or
+    assert missed and any(not d.feasible[d.base] for d in none_to_have)  # infeasible in truth: both kinds occur
+    for d in missed:
+        assert d.regret(None) == pytest.approx(d.time[d.base] - d.time[d.best]) and d.regret(None) > 0
+    for d in none_to_have:
+        assert d.regret(None) == 0.0 and d.regret(d.best) == 0.0
+        if not d.feasible[d.base]:
+            assert d.regret(d.base) <= 0  # the infeasible baseline, picked, is not slower than the best
