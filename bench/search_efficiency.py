@@ -12,7 +12,8 @@ finished runs: ``orchestrator.samplers.frontier.recommend(observations, space, t
 level=LEVEL, noise_hint=HINT)`` with LEVEL = 0.9, the level a study gets by default.  The pick is judged
 against the world's truth:
 
-* feasible / wrong / none: the pick's true mean val_loss <= target / > target / no pick;
+* feasible / wrong / none: the pick's true mean val_loss <= target / > target / no pick; "(x% fb)": the seeds
+  with no pick whose baseline, which the team then keeps, misses the target in truth (a failing baseline);
 * regret: true expected time of the pick minus the best feasible variant's (s); a None pick (the team keeps
   the baseline, equal thirds) scores the baseline's time minus the best's, 0 where no feasible variant is faster
   than the baseline (``WorldDraw.regret``: a no-pick once scored negative there, flattering methods that
@@ -245,7 +246,9 @@ def summarise(results: list[SeedResult], budget: int) -> list[dict[str, str]]:
                 reg = [d.regret(p) for d, p in zip(ds, picks)]
                 right = np.mean([_right(d, p) for d, p in zip(ds, picks)])
                 wrong = np.mean([p is not None and not d.feasible[p] for d, p in zip(ds, picks)])
-                row[f"@{c}: feasible / wrong / none"] = f"{_pct(feas)} / {_pct(wrong)} / {_pct(none)}"
+                kept_failing = np.mean([p is None and not d.feasible[d.base] for d, p in zip(ds, picks)])
+                row[f"@{c}: feasible / wrong / none"] = (f"{_pct(feas)} / {_pct(wrong)} / {_pct(none)}"
+                                                         + (f" ({_pct(kept_failing)} fb)" if kept_failing else ""))
                 row[f"@{c}: regret s, median (p90)"] = f"{_q(reg, 50):+.2f} ({_q(reg, 90):+.2f})"
                 row[f"@{c}: within {TOLERANCE} s"] = _pct(right)
             tt = [r.until_right for r in rs]
