@@ -191,10 +191,10 @@ def main():
                    "TRITON_CACHE_DIR": str(args.work / "triton-after-fresh")}
     runs.append(run_forked(args, cleared_env, clear=True))
     details = {r["tag"]: hash_details(r["details"]) for r in runs}
+    missed = {r["tag"]: r["counters"].get("inductor.fxgraph_cache_miss", 0) for r in runs}
     # Inductor logs the details only where it computes a key for a miss: a run that missed nothing has none to
     # compare (its log may still hold other debug lines of the cache: those are no key's details)
-    differ = {f"fresh vs {tag}": sorted(set(details["fresh"]) ^ set(details[tag]))
-              if next(r for r in runs if r["tag"] == tag)["counters"].get("inductor.fxgraph_cache_miss") else "hit: none"
+    differ = {f"fresh vs {tag}": sorted(set(details["fresh"]) ^ set(details[tag])) if missed[tag] else "hit: none"
               for tag in ("forked", "fresh-again", "forked-cleared")}
     for r in runs:
         print(f"{r['tag']:14s} {r['counters']}")

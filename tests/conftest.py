@@ -25,14 +25,21 @@ TORCH_ONLY = {"kernels", "trainer"}
 _MISSING_DEPS = [m for m in CONTROLLER_DEPS if importlib.util.find_spec(m) is None]
 
 
+def _top_name(path) -> str | None:
+    """The folder (or file) directly under tests/ that holds `path`; None outside tests/ or for tests/ itself."""
+    path = Path(path).resolve()
+    parts = path.relative_to(REPO / "tests").parts if path.is_relative_to(REPO / "tests") else ()
+    return parts[0] if parts else None
+
+
 def pytest_ignore_collect(collection_path, config):
     """On a machine without the controller's dependencies (the GPU machines), collect only the trainer and
     kernel tests, so `python -m pytest -m gpu` from the project root runs the GPU tests there instead of
     failing at collection. Everywhere else (CI, a developer's venv) nothing is ignored."""
-    path = Path(collection_path).resolve()
-    if not _MISSING_DEPS or not path.is_relative_to(REPO / "tests") or path == REPO / "tests":
+    top = _top_name(collection_path)
+    if not _MISSING_DEPS or top is None:
         return None
-    return True if path.relative_to(REPO / "tests").parts[0] not in TORCH_ONLY else None
+    return True if top not in TORCH_ONLY else None
 
 
 #: tests that start real daemons (sshd, Ray, PostgreSQL outages, Slurm, podman, network namespaces) or hold a
@@ -44,8 +51,7 @@ SERIAL = {"fleet", "fault", "claims", "liveness", "orch", "trainer", "test_bench
 def pytest_collection_modifyitems(config, items):
     serial = pytest.mark.xdist_group("serial")
     for item in items:
-        path = Path(item.path).resolve()
-        if path.is_relative_to(REPO / "tests") and path.relative_to(REPO / "tests").parts[0] in SERIAL:
+        if _top_name(item.path) in SERIAL:
             item.add_marker(serial)
 
 
