@@ -53,9 +53,15 @@ import sys
 import threading
 import time
 
-#: environment variables a preloaded library may read at import: part of the server's name
+#: environment variables a preloaded library may read at import: part of the server's name. Besides the prefixes, the
+#: names torch's compiler configs read at import without one (torch/_inductor/config.py takes `cpp.cxx` from CXX: on
+#: a machine that sets CXX, a server without it forked trainers whose FX graph keys missed every fresh trainer's
+#: entries, measured on an H100 by bench/fork_cache_key_probe.py on 2026-12-07; tests/orch/test_fork_server.py checks
+#: the installed torch for names these miss)
 IMPORT_ENV = re.compile(r"^(PYTHON|LD_|TORCH|PYTORCH|TRITON|INDUCTOR|OMP_|MKL_|KMP_|OPENBLAS|NCCL_|CUDA_|CUBLAS|CUDNN|"
-                        r"NVIDIA_|XLA_|TF_|HF_|TOKENIZERS)")
+                        r"NVIDIA_|XLA_|TF_|HF_|TOKENIZERS|AOT_?INDUCTOR|CUTLASS_|CUTEDSL_|PT2_|PARTITIONER_|ENABLE_|"
+                        r"(CC|CXX|CI|LOG_TLPARSE|CONDA_EXE|FAKE_ALLOW_META|LOG_AUTOTUNE_RESULTS|"
+                        r"UNSAFE_SKIP_FSDP_MODULE_GUARDS|WINDOWS_CUDA_HOME|DUMP_AOTI_MINIFIER|AOT_PARTITIONER_DEBUG)$)")
 PER_JOB_ENV = ("CUDA_VISIBLE_DEVICES",)
 #: never in a server's environment or name, whatever the prefix: what looks like a credential (HF_TOKEN), besides the
 #: names the study declares secret (the plan's `secret_vars`)

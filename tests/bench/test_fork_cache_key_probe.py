@@ -4,6 +4,8 @@ hits its entries, the candidate fix's run included, and the probe says which cac
 
 import functools
 import json
+import os
+import shutil
 import subprocess
 import sys
 import types
@@ -45,8 +47,14 @@ def test_clear_library_caches_empties_filled_caches_of_the_named_libraries(monke
 
 @pytest.mark.slow
 def test_on_cpu_forked_and_fresh_processes_share_their_compiled_graphs(tmp_path):
+    """With CXX set to the compiler's full path, as the H100 image sets it: Inductor reads CXX into its config at
+    import, so a fork server started without it forked trainers whose keys missed every fresh trainer's entries."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    assert cxx, "Inductor's CPU backend needs a C++ compiler"
+    env = {**os.environ, "CXX": os.path.realpath(cxx)}
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "fork_cache_key_probe.py"), "--work", str(tmp_path / "w"),
-                          "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "fork_cache_key_probe.json").read_text())
     runs = {r["tag"]: r["counters"] for r in result["runs"]}

@@ -336,6 +336,29 @@ def test_the_programs_staged_on_machines_import_only_the_standard_library():
         assert names <= sys.stdlib_module_names and not relative, (program.name, names - sys.stdlib_module_names)
 
 
+def test_a_server_carries_every_variable_torchs_compiler_configs_read_at_import():
+    """A preloaded config module keeps what it read at import in every child: a variable it reads that the server's
+    environment lacks gives forked trainers other compile keys than fresh ones (CXX on the H100 image: every forked
+    trainer missed the FX graph cache). So the installed torch's config modules name no variable outside IMPORT_ENV,
+    besides those read only when called (by then from the job's own environment)."""
+    import importlib.util
+    import re
+
+    from orchestrator.warm.forkserver import IMPORT_ENV
+
+    read = re.compile(r'(?:environ(?:\.get)?\(\s*|environ\[\s*|getenv\(\s*|env_name_(?:default|force)\s*=\s*)'
+                      r'["\']([A-Z][A-Z0-9_]+)["\']')
+    called = {"MAST_HPC_JOB_NAME", "ROLE_RANK"}  # torch/_inductor/config.py get_worker_log_path()
+    seen = {}
+    for module in ("torch._inductor.config", "torch._dynamo.config", "torch._functorch.config"):
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin, module
+        seen[module] = set(read.findall(Path(spec.origin).read_text()))
+    assert "CXX" in seen["torch._inductor.config"]  # the scan still sees the read that once cost the cache
+    missed = {m: sorted(n for n in names - called if not IMPORT_ENV.match(n)) for m, names in seen.items()}
+    assert not any(missed.values()), missed
+
+
 def test_a_container_machine_starts_its_trainers_as_before(tmp_path):
     """A server inside a trial's container would end with it: on a machine with a container runtime the plan the
     entry program reads has no fork server (and none is staged); on a plain machine it has."""
