@@ -135,8 +135,9 @@ def _owed_gpus_taken(seen: list, claimed: dict, ended: dict, begin: float, end: 
     """The jobs of a and b claimed in (begin, end] when, before the claim, no more GPUs were free than c wanted (at
     most `c_parallel` running, `c_trials` in all), unless the GPU had been free DEFER_S by then (the policy's
     deferral: counted from its last holder's recorded end, which commits with the release). A GPU counts as held
-    from its trial's claim to its job's end (its release comes a little later: free GPUs are over-counted, never
-    under-)."""
+    from its trial's claim to that recorded end, as the policy saw it. (Held only to the job's end, as the log shows
+    it, a GPU whose release was still to come counted as free and c as wanting it: on a loaded machine c's release
+    once came after b's legal claim of another slot.)"""
     taken = []
     for run in seen:
         at = claimed[run.study, run.trial]
@@ -147,13 +148,19 @@ def _owed_gpus_taken(seen: list, claimed: dict, ended: dict, begin: float, end: 
         last = max(before, key=lambda r: claimed[r.study, r.trial], default=None)
         if last is not None and at - ended.get((last.study, last.trial), at) >= DEFER_S:
             continue
-        held = [r for r in seen if claimed[r.study, r.trial] < at and (r.end is None or r.end > at)]
+        held = [r for r in seen if claimed[r.study, r.trial] < at and _held_at(r, ended, at)]
         c_held = sum(r.study == "c" for r in held)
         c_started = sum(r.study == "c" and claimed["c", r.trial] < at for r in seen)
         c_wants = min(c_parallel - c_held, c_trials - c_started)
         if gpus - len(held) - 1 < c_wants:
             taken.append((run, {"free": gpus - len(held), "c_wants": c_wants}))
     return taken
+
+
+def _held_at(run, ended: dict, at: float) -> bool:
+    """Whether the run's GPU was still held at ``at``: until its recorded release (its trial's end), else its job's."""
+    released = ended.get((run.study, run.trial), run.end)
+    return released is None or released > at
 
 
 def _events(db: Database, kind: str, new: str | None = None, study: str | None = None) -> list:
