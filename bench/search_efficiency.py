@@ -81,7 +81,8 @@ def pick(obs: list[dict[str, Any]], world: W.WorldDraw) -> int | None:
     space = fr.SearchSpace([fr.Param(a.name, a.low, a.high, W.STEP) for a in spec.axes])
     observations = [fr.Observation(params=o["params"], objective=o["time"], metric=o["loss"],
                                    machine=o["machine"], status=o["status"]) for o in obs]
-    rec = fr.recommend(observations, space, target=W.TARGET, level=W.LEVEL, noise_hint=spec.hint)
+    rec = fr.recommend(observations, space, target=W.TARGET, level=W.LEVEL, noise_hint=spec.hint,
+                       baseline=spec.baseline)
     return None if rec.params is None else world.key(rec.params)
 
 

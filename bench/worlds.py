@@ -35,8 +35,10 @@ import zlib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import calibration as _cal  # noqa: E402
+from orchestrator.samplers.frontier.decision import KEEP_BASELINE_P  # noqa: E402
 
 
 TARGET = _cal.TARGET
@@ -227,10 +229,10 @@ class WorldDraw:
         a generous bound).  Its offset estimate errs by e ~ N(0, sd^2), sd = sigma_min / sqrt(runs); it picks
         the fastest variant with P(mean <= target) >= level, i.e. mean + e + z sd <= target.  Returns the
         regrets (a None pick scored as ``regret`` scores it), the wrongness (the pick's true mean over
-        the target) and whether there was a pick, over ``draws`` quantiles of e (``draws=1``: e = 0)."""
-        margin = NormalDist().inv_cdf(level) * self._offset_sd(runs)
-        picks = [self._fastest_within(self._offset_sd(runs) * NormalDist().inv_cdf((k + 0.5) / draws) + margin)
-                 for k in range(draws)]
+        the target) and whether there was a pick, over ``draws`` quantiles of e (``draws=1``: e = 0).  As the
+        rule does, a pick slower than a baseline it puts at P >= KEEP_BASELINE_P is no pick (keep the baseline)."""
+        sd = self._offset_sd(runs)
+        picks = [self._rule_pick(sd * NormalDist().inv_cdf((k + 0.5) / draws), sd, level) for k in range(draws)]
         return (np.array([self.regret(i) for i in picks]),
                 np.array([i is not None and bool(self.mean[i] > TARGET) for i in picks]),
                 np.array([i is not None for i in picks]))
@@ -238,12 +240,21 @@ class WorldDraw:
     def shape_floor_runs(self, tolerance: float, level: float = LEVEL, most: int = 400) -> float:
         """Runs (in rounds of MACHINES) after which the known-shape method's median pick (e = 0) is right:
         feasible and within ``tolerance`` s of the best; inf if not within ``most``."""
-        z = NormalDist().inv_cdf(level)
         for n in range(MACHINES, most + 1, MACHINES):
-            i = self._fastest_within(z * self._offset_sd(n))
+            i = self._rule_pick(0.0, self._offset_sd(n), level)
             if i is not None and self.mean[i] <= TARGET and self.regret(i) <= tolerance + 1e-9:
                 return float(n)
         return math.inf
+
+    def _rule_pick(self, error: float, sd: float, level: float) -> int | None:
+        """The known-shape method's pick when its offset estimate errs by ``error`` with sd ``sd``: the fastest
+        variant it puts at P(feasible) >= level, unless that is slower than the baseline (by more than the rule's
+        tolerance, 0.25% of the time) while it puts the baseline at P >= KEEP_BASELINE_P."""
+        i = self._fastest_within(error + NormalDist().inv_cdf(level) * sd)
+        keep = self.mean[self.base] + error + NormalDist().inv_cdf(KEEP_BASELINE_P) * sd <= TARGET
+        if i is not None and keep and self.time[i] > self.time[self.base] + 0.0025 * float(np.median(self.time)):
+            return None
+        return i
 
     def _offset_sd(self, runs: int) -> float:
         """The known-shape method's offset error after ``runs`` runs at the least noisy variant."""

@@ -70,6 +70,9 @@ def pick_text(rec: Recommendation | None, metric: str, objective: str) -> list[s
     """The pick in sentences (write-up and status)."""
     if rec is None:
         return []
+    if rec.params is None and rec.keep_baseline and rec.baseline:
+        base = ", ".join(f"{k} = {v:.4g}" for k, v in rec.baseline.items())
+        return [f"Pick: keep the baseline ({base}): {rec.reason}."]
     if rec.params is None:
         return [f"Pick: none yet: {rec.reason}."]
     where = ", ".join(f"{k} = {v:.4g}" for k, v in rec.params.items())

@@ -124,11 +124,11 @@ def test_known_shape_floor_is_a_level_rule_that_improves_with_runs(name: str) ->
         d = W.draw(name, seed)
         r200, _, _ = d.shape_floor(200)
         _, w12, _ = d.shape_floor(12)
-        # at the median draw (e = 0) more runs give a pick at least as fast, and never lose it
+        # at the median draw (e = 0) more runs give a pick at least as fast; they lose one only to keep the baseline
+        # (the rule's keep: surer of the baseline, no slower pick), which scores no worse than that slower pick did
         (m12,), _, (p12,) = d.shape_floor(12, draws=1)
         (m200,), _, (p200,) = d.shape_floor(200, draws=1)
-        assert p200 or not p12
-        assert not (p12 and p200) or m200 <= m12 + 1e-9
+        assert not p12 or m200 <= m12 + 1e-9
         regrets.append(np.median(r200))
         wrongs += list(w12)
         n = d.shape_floor_runs(W.RIGHT_TOLERANCE)

@@ -88,6 +88,34 @@ def test_crashes_are_evidence_and_never_recommended():
     assert rec.params is not None and rec.params["stage1"] < 0.33
 
 
+def test_a_pick_slower_than_a_likely_feasible_baseline_keeps_the_baseline():
+    """A team does not slow down for a surer schedule while its baseline is likely to meet the target: the rule then
+    says to keep the baseline (no pick), and names the slower variant; once the baseline's runs say it misses, the
+    slower variant is the pick. Without a baseline the slower variant is the pick."""
+    from orchestrator.analysis.pick import pick_text
+    from orchestrator.samplers.frontier.decision import KEEP_BASELINE_P
+
+    space = SearchSpace([Param("stage1", 0.28, 0.42, 0.01)])
+    rng = np.random.default_rng(0)
+    shape, base = SHAPES["linear"], {"stage1": 0.33}  # the baseline 0.0009 within the target; slow variants surer
+    plan = [0.28] * 4 + [0.30] * 4 + [0.38, 0.40, 0.42] * 2
+    obs = [Observation({"stage1": s}, _time(s), shape(s) + rng.normal(0, NOISE), f"m{k % 4}")
+           for k, s in enumerate(plan)]
+    good = obs + [Observation(base, _time(0.33), shape(0.33) + rng.normal(0, NOISE), "m0")]
+    bad = obs + [Observation(base, _time(0.33), TARGET + 0.003 + rng.normal(0, NOISE), f"m{k}") for k in range(3)]
+
+    slower = recommend(good, space, TARGET, level=0.9, noise_hint=0.002)
+    assert slower.params is not None and slower.params["stage1"] < 0.33 and not slower.keep_baseline
+    kept = recommend(good, space, TARGET, level=0.9, noise_hint=0.002, baseline=base)
+    assert kept.params is None and kept.keep_baseline and kept.baseline == base
+    assert kept.p_feasible >= KEEP_BASELINE_P  # the baseline's, under the model
+    assert f"stage1={slower.params['stage1']:g}" in kept.reason and "slower" in kept.reason
+    assert pick_text(kept, "val_loss", "time")[0].startswith("Pick: keep the baseline (stage1 = 0.33)")
+    missed = recommend(bad, space, TARGET, level=0.9, noise_hint=0.002, baseline=base)
+    assert missed.params is not None and missed.params["stage1"] < 0.33 and not missed.keep_baseline
+    assert missed.p_feasible >= 0.9
+
+
 def test_recommend_on_plain_observations_uses_only_feasible_run_variants():
     space = SearchSpace([Param("stage1", 0.28, 0.42, 0.01)])
     rng = np.random.default_rng(0)

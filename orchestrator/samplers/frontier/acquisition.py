@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy.special import ndtr
 
-from .decision import Rule, _run_variants, _tolerance, _union
+from .decision import KEEP_BASELINE_P, Rule, _run_variants, _tolerance, _union
 from .model import Posterior, StudyModel
 from .space import Observation
 
@@ -36,14 +36,16 @@ def next_points(model: StudyModel, observations: Sequence[Observation], pending:
     post = model.posterior(rows, joint=True)
     _, run_count = _run_variants(observations, space)
     runs = np.array([run_count.get(space.key(r), 0) for r in rows], float)
-    fallback = _no_pick_value(post, index.get(space.key(space.row(baseline))) if baseline is not None else None,
-                              _tolerance(rule, post))
+    base = index.get(space.key(space.row(baseline))) if baseline is not None else None
+    tol = _tolerance(rule, post)
+    fallback = _no_pick_value(post, base, tol)
     in_flight = [index[space.key(space.row(p))] for p in pending]
     out: list[dict[str, float]] = []
     for _ in range(count):
         cond = post.condition_on_pending(in_flight)
         counted = runs + np.bincount(np.asarray(in_flight, int), minlength=len(runs))
-        gain = pick_gain(cond, counted, rule.level, lookahead, fallback, pick_runs=rule.pick_runs)
+        gain = pick_gain(cond, counted, rule.level, lookahead, fallback, pick_runs=rule.pick_runs,
+                         baseline=base, tolerance=tol)
         if gain.max() > GAIN_FLOOR * max(float(np.ptp(post.objective_rank())), 1e-12):
             best = np.flatnonzero(gain >= gain.max() - 1e-12)
             choice = int(best[np.argmin(post.objective_rank()[best])]) if len(best) > 1 else int(best[0])
@@ -55,7 +57,8 @@ def next_points(model: StudyModel, observations: Sequence[Observation], pending:
 
 
 def pick_gain(post: Posterior, runs: np.ndarray, level: float, lookahead: int, no_pick: float,
-              max_candidates: int = 256, pick_runs: int = 1) -> np.ndarray:
+              max_candidates: int = 256, pick_runs: int = 1, baseline: int | None = None,
+              tolerance: float = 0.0) -> np.ndarray:
     """For every candidate variant x, the expected improvement of the pick's objective (the rule's pick:
     the best variant with runs and P(feasible) >= ``level``) once ``lookahead`` more runs at x have
     reported: a knowledge gradient on the decision itself. ``runs`` counts each variant's runs (done or
@@ -71,7 +74,8 @@ def pick_gain(post: Posterior, runs: np.ndarray, level: float, lookahead: int, n
     var = np.maximum(np.diag(cov), 1e-300)
     crash = post.crash_ok
     p_now = ndtr(-mean / np.sqrt(var)) * crash
-    now = _pick_value(p_now[None, :], (runs >= pick_runs)[None, :], rank, level, no_pick)[0]
+    keep = (baseline, rank[baseline] + tolerance) if baseline is not None else None
+    now = _pick_value(p_now[None, :], (runs >= pick_runs)[None, :], rank, level, no_pick, keep)[0]
     cand = np.arange(C)
     if C > max_candidates:
         doubt = np.abs(p_now - level) + 1e-3 * (rank - rank.min()) / max(float(np.ptp(rank)), 1e-12)
@@ -85,16 +89,22 @@ def pick_gain(post: Posterior, runs: np.ndarray, level: float, lookahead: int, n
     expected = np.zeros(X)
     for z, w in zip(*_HERMITE):
         p = ndtr(-(mean[None, :] + B * z) / sd_new) * crash
-        expected += w * _pick_value(p, ran, rank, level, no_pick)
+        expected += w * _pick_value(p, ran, rank, level, no_pick, keep)
     gain = np.zeros(C)
     gain[cand] = np.maximum(expected - now, 0.0)
     return gain
 
 
-def _pick_value(p: np.ndarray, ran: np.ndarray, rank: np.ndarray, level: float, no_pick: float) -> np.ndarray:
-    """(rows,) minus the objective of the rule's pick in each row of P(feasible) ``p`` (rows, C)."""
+def _pick_value(p: np.ndarray, ran: np.ndarray, rank: np.ndarray, level: float, no_pick: float,
+                keep: tuple[int, float] | None = None) -> np.ndarray:
+    """(rows,) minus the objective of the rule's pick in each row of P(feasible) ``p`` (rows, C). ``keep``
+    (the baseline's index, the objective above which a pick is slower than it): as the rule does, a slower
+    pick is no pick while the baseline's P(feasible) >= KEEP_BASELINE_P."""
     eligible = (p >= level) & ran
     objective = np.where(eligible, rank[None, :], np.inf).min(axis=1)
+    if keep is not None:
+        base, slower = keep
+        objective = np.where((objective > slower) & (p[:, base] >= KEEP_BASELINE_P), np.inf, objective)
     return -np.where(np.isfinite(objective), objective, no_pick)
 
 

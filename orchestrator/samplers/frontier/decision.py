@@ -28,6 +28,10 @@ from .space import Observation, Rule, SearchSpace
 DRAWS = 512
 RECORD_ALPHA = 0.01  # modded-nanogpt's rule: one-sided t-test of the mean at p < 0.01
 RECORD_POWER = 0.8
+# A pick slower than the baseline is no result while the baseline is likely feasible (P >= this): a team keeps its
+# baseline rather than slow down for a surer schedule; below it, the slower pick is the way to the target. 0.7, not
+# 0.5: a baseline the runs leave at a coin flip is not kept (bench/search_efficiency.py, docs/search.md)
+KEEP_BASELINE_P = 0.7
 
 
 @dataclass
@@ -53,6 +57,7 @@ class Recommendation:
     reason: str = ""
     best_unrun: dict[str, float] | None = None  # the model's pick among all variants, run or not
     counts: dict[str, int] = field(default_factory=dict)  # runs read: ok / crashed / diverged
+    keep_baseline: bool = False  # no pick: every likely-feasible variant is slower than a likely-feasible baseline
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,7 +92,8 @@ def decide(model: StudyModel, observations: Sequence[Observation], rule: Rule, *
         return Recommendation(None, 0.0, None, None, None, None, 0, False, None, None, None, rule.level,
                               reason="no completed run yet", counts=counts)
     lattice = space.lattice()
-    rows, index = _union(lattice, run_rows, space)
+    has_base = baseline is not None and all(k in baseline for k in space.names)
+    rows, index = _union(lattice, run_rows + ([space.row(baseline)] if has_base else []), space)
     post = model.posterior(rows)
     p = post.p_within()
     rank = post.objective_rank()
@@ -114,6 +120,16 @@ def decide(model: StudyModel, observations: Sequence[Observation], rule: Rule, *
                               _finite(post.noise_std), rule.level, best_unrun=best_unrun, counts=counts, reason=why)
     pick = int(eligible[np.argmin(rank[eligible])])
     tol = _tolerance(rule, post)
+    if has_base:
+        base = index[space.key(space.row(baseline))]
+        if rank[pick] > rank[base] + tol and p[base] >= KEEP_BASELINE_P:
+            return Recommendation(
+                None, float(p[base]), None, None, None, None, int(run_count.get(space.key(rows[base]), 0)), False,
+                None, None, _finite(post.noise_std), rule.level, baseline={k: float(baseline[k]) for k in space.names},
+                best_unrun=best_unrun, counts=counts, keep_baseline=True,
+                reason=(f"no variant faster than the baseline reaches P(feasible) >= {rule.level:g} with "
+                        f"{rule.pick_runs} runs yet, and the baseline's is {p[base]:.2f}; the fastest that does, "
+                        f"{_fmt(space.as_dict(rows[pick]))} at {p[pick]:.2f}, is slower"))
     regret, within = _regret(model, post, pick, tol, rng)
     n_pick = int(run_count[space.key(rows[pick])])
     settled = bool(n_pick >= 2 and p[pick] >= rule.stop_level and regret <= tol and model.n_ok >= rule.min_runs)
