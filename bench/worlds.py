@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import calibration as _cal  # noqa: E402
-from orchestrator.samplers.frontier.decision import KEEP_BASELINE_P  # noqa: E402
+from orchestrator.samplers.frontier.decision import KEEP_BASELINE_P, TOLERANCE_SHARE  # noqa: E402
 
 
 TARGET = _cal.TARGET
@@ -249,10 +249,11 @@ class WorldDraw:
     def _rule_pick(self, error: float, sd: float, level: float) -> int | None:
         """The known-shape method's pick when its offset estimate errs by ``error`` with sd ``sd``: the fastest
         variant it puts at P(feasible) >= level, unless that is slower than the baseline (by more than the rule's
-        tolerance, 0.25% of the time) while it puts the baseline at P >= KEEP_BASELINE_P."""
+        default tolerance) while it puts the baseline at P >= KEEP_BASELINE_P."""
         i = self._fastest_within(error + NormalDist().inv_cdf(level) * sd)
         keep = self.mean[self.base] + error + NormalDist().inv_cdf(KEEP_BASELINE_P) * sd <= TARGET
-        if i is not None and keep and self.time[i] > self.time[self.base] + 0.0025 * float(np.median(self.time)):
+        tolerance = TOLERANCE_SHARE * float(np.median(self.time))
+        if i is not None and keep and self.time[i] > self.time[self.base] + tolerance:
             return None
         return i
 

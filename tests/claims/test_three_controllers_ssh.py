@@ -125,7 +125,8 @@ def _trial_times(db: Database) -> tuple[dict[tuple[str, int], float], dict[tuple
         return at.replace(tzinfo=timezone.utc).timestamp()
 
     with db.session() as s:
-        rows = s.execute(select(StudyRow.name, TrialRow.number, TrialRow.created_at, TrialRow.ended_at).join(StudyRow)).all()
+        rows = s.execute(select(StudyRow.name, TrialRow.number, TrialRow.created_at, TrialRow.ended_at)
+                         .join(StudyRow)).all()
     return ({(name, n): stamp(made) for name, n, made, _ in rows},
             {(name, n): stamp(end) for name, n, _, end in rows if end is not None})
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy.special import ndtr
 
-from .decision import KEEP_BASELINE_P, Rule, _run_variants, _tolerance, _union
+from .decision import Rule, _run_variants, _tolerance, _union, keeps_baseline
 from .model import Posterior, StudyModel
 from .space import Observation
 
@@ -99,12 +99,12 @@ def _pick_value(p: np.ndarray, ran: np.ndarray, rank: np.ndarray, level: float, 
                 keep: tuple[int, float] | None = None) -> np.ndarray:
     """(rows,) minus the objective of the rule's pick in each row of P(feasible) ``p`` (rows, C). ``keep``
     (the baseline's index, the objective above which a pick is slower than it): as the rule does, a slower
-    pick is no pick while the baseline's P(feasible) >= KEEP_BASELINE_P."""
+    pick is no pick while the baseline is likely feasible (decision.keeps_baseline)."""
     eligible = (p >= level) & ran
     objective = np.where(eligible, rank[None, :], np.inf).min(axis=1)
     if keep is not None:
         base, slower = keep
-        objective = np.where((objective > slower) & (p[:, base] >= KEEP_BASELINE_P), np.inf, objective)
+        objective = np.where(keeps_baseline(objective, slower, p[:, base]), np.inf, objective)
     return -np.where(np.isfinite(objective), objective, no_pick)
 
 

@@ -32,6 +32,7 @@ RECORD_POWER = 0.8
 # baseline rather than slow down for a surer schedule; below it, the slower pick is the way to the target. 0.7, not
 # 0.5: a baseline the runs leave at a coin flip is not kept (bench/search_efficiency.py, docs/search.md)
 KEEP_BASELINE_P = 0.7
+TOLERANCE_SHARE = 0.0025  # the default regret tolerance: this share of the objective's typical size
 
 
 @dataclass
@@ -120,16 +121,16 @@ def decide(model: StudyModel, observations: Sequence[Observation], rule: Rule, *
                               _finite(post.noise_std), rule.level, best_unrun=best_unrun, counts=counts, reason=why)
     pick = int(eligible[np.argmin(rank[eligible])])
     tol = _tolerance(rule, post)
-    if has_base:
-        base = index[space.key(space.row(baseline))]
-        if rank[pick] > rank[base] + tol and p[base] >= KEEP_BASELINE_P:
-            return Recommendation(
-                None, float(p[base]), None, None, None, None, int(run_count.get(space.key(rows[base]), 0)), False,
-                None, None, _finite(post.noise_std), rule.level, baseline={k: float(baseline[k]) for k in space.names},
-                best_unrun=best_unrun, counts=counts, keep_baseline=True,
-                reason=(f"no variant faster than the baseline reaches P(feasible) >= {rule.level:g} with "
-                        f"{rule.pick_runs} runs yet, and the baseline's is {p[base]:.2f}; the fastest that does, "
-                        f"{_fmt(space.as_dict(rows[pick]))} at {p[pick]:.2f}, is slower"))
+    base = index[space.key(space.row(baseline))] if has_base else None
+    base_params = {k: float(baseline[k]) for k in space.names} if has_base else None
+    if base is not None and keeps_baseline(rank[pick], rank[base] + tol, p[base]):
+        return Recommendation(
+            None, float(p[base]), None, None, None, None, int(run_count.get(space.key(rows[base]), 0)), False,
+            None, None, _finite(post.noise_std), rule.level, baseline=base_params,
+            best_unrun=best_unrun, counts=counts, keep_baseline=True,
+            reason=(f"no variant faster than the baseline reaches P(feasible) >= {rule.level:g} with "
+                    f"{rule.pick_runs} runs yet, and the baseline's is {p[base]:.2f}; the fastest that does, "
+                    f"{_fmt(space.as_dict(rows[pick]))} at {p[pick]:.2f}, is slower"))
     regret, within = _regret(model, post, pick, tol, rng)
     n_pick = int(run_count[space.key(rows[pick])])
     settled = bool(n_pick >= 2 and p[pick] >= rule.stop_level and regret <= tol and model.n_ok >= rule.min_runs)
@@ -144,12 +145,11 @@ def decide(model: StudyModel, observations: Sequence[Observation], rule: Rule, *
         reason=("settled" if settled else _why_not(n_pick, p[pick], regret, tol, model.n_ok, rule)),
     )
     rec.confirmation_runs = confirmation_runs(-vmean[pick], post.noise_std)
-    if baseline is not None and all(k in baseline for k in space.names):
-        base_post = model.posterior(np.array([space.row(baseline)]))
-        diff = base_post.objective_mean[0] - post.objective_mean[pick]
+    if base is not None:  # the baseline is one of `rows`: its marginal is already in `post`
+        diff = post.objective_mean[base] - post.objective_mean[pick]
         diff = diff if rule.minimize else -diff
-        sd = math.hypot(base_post.objective_sd[0], post.objective_sd[pick])
-        rec.baseline = {k: float(baseline[k]) for k in space.names}
+        sd = math.hypot(post.objective_sd[base], post.objective_sd[pick])
+        rec.baseline = base_params
         rec.saved_mean = float(diff)
         rec.saved_interval = (float(diff - 1.645 * sd), float(diff + 1.645 * sd))
     return rec
@@ -194,7 +194,14 @@ def _tolerance(rule: Rule, post: Posterior) -> float:
     if rule.regret_tolerance is not None:
         return rule.regret_tolerance
     typical = float(np.median(np.abs(post.objective_mean))) if np.all(np.isfinite(post.objective_mean)) else 0.0
-    return 0.0025 * typical
+    return TOLERANCE_SHARE * typical
+
+
+def keeps_baseline(objective, slower_than, p_base):
+    """Whether the rule keeps the baseline rather than pick a variant of ``objective``: the variant is slower than
+    ``slower_than`` (the baseline's objective plus the tolerance) while the baseline's P(feasible) ``p_base`` >=
+    KEEP_BASELINE_P. Elementwise on arrays (the acquisition's lookahead rows) as on scalars (the pick)."""
+    return (objective > slower_than) & (p_base >= KEEP_BASELINE_P)
 
 
 def _run_variants(observations: Sequence[Observation], space: SearchSpace) -> tuple[list[np.ndarray], dict]:
