@@ -78,7 +78,7 @@ METHODS = ("ours", "tpe", "gp", "random", "oracle")
 def pick(obs: list[dict[str, Any]], world: W.WorldDraw) -> int | None:
     """The variant index the rule picks from finished runs (never reads the truth)."""
     spec = world.spec
-    space = fr.SearchSpace([fr.Param(a.name, a.low, a.high, W.STEP) for a in spec.axes])
+    space = fr.SearchSpace([fr.Param(a.name, a.low, a.high, a.step) for a in spec.axes])
     observations = [fr.Observation(params=o["params"], objective=o["time"], metric=o["loss"],
                                    machine=o["machine"], status=o["status"]) for o in obs]
     rec = fr.recommend(observations, space, target=W.TARGET, level=W.LEVEL, noise_hint=spec.hint,
@@ -150,7 +150,7 @@ def simulate(world_name: str, method: str, seed: int, budget: int = 40,
             elif n + j == 0:  # every method's first run is the baseline, as a team starts
                 study.enqueue_trial(spec.baseline)
             tr = study.ask()
-            params = {a.name: tr.suggest_float(a.name, a.low, a.high, step=W.STEP) for a in spec.axes}
+            params = {a.name: tr.suggest_float(a.name, a.low, a.high, step=a.step) for a in spec.axes}
             trials.append((tr, params))
         for j, (tr, params) in enumerate(trials):
             i = world.key(params)

@@ -6,8 +6,9 @@ failures or hint changed.  A world is a small declarative `WorldSpec`; `draw(spe
 seed's truth (`WorldDraw`), with a per-seed random perturbation (offset, knee, ridge) so that no method can
 memorise the boundary, and per-machine time multipliers N(1, MACHINE_SD) (hosts of one type differ by 1-2%).
 
-Coordinates.  Two parameters on a 0.01 lattice: ``(stage1, stage3)`` (stage2 = 1 - stage1 - stage3) or
-``(stage1, stage2)`` (stage3 = 1 - stage1 - stage2).  With shares in percentage points (pp):
+Coordinates.  One to three parameters on a lattice: ``(stage1, stage3)`` (stage2 = 1 - stage1 - stage3),
+``(stage1, stage2)`` (stage3 = 1 - stage1 - stage2), ``(stage1,)`` (stage3 held at 0.33), and any of these with
+``lr`` (a learning-rate multiplier that costs no time and moves the loss).  With shares in percentage points (pp):
 
 * ``A = 100 * (stage1 - stage3)`` + const is the time level: true mean time is linear in it, one pp is
   1450 * 17 ms = 0.2465 s, and ``A = 0`` at the baseline (0.33, 0.34, 0.33);
@@ -15,7 +16,8 @@ Coordinates.  Two parameters on a 0.01 lattice: ``(stage1, stage3)`` (stage2 = 1
 
 Loss (all worlds but `reference`): ``3.28 + offset + f(A) + off_line * (x3 - x3_best(A))**2``, where
 ``f`` is the loss along the best line of each time level (the `curve`), and ``x3_best(A) = ridge0 + ridge1 * A``
-is where on that level the best variant lies (0: the stage3 = 0.33 line).  `reference` keeps bench/calibration.py's
+is where on that level the best variant lies (0: the stage3 = 0.33 line).  With ``lr`` the loss adds
+``lr_cost * ((lr - lr_best(A)) / 0.1)**2``, ``lr_best(A) = lr_ridge0 + lr_ridge1 * A``.  `reference` keeps bench/calibration.py's
 quadratic fitted to the 24 reference runs.
 
 Runs use common random numbers: the r-th run of a variant in a seed gets the same draws (time noise, loss
@@ -59,14 +61,16 @@ class Axis:
     low: float
     high: float
     base: float  # the baseline's value (equal thirds on the lattice)
+    step: float = STEP
 
     def values(self) -> list[float]:
-        return _cal.lattice(self.low, self.high)
+        return _cal.lattice(self.low, self.high, self.step)
 
 
 S1 = Axis("stage1", 0.28, 0.42, 0.33)
 S3 = Axis("stage3", 0.30, 0.36, 0.33)
 S2 = Axis("stage2", 0.28, 0.38, 0.34)
+LR = Axis("lr", 0.70, 1.30, 1.00, 0.05)  # a learning-rate multiplier
 
 
 @dataclass(frozen=True)
@@ -75,11 +79,13 @@ class WorldSpec:
 
     name: str
     summary: str
-    axes: tuple[Axis, Axis] = (S1, S3)
+    axes: tuple[Axis, ...] = (S1, S3)
     curve: str = "linear"  # f(A): linear | knee | saturating | reference (bench/calibration.py's quadratic fit)
     curve_args: dict[str, float] = field(default_factory=dict)
     off_line: float = 0.0003  # loss per pp^2 away from the best stage-3 share of a time level
     ridge: tuple[float, float] = (0.0, 0.0)  # x3_best(A) = ridge[0] + ridge[1] * A
+    lr_cost: float = 0.0004  # loss of an lr 0.1 away from the best one (worlds with an `lr` axis)
+    lr_ridge: tuple[float, float] = (1.0, 0.0)  # lr_best(A) = lr_ridge[0] + lr_ridge[1] * A
     offset_sd: float = 0.0005  # per-seed shift of the whole loss surface
     jitter: dict[str, float] = field(default_factory=dict)  # per-seed N(0, sd) added to curve_args / ridge0
     noise: float = 0.0019  # run-to-run std of val_loss at the baseline
@@ -89,11 +95,14 @@ class WorldSpec:
     crash_center: float = 5.0
     crash_width: float = 1.5
     hint: float = HINT  # the noise the sampler and the pick rule are given
-    calibrated_hit: bool = True  # baseline true hit rate in 0.3-0.7 by construction (not the reference fit)
+    # where the baseline stands: "near" the boundary (true hit rate 0.3-0.7, as the issue calibrates), "inside" it
+    # (hit rate > 0.7, faster variants feasible), "misses" (hit rate < 0.3: the best is slower), "edge" (the
+    # baseline is the fastest feasible variant: nothing faster to find)
+    regime: str = "near"
 
     @property
-    def names(self) -> tuple[str, str]:
-        return self.axes[0].name, self.axes[1].name
+    def names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.axes)
 
     @property
     def baseline(self) -> dict[str, float]:
@@ -105,7 +114,7 @@ _LINEAR = {"b0": -0.0005, "slope": 0.00036, "curv": 0.000015}
 
 WORLDS: dict[str, WorldSpec] = {w.name: w for w in (
     WorldSpec("reference", "bench/calibration.py's quadratic fit of the 24 reference runs, offset N(0, 0.0007), "
-              "noise 0.0017", curve="reference", offset_sd=0.0007, noise=0.0017, calibrated_hit=False),
+              "noise 0.0017", curve="reference", offset_sd=0.0007, noise=0.0017, regime="inside"),
     WorldSpec("linear", "0.00036 per pp near the baseline, slowly steepening; best on stage3 = 0.33",
               curve_args=dict(_LINEAR)),
     WorldSpec("plateau-knee", "flat 0.0005 under the target (0.00005/pp), then +0.0015/pp past a knee at "
@@ -128,16 +137,36 @@ WORLDS: dict[str, WorldSpec] = {w.name: w for w in (
               curve_args=dict(_LINEAR), hint=0.0012),
     WorldSpec("noise-high", "linear loss, noise 0.0019; the hint 1.6x too high (0.0030)",
               curve_args=dict(_LINEAR), hint=0.0030),
+    WorldSpec("s1-only", "linear loss; stage 1 alone searched (stage 3 held at 0.33): one parameter, 15 variants",
+              axes=(S1,), curve_args=dict(_LINEAR)),
+    WorldSpec("with-lr", "linear loss; stage1, stage3 and an lr multiplier (0.70-1.30, step 0.05) searched: the "
+              "best lr falls 0.03 per pp of time level from 1.0 +- 0.08, and 0.1 off it costs 0.0004",
+              axes=(S1, S3, LR), curve_args=dict(_LINEAR), lr_ridge=(1.0, -0.03), jitter={"lr_ridge0": 0.08}),
+    # beyond the issue's calibration (baseline hit rate about 50%): where the baseline stands elsewhere
+    WorldSpec("far-boundary", "linear loss, the baseline 0.003 under the target (hit rate ~0.94): the best is "
+              "about 6 pp (1.5 s) faster", curve_args={**_LINEAR, "b0": -0.003}, regime="inside"),
+    WorldSpec("baseline-misses", "0.0005 per pp, the baseline 0.0012 over the target (hit rate ~0.26): the best "
+              "is about 2-3 pp (0.6 s) slower", curve_args={"b0": 0.0012, "slope": 0.0005, "curv": 0.0},
+              offset_sd=0.0004, regime="misses"),
+    WorldSpec("no-gain", "the baseline 0.002 under the target on a flat stretch, then +0.004/pp from A = 0.3: "
+              "every faster variant misses, the baseline is the best", curve="knee",
+              curve_args={"b0": -0.002, "flat": 0.0001, "knee": 0.3, "steep": 0.004}, offset_sd=0.0003,
+              regime="edge"),
 )}
 
 
-def shares(spec: WorldSpec, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(stage1, stage2, stage3) of lattice values ``a, b`` of the world's two axes."""
-    if spec.names == ("stage1", "stage3"):
-        return a, 1.0 - a - b, b
-    if spec.names == ("stage1", "stage2"):
-        return a, b, 1.0 - a - b
-    raise ValueError(f"world {spec.name}: unknown axes {spec.names}")
+def shares(spec: WorldSpec, cols: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(stage1, stage2, stage3) of lattice columns ``cols`` (axis name -> values): an axis not searched stays at
+    the baseline's share, and stage2 or stage3 (whichever is not an axis) makes the three sum to 1."""
+    stages = {"stage1", "stage2", "stage3"}
+    if not {"stage1"} <= set(spec.names) or not set(spec.names) - {"lr"} <= stages or {"stage2", "stage3"} <= set(
+            spec.names):
+        raise ValueError(f"world {spec.name}: unknown axes {spec.names}")
+    s1 = cols["stage1"]
+    if "stage2" in cols:
+        return s1, cols["stage2"], 1.0 - s1 - cols["stage2"]
+    s3 = cols.get("stage3", np.full_like(s1, S3.base))
+    return s1, 1.0 - s1 - s3, s3
 
 
 def _curve(kind: str, args: dict[str, float], A: np.ndarray) -> np.ndarray:
@@ -156,13 +185,13 @@ class WorldDraw:
 
     spec: WorldSpec
     seed: int
-    variants: list[tuple[float, float]]  # lattice, in a fixed order
+    variants: list[tuple[float, ...]]  # lattice, in a fixed order
     time: np.ndarray  # true mean time (s) of each variant on a machine of multiplier 1
     mean: np.ndarray  # true mean val_loss
     sigma: np.ndarray  # run-to-run std of val_loss
     crash: np.ndarray  # crash probability of a run
     machine_mult: np.ndarray  # (MACHINES,) time multipliers of this seed's machines
-    index: dict[tuple[int, int], int]  # lattice ints (round(100 v)) -> variant index
+    index: dict[tuple[int, ...], int]  # lattice ints (round(100 v)) -> variant index
     best: int | None  # the fastest feasible variant (true mean <= target; ties: lower mean)
     neighbour: int | None  # the infeasible variant faster than best with the lowest mean (None: none faster)
     base: int  # the baseline variant (equal thirds on the lattice)
@@ -176,17 +205,15 @@ class WorldDraw:
         return _cal.phi((TARGET - self.mean[i]) / self.sigma[i])
 
     def key(self, params: dict[str, float]) -> int | None:
-        a, b = self.spec.names
-        return self.index.get((int(round(params[a] * 100)), int(round(params[b] * 100))))
+        return self.index.get(tuple(int(round(params[n] * 100)) for n in self.spec.names))
 
     def run(self, i: int, repeat: int, machine: int) -> tuple[float, float | None, bool]:
         """(time_s, val_loss, crashed) of the ``repeat``-th run (0-based) of variant ``i`` on ``machine``.
 
         The draws depend on (seed, world, variant, repeat) only: the same for every method (common random
         numbers); the machine multiplies the time."""
-        a, b = self.variants[i]
-        rng = np.random.default_rng([self.seed, _world_id(self.spec.name), int(round(a * 100)),
-                                     int(round(b * 100)), repeat])
+        rng = np.random.default_rng([self.seed, _world_id(self.spec.name),
+                                     *(int(round(v * 100)) for v in self.variants[i]), repeat])
         z_time = rng.standard_normal()
         if self.spec.df is None:
             z_loss = rng.standard_normal()
@@ -271,6 +298,12 @@ class WorldDraw:
         return np.lexsort((self.mean, np.round(self.time, 9)))
 
 
+def _off_line(d: WorldDraw, i: int) -> bool:
+    """Whether variant ``i`` is off the stage3 = 0.33 line."""
+    cols = {n: np.array([v]) for n, v in zip(d.spec.names, d.variants[i])}
+    return abs(float(shares(d.spec, cols)[2][0]) - S3.base) > 1e-9
+
+
 def _world_id(name: str) -> int:
     return zlib.crc32(name.encode())
 
@@ -286,10 +319,10 @@ def draw(name: str, seed: int | None) -> WorldDraw:
     (no perturbation, machine multipliers 1)."""
     spec = WORLDS[name]
     cal = _calibration()
-    av, bv = spec.axes[0].values(), spec.axes[1].values()
-    g1, g2 = (g.ravel() for g in np.meshgrid(av, bv, indexing="ij"))
-    variants = list(zip(np.round(g1, 2).tolist(), np.round(g2, 2).tolist()))
-    s1, s2, s3 = shares(spec, g1, g2)
+    grid = [g.ravel() for g in np.meshgrid(*(a.values() for a in spec.axes), indexing="ij")]
+    variants = list(zip(*(np.round(g, 2).tolist() for g in grid)))
+    cols = dict(zip(spec.names, grid))
+    s1, s2, s3 = shares(spec, cols)
     rng = np.random.default_rng([0 if seed is None else seed, _world_id(spec.name), 12345])
     if seed is None:
         offset, jit, mult = 0.0, {}, np.ones(MACHINES)
@@ -306,6 +339,9 @@ def draw(name: str, seed: int | None) -> WorldDraw:
         x3 = 100.0 * (S3.base - s3)
         ridge = spec.ridge[0] + jit.get("ridge0", 0.0) + spec.ridge[1] * A
         mean = TARGET + offset + _curve(spec.curve, args, A) + spec.off_line * (x3 - ridge) ** 2
+    if "lr" in cols:
+        lr_best = spec.lr_ridge[0] + jit.get("lr_ridge0", 0.0) + spec.lr_ridge[1] * A
+        mean = mean + spec.lr_cost * ((cols["lr"] - lr_best) / 0.1) ** 2
     if spec.noise_growth != 1.0:
         lo, hi = float(A.min()), float(A.max())
         # std grows geometrically with A: noise at A = 0, x noise_growth from the lowest to the highest A
@@ -314,7 +350,7 @@ def draw(name: str, seed: int | None) -> WorldDraw:
         sigma = np.full(len(variants), spec.noise)
     crash = spec.crash_max / (1.0 + np.exp(-(A - spec.crash_center) / spec.crash_width)) if spec.crash_max else (
         np.zeros(len(variants)))
-    index = {(int(round(a * 100)), int(round(b * 100))): i for i, (a, b) in enumerate(variants)}
+    index = {tuple(int(round(v * 100)) for v in variant): i for i, variant in enumerate(variants)}
     feas = mean <= TARGET
     best = neighbour = None
     if feas.any():
@@ -323,7 +359,7 @@ def draw(name: str, seed: int | None) -> WorldDraw:
         faster = np.flatnonzero((time < time[best] - 1e-9) & ~feas)
         if len(faster):
             neighbour = int(faster[np.argmin(mean[faster])])
-    base = index[(int(round(spec.axes[0].base * 100)), int(round(spec.axes[1].base * 100)))]
+    base = index[tuple(int(round(a.base * 100)) for a in spec.axes)]
     return WorldDraw(spec, -1 if seed is None else seed, variants, np.asarray(time, float), np.asarray(mean, float),
                      np.asarray(sigma, float), np.asarray(crash, float), np.asarray(mult, float), index, best,
                      neighbour, base)
@@ -348,9 +384,7 @@ def describe(name: str, seeds: range = range(200)) -> dict[str, float]:
         "best_saves_median": float(np.median([d.time[d.base] - d.time[d.best] for d in with_best])),
         "best_faster_share": float(np.mean([d.time[d.best] <= d.time[d.base] + 1e-9 for d in with_best])),
         "feasible_share": len(with_best) / len(ds),
-        "best_off_line_share": float(np.mean([d.variants[d.best][1] != d.spec.axes[1].base
-                                              if d.spec.names[1] == "stage3" else
-                                              abs(1 - sum(d.variants[d.best]) - 0.33) > 1e-9 for d in with_best])),
+        "best_off_line_share": float(np.mean([_off_line(d, d.best) for d in with_best])),
         "floor_best_median": float(np.median(floors[:, 0])),
         "floor_neighbour_median": float(np.median(floors[:, 1])),
         **{f"shape_floor_{what}_{n}": value for n in FLOOR_CHECKPOINTS

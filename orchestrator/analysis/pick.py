@@ -76,11 +76,14 @@ def pick_text(rec: Recommendation | None, metric: str, objective: str) -> list[s
     if rec.params is None:
         return [f"Pick: none yet: {rec.reason}."]
     where = ", ".join(f"{k} = {v:.4g}" for k, v in rec.params.items())
+    is_base = rec.baseline is not None and all(abs(rec.params[k] - v) <= 1e-9 for k, v in rec.baseline.items())
+    if is_base:  # the runs found nothing faster that meets the target: the answer is the team's own schedule
+        where = f"the baseline ({where})"
     lo, hi = rec.metric_interval or (math.nan, math.nan)
     line = (f"Pick: {where} ({rec.runs} run{'s' if rec.runs != 1 else ''}): P({metric} mean within target) = "
             f"{rec.p_feasible:.2f}, {metric} ≈ {rec.metric_mean:.4f} (90% interval {lo:.4f} to {hi:.4f}), "
             f"{objective} ≈ {rec.objective_mean:.4g}")
-    if rec.saved_mean is not None:
+    if rec.saved_mean is not None and not is_base:
         a, b = rec.saved_interval
         line += f", {rec.saved_mean:+.3g} saved against the baseline (90% interval {a:+.3g} to {b:+.3g})"
     line += f"; expected regret {rec.expected_regret:.3g}."

@@ -187,3 +187,83 @@ def test_runs_in_flight_count_as_done_in_a_batch():
     in_flight[sure] = 2
     strict = pick_gain(post, in_flight, post.p_within()[sure] - 1e-9, 4, _no_pick_value(post, None), pick_runs=2)
     assert strict[sure] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_three_parameters_a_schedule_and_an_lr_find_the_boundary():
+    """Three searched parameters (stage 1, stage 3 and an lr multiplier that costs no time): the pick is feasible
+    in truth, within two time steps of the true best, at an lr near the best one, and its model P >= level."""
+    s1v, s3v, lrv = np.round(np.arange(0.30, 0.4001, 0.01), 2), np.round(np.arange(0.31, 0.3501, 0.01), 2), (
+        np.round(np.arange(0.8, 1.2001, 0.1), 1))
+
+    def level(s1, s3):  # the time level in pp: more stage 1, less stage 3 is faster
+        return 100 * ((s1 - 0.33) + (0.33 - s3))
+
+    def loss(s1, s3, lr):  # crosses the target 2 pp faster than the baseline, best lr 1.1, off the line costs
+        return TARGET + 0.0006 * (level(s1, s3) - 2) + 0.0005 * ((lr - 1.1) / 0.1) ** 2 + 0.0002 * (
+            100 * (s3 - 0.33)) ** 2
+
+    def seconds(s1, s3):
+        return (1450 * (21 * s1 + 38 * (1 - s1 - s3) + 55 * s3) + 40 * 55) / 1000 + 0.83
+
+    variants = [(a, b, c) for a in s1v for b in s3v for c in lrv]
+    best = min((v for v in variants if loss(*v) <= TARGET), key=lambda v: (seconds(v[0], v[1]), loss(*v)))
+    params = [{"name": "stage1", "low": 0.30, "high": 0.40, "step": 0.01},
+              {"name": "stage3", "low": 0.31, "high": 0.35, "step": 0.01},
+              {"name": "lr", "low": 0.8, "high": 1.2, "step": 0.1}]
+    sampler = FrontierSampler(params=params, constraint_key="val_loss", threshold=TARGET, noise_std=0.001, seed=0,
+                              start={"stage1": 0.33, "stage3": 0.33, "lr": 1.0})
+    study = optuna.create_study(sampler=sampler)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        trials = [study.ask() for _ in range(4)]
+        for i, t in enumerate(trials):
+            v = tuple(t.suggest_float(p["name"], p["low"], p["high"], step=p["step"]) for p in params)
+            study._storage.set_trial_system_attr(t._trial_id, "orch:machine", f"m{i}")
+            t.set_constraint("val_loss", loss(*v) + rng.normal(0, 0.0008) - TARGET)
+            study.tell(t, seconds(v[0], v[1]) + rng.normal(0, 0.05))
+        if sampler.settled(study):
+            break
+    rec = sampler.recommendation(study)
+    assert rec is not None and rec.params is not None, rec
+    pick = (rec.params["stage1"], rec.params["stage3"], rec.params["lr"])
+    assert loss(*pick) <= TARGET and rec.p_feasible >= rec.level and rec.runs >= 2
+    assert seconds(pick[0], pick[1]) - seconds(best[0], best[1]) <= 2 * 0.2465 + 1e-6, (pick, best)
+    assert abs(pick[2] - 1.1) <= 0.1 + 1e-9  # an lr next to the best (0.8 and 0.9 cost 0.002 and more)
+
+
+def test_the_gp_joint_covariance_matches_its_marginals_and_the_kernel():
+    """gp.Fit computes each lengthscale's kernel once and multiplies by a cached L^-1: its joint covariance has the
+    marginal variances on its diagonal, and its prior covariance is amplitude^2 RBF + the trend's, set by set."""
+    from orchestrator.samplers.frontier import gp
+
+    rng = np.random.default_rng(4)
+    X = rng.random((14, 2))
+    y = 3.28 + 0.01 * X[:, 0] - 0.004 * X[:, 1] ** 2 + rng.normal(0, 0.002, 14)
+    fit = gp.fit(X, y, prior=gp.NoisePrior(0.002, math.log(2.0)), machines=np.arange(14) % 3)
+    assert len(set(fit.lengthscale.tolist())) < len(fit.lengthscale)  # sets share lengthscales
+    Xc = rng.random((30, 2))
+    mean_j, cov = fit.predict(Xc, full_cov=True)
+    mean_m, var = fit.predict(Xc)
+    np.testing.assert_allclose(mean_j, mean_m, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.einsum("hcc->hc", cov), var, rtol=1e-6, atol=1e-14)
+    sq = ((Xc[:, None, :] - X[None, :, :]) ** 2).sum(-1)
+    direct = (fit.amplitude[:, None, None] ** 2 * np.exp(-0.5 * sq[None] / fit.lengthscale[:, None, None] ** 2)
+              + gp._basis_cov(Xc, X, fit.slope_sd)[None])
+    np.testing.assert_allclose(fit._prior_cov(Xc, X), direct, rtol=1e-12)
+
+
+def test_a_study_whose_best_is_the_baseline_settles_on_it():
+    """Every faster variant misses and the baseline is well within the target: the search settles with the baseline
+    as its pick (a study that finds nothing faster ends, it does not spend its whole budget), and the write-up says
+    the pick is the baseline."""
+    from orchestrator.analysis.pick import pick_text
+
+    def cliff(s1):  # 0.002 under the target up to the baseline, +0.004 per pp of stage 1 beyond it
+        return TARGET - 0.002 + 0.4 * max(0.0, s1 - 0.333)
+
+    study, sampler = _run_study(cliff, seed=5)
+    rec = sampler.recommendation(study)
+    assert rec.settled and rec.params == {"stage1": 0.33} and rec.baseline == {"stage1": 0.33}
+    assert len(study.trials) < 40  # it stopped before the budget of the rounds
+    assert pick_text(rec, "val_loss", "time")[0].startswith("Pick: the baseline (stage1 = 0.33) (")
+    assert "saved against the baseline" not in pick_text(rec, "val_loss", "time")[0]

@@ -63,10 +63,11 @@ class Posterior:
 
     def moment_matched(self) -> tuple[np.ndarray, np.ndarray]:
         """The violation's mixture as one Gaussian: its mean (C,) and covariance (C, C)."""
-        mean = np.einsum("h,hc->c", self.weights, self.violation_mean)
-        second = np.einsum("h,hcd->cd", self.weights, self._joint())
-        second += np.einsum("h,hc,hd->cd", self.weights, self.violation_mean, self.violation_mean)
-        return mean, second - np.outer(mean, mean)
+        mean = self.weights @ self.violation_mean
+        second = np.tensordot(self.weights, self._joint(), axes=1)  # BLAS; an einsum cost several times more
+        second += (self.violation_mean.T * self.weights) @ self.violation_mean
+        second -= np.outer(mean, mean)
+        return mean, second
 
     def sample(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """Joint draws of the violation over all candidates, (count, C); each draw's hyperparameters are
