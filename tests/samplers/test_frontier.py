@@ -267,3 +267,47 @@ def test_a_study_whose_best_is_the_baseline_settles_on_it():
     assert len(study.trials) < 40  # it stopped before the budget of the rounds
     assert pick_text(rec, "val_loss", "time")[0].startswith("Pick: the baseline (stage1 = 0.33) (")
     assert "saved against the baseline" not in pick_text(rec, "val_loss", "time")[0]
+
+
+def test_a_maximized_objective_under_an_at_least_constraint_is_the_mirror_of_the_minimized_one():
+    """The same study turned around (maximize minus the time, an accuracy-like metric c - val_loss >= c - target): the
+    sampler asks the same variants and picks the same one, and reports the metric in its own units."""
+    c = 10.0
+
+    def run(mirrored: bool):
+        rng = np.random.default_rng(3)
+        sampler = FrontierSampler(params=[{"name": "stage1", "low": 0.28, "high": 0.42, "step": 0.01}],
+                                  constraint_key="m", threshold=c - TARGET if mirrored else TARGET,
+                                  sense=">=" if mirrored else "<=", noise_std=0.002, seed=3, start={"stage1": 0.33})
+        study = optuna.create_study(sampler=sampler, direction="maximize" if mirrored else "minimize")
+        for _ in range(10):
+            trials = [study.ask() for _ in range(4)]
+            for i, t in enumerate(trials):
+                s1 = t.suggest_float("stage1", 0.28, 0.42, step=0.01)
+                study._storage.set_trial_system_attr(t._trial_id, "orch:machine", f"m{i}")
+                loss, seconds = SHAPES["linear"](s1) + rng.normal(0, NOISE), _time(s1) + rng.normal(0, 0.05)
+                t.set_constraint("m", loss - TARGET)  # Optuna's convention: <= 0 is feasible, either way round
+                study.tell(t, -seconds if mirrored else seconds)
+        return study, sampler.recommendation(study)
+
+    (plain, rec), (turned, mirror) = run(False), run(True)
+    assert [t.params for t in plain.trials] == [t.params for t in turned.trials]
+    assert rec.params is not None and mirror.params == rec.params
+    assert mirror.p_feasible == pytest.approx(rec.p_feasible)
+    assert mirror.metric_mean == pytest.approx(c - rec.metric_mean)
+    assert mirror.objective_mean == pytest.approx(-rec.objective_mean, rel=1e-6)
+
+
+def test_a_large_lattice_is_coarsened_axis_by_axis_never_left_with_holes():
+    """Up to `max_variants` the lattice is every variant (a 3-parameter study of 15 x 7 x 13 keeps all 1365); beyond
+    it the longest axis keeps every other value, ends included, so the lattice stays a full product of its axes."""
+    three = SearchSpace([Param("stage1", 0.28, 0.42, 0.01), Param("stage3", 0.30, 0.36, 0.01),
+                         Param("lr", 0.70, 1.30, 0.05)])
+    assert len(three.lattice()) == 15 * 7 * 13
+    fine = SearchSpace([Param("a", 0.0, 1.0), Param("b", 0.0, 1.0), Param("c", 0.0, 1.0)], max_variants=2000)
+    lat = fine.lattice()
+    axes = [np.unique(lat[:, j]) for j in range(3)]
+    assert len(lat) <= 2000 and len(lat) == np.prod([len(a) for a in axes])  # a product: no holes
+    for a in axes:
+        assert a[0] == 0.0 and a[-1] == 1.0 and np.allclose(np.diff(a), np.diff(a)[0])  # ends kept, even steps
+    assert sorted(len(a) for a in axes) == [9, 9, 17]  # 33 per axis, the longest halved until it fits
