@@ -17,8 +17,8 @@ Coordinates.  One to three parameters on a lattice: ``(stage1, stage3)`` (stage2
 Loss (all worlds but `reference`): ``3.28 + offset + f(A) + off_line * (x3 - x3_best(A))**2``, where
 ``f`` is the loss along the best line of each time level (the `curve`), and ``x3_best(A) = ridge0 + ridge1 * A``
 is where on that level the best variant lies (0: the stage3 = 0.33 line).  With ``lr`` the loss adds
-``lr_cost * ((lr - lr_best(A)) / 0.1)**2``, ``lr_best(A) = lr_ridge0 + lr_ridge1 * A``.  `reference` keeps bench/calibration.py's
-quadratic fitted to the 24 reference runs.
+``lr_cost * ((lr - lr_best(A)) / 0.1)**2``, ``lr_best(A) = lr_ridge0 + lr_ridge1 * A``.  `reference` keeps
+bench/calibration.py's quadratic fitted to the 24 reference runs.
 
 Runs use common random numbers: the r-th run of a variant in a seed gets the same draws (time noise, loss
 noise, crash uniform) whichever method asked; only the machine's time multiplier depends on where it ran.

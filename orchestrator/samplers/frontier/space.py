@@ -75,9 +75,9 @@ class SearchSpace:
 
     def lattice(self) -> np.ndarray:
         """Every allowed variant, shape (C, d), in a fixed order. Beyond ``max_variants`` the axis with the most
-        values keeps every other one (its ends kept), until the product fits: a coarser grid on every axis, never a
-        grid with holes (an even thinning of the flattened product left the best variant of a 3-parameter world out
-        of the lattice in a third of the seeds)."""
+        values keeps every other one (its ends kept), until the product fits: a coarser grid on the longest axes,
+        never a grid with holes (an even thinning of the flattened product left the best variant of a 3-parameter
+        world out of the lattice in a third of the seeds)."""
         if self._lattice is None:
             axes = [np.asarray(p.values(self.n_grid), float) for p in self.params]
             grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
