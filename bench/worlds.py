@@ -100,6 +100,13 @@ class WorldSpec:
     # baseline is the fastest feasible variant: nothing faster to find)
     regime: str = "near"
 
+    def __post_init__(self) -> None:
+        names = set(self.names)
+        stages = names - {"lr"}
+        if "stage1" not in names or not stages <= {"stage1", "stage2", "stage3"} or {"stage2", "stage3"} <= stages:
+            raise ValueError(f"world {self.name}: axes {self.names} are not stage1 with at most one of stage2/stage3, "
+                             f"and lr")
+
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.axes)
@@ -158,10 +165,6 @@ WORLDS: dict[str, WorldSpec] = {w.name: w for w in (
 def shares(spec: WorldSpec, cols: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(stage1, stage2, stage3) of lattice columns ``cols`` (axis name -> values): an axis not searched stays at
     the baseline's share, and stage2 or stage3 (whichever is not an axis) makes the three sum to 1."""
-    stages = {"stage1", "stage2", "stage3"}
-    if not {"stage1"} <= set(spec.names) or not set(spec.names) - {"lr"} <= stages or {"stage2", "stage3"} <= set(
-            spec.names):
-        raise ValueError(f"world {spec.name}: unknown axes {spec.names}")
     s1 = cols["stage1"]
     if "stage2" in cols:
         return s1, cols["stage2"], 1.0 - s1 - cols["stage2"]
@@ -205,7 +208,7 @@ class WorldDraw:
         return _cal.phi((TARGET - self.mean[i]) / self.sigma[i])
 
     def key(self, params: dict[str, float]) -> int | None:
-        return self.index.get(tuple(int(round(params[n] * 100)) for n in self.spec.names))
+        return self.index.get(_lattice_key(params[n] for n in self.spec.names))
 
     def run(self, i: int, repeat: int, machine: int) -> tuple[float, float | None, bool]:
         """(time_s, val_loss, crashed) of the ``repeat``-th run (0-based) of variant ``i`` on ``machine``.
@@ -213,7 +216,7 @@ class WorldDraw:
         The draws depend on (seed, world, variant, repeat) only: the same for every method (common random
         numbers); the machine multiplies the time."""
         rng = np.random.default_rng([self.seed, _world_id(self.spec.name),
-                                     *(int(round(v * 100)) for v in self.variants[i]), repeat])
+                                     *_lattice_key(self.variants[i]), repeat])
         z_time = rng.standard_normal()
         if self.spec.df is None:
             z_loss = rng.standard_normal()
@@ -304,6 +307,11 @@ def _off_line(d: WorldDraw, i: int) -> bool:
     return abs(float(shares(d.spec, cols)[2][0]) - S3.base) > 1e-9
 
 
+def _lattice_key(values) -> tuple[int, ...]:
+    """A variant's identity on the lattice: its values in hundredths (every axis steps by 0.01 or 0.05)."""
+    return tuple(int(round(v * 100)) for v in values)
+
+
 def _world_id(name: str) -> int:
     return zlib.crc32(name.encode())
 
@@ -350,7 +358,7 @@ def draw(name: str, seed: int | None) -> WorldDraw:
         sigma = np.full(len(variants), spec.noise)
     crash = spec.crash_max / (1.0 + np.exp(-(A - spec.crash_center) / spec.crash_width)) if spec.crash_max else (
         np.zeros(len(variants)))
-    index = {tuple(int(round(v * 100)) for v in variant): i for i, variant in enumerate(variants)}
+    index = {_lattice_key(variant): i for i, variant in enumerate(variants)}
     feas = mean <= TARGET
     best = neighbour = None
     if feas.any():
@@ -359,7 +367,7 @@ def draw(name: str, seed: int | None) -> WorldDraw:
         faster = np.flatnonzero((time < time[best] - 1e-9) & ~feas)
         if len(faster):
             neighbour = int(faster[np.argmin(mean[faster])])
-    base = index[tuple(int(round(a.base * 100)) for a in spec.axes)]
+    base = index[_lattice_key(a.base for a in spec.axes)]
     return WorldDraw(spec, -1 if seed is None else seed, variants, np.asarray(time, float), np.asarray(mean, float),
                      np.asarray(sigma, float), np.asarray(crash, float), np.asarray(mult, float), index, best,
                      neighbour, base)
