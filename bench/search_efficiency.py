@@ -31,6 +31,9 @@ Usage::
 
     .venv/bin/python bench/search_efficiency.py                      # 200 seeds (gp 50), 2 workers
     .venv/bin/python bench/search_efficiency.py --seeds 4 --seeds-gp 2 --write-docs ''   # quick look
+    # worlds run apart (a slow one, or on another machine), each saved, then written up as one table:
+    .venv/bin/python bench/search_efficiency.py --worlds with-lr --write-docs '' --save runs/bench/with-lr.json
+    .venv/bin/python bench/search_efficiency.py --load runs/bench/rest.json,runs/bench/with-lr.json
 
 Writes the tables and the exact command into docs/search.md (between markers) and one line per world
 into docs/benchmarks.md unless ``--write-docs ''``.
@@ -40,7 +43,9 @@ from __future__ import annotations
 
 import argparse
 from concurrent.futures import ProcessPoolExecutor
+import dataclasses
 from dataclasses import dataclass, field
+import json
 import math
 import os
 import shlex
@@ -308,9 +313,10 @@ def cost_line(results: list[SeedResult]) -> str:
     return "Mean seconds per seed and world (one worker): " + ", ".join(parts) + "."
 
 
-def benchmark_rows(rows: list[dict[str, str]], cmd: str, seeds: int, seeds_gp: int) -> list[str]:
+def benchmark_rows(rows: list[dict[str, str]], parts: list[dict[str, Any]]) -> list[str]:
     out = []
     for wname in dict.fromkeys(r["world"] for r in rows):
+        part = next(p for p in parts if any(r.world == wname for r in p["results"]))
         cells, at = [], ""
         for r in (r for r in rows if r["world"] == wname):
             right = [k for k in r if k.endswith(f"within {TOLERANCE} s")][-1]
@@ -319,9 +325,9 @@ def benchmark_rows(rows: list[dict[str, str]], cmd: str, seeds: int, seeds_gp: i
             until = r["trials until right, median / p90"].split(" / ")[0]
             cells.append(f"{r['method']} {r[right]} / {r[fw].split(' / ')[1]} ({until})")
         out.append(f"{BENCH_ROW}, world `{wname}` (bench/worlds.py; {W.WORLDS[wname].summary}) | "
-                   f"`bench/search_efficiency.py` | [search.md](search.md) | `{cmd}`; {seeds} seeds (gp "
-                   f"{seeds_gp}), rounds of 4, one pick rule for all. At {at} trials, pick within "
-                   f"{TOLERANCE} s of the best / wrong (median trials until right): " + ", ".join(cells) + " |")
+                   f"`bench/search_efficiency.py` | [search.md](search.md) | `{part['command']}`; {part['seeds']} "
+                   f"seeds (gp {part['seeds_gp']}), rounds of 4, one pick rule for all. At {at} trials, pick "
+                   f"within {TOLERANCE} s of the best / wrong (median trials until right): " + ", ".join(cells) + " |")
     return out
 
 
@@ -344,6 +350,45 @@ def write_docs(search_md: Path, block: str, bench_md: Path | None, bench_lines: 
     bench_md.write_text("\n".join(kept) + "\n")
 
 
+def save(path: Path, cmd: str, args: argparse.Namespace, elapsed: float, results: list[SeedResult]) -> None:
+    """One run's raw results, so that runs of several worlds (or machines) can be written up as one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "command": cmd, "seeds": args.seeds, "seeds_gp": min(args.seeds_gp, args.seeds), "budget": args.budget,
+        "workers": args.workers, "elapsed": elapsed, "results": [dataclasses.asdict(r) for r in results]}))
+
+
+def load(path: Path) -> dict[str, Any]:
+    part = json.loads(path.read_text())
+    results = []
+    for r in part["results"]:
+        r["picks"] = {int(c): p for c, p in r["picks"].items()}  # JSON keys are strings
+        r["until_right"] = float(r["until_right"])
+        r["runs"] = [tuple(x) for x in r["runs"]]
+        results.append(SeedResult(**r))
+    part["results"] = results
+    return part
+
+
+def header(parts: list[dict[str, Any]], methods: list[str]) -> str:
+    """The tables' header: each run's command, seeds, worlds and wall time, the pick rule and the costs."""
+    runs = []
+    for p in parts:
+        worlds = list(dict.fromkeys(r.world for r in p["results"]))
+        runs.append(f"`{p['command']}`: {p['seeds']} seeds ({p['seeds_gp']} for gp) x {len(worlds)} world(s), "
+                    f"{p['workers']} worker(s), {p['elapsed']:.0f} s")
+    results = [r for p in parts for r in p["results"]]
+    rule = f"`orchestrator.samplers.frontier.recommend` (level {W.LEVEL:g}, noise hint of the world)"
+    return (
+        ("Command: " if len(runs) == 1 else "Commands: ") + "; ".join(runs) + ".  \n"
+        f"Methods: {', '.join(methods)}; budget {parts[0]['budget']} trials in rounds of {W.MACHINES}. Pick rule "
+        f"for every method: {rule}. Regret: true time of the pick minus the best feasible variant's (a None pick "
+        f"scores the baseline's time minus the best's, at least 0); right = a feasible pick within {TOLERANCE} s. "
+        f"Machines: time x N(1, {W.MACHINE_SD}) per machine per seed.  \n"
+        f"{cost_line(results)}\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=200)
@@ -355,47 +400,59 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-docs", default="docs/search.md",
                     help="markdown file (relative to the repository) whose marked section gets the tables "
                          "('' to skip); docs/benchmarks.md gets one line per world")
+    ap.add_argument("--save", default="", help="also write the raw results to this JSON file")
+    ap.add_argument("--load", default="",
+                    help="comma-separated JSON files of earlier --save runs: write them up as one, run nothing")
     args = ap.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     names = [w.strip() for w in args.worlds.split(",") if w.strip()]
     unknown = [n for n in names if n not in W.WORLDS]
     if unknown:
         ap.error(f"unknown worlds {unknown}; known: {list(W.WORLDS)}")
-    seeds_gp = min(args.seeds_gp, args.seeds)
-    tasks = [(w, m, s, args.budget) for w in names for m in methods
-             for s in range(seeds_gp if m == "gp" else args.seeds)]
-    tasks.sort(key=lambda t: t[1] != "gp")  # the slow ones first, so the pool ends evenly
-    t0 = time.time()
-    if args.workers > 1:
-        with ProcessPoolExecutor(args.workers) as ex:
-            results = list(ex.map(_run, tasks, chunksize=1))
-    else:
-        results = [_run(t) for t in tasks]
-    elapsed = time.time() - t0
-    rows = summarise(results, args.budget)
     given = sys.argv[1:] if argv is None else argv
     cmd = shlex.join([".venv/bin/python", "bench/search_efficiency.py", *given])
-    rule = f"`orchestrator.samplers.frontier.recommend` (level {W.LEVEL:g}, noise hint of the world)"
-    header = (
-        f"Command: `{cmd}`  \n"
-        f"{args.seeds} seeds ({seeds_gp} for gp) x {len(names)} worlds x {len(methods)} methods "
-        f"({', '.join(methods)}), budget {args.budget} trials in rounds of {W.MACHINES}, {args.workers} "
-        f"worker(s), {elapsed:.0f} s. Pick rule for every method: {rule}. Regret: true time of the pick minus "
-        f"the best feasible variant's (a None pick scores the baseline's time minus the best's, at least 0); "
-        f"right = a feasible pick within {TOLERANCE} s. Machines: time x N(1, {W.MACHINE_SD}) per machine per seed.  \n"
-        f"{cost_line(results)}\n"
-    )
-    wtable = markdown(world_rows(names, args.seeds))
+    if args.load:
+        parts = []
+        for f in (f for f in args.load.split(",") if f):
+            try:
+                parts.append(load(Path(f)))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                ap.error(f"--load {f}: not a file written by --save ({type(e).__name__}: {e}); run with --save FILE")
+        budgets = {p["budget"] for p in parts}
+        if len(budgets) != 1:
+            ap.error(f"--load: the runs have different budgets {sorted(budgets)}")
+    else:
+        seeds_gp = min(args.seeds_gp, args.seeds)
+        tasks = [(w, m, s, args.budget) for w in names for m in methods
+                 for s in range(seeds_gp if m == "gp" else args.seeds)]
+        tasks.sort(key=lambda t: t[1] != "gp")  # the slow ones first, so the pool ends evenly
+        t0 = time.time()
+        if args.workers > 1:
+            with ProcessPoolExecutor(args.workers) as ex:
+                results = list(ex.map(_run, tasks, chunksize=1))
+        else:
+            results = [_run(t) for t in tasks]
+        parts = [{"command": cmd, "seeds": args.seeds, "seeds_gp": seeds_gp, "budget": args.budget,
+                  "workers": args.workers, "elapsed": time.time() - t0, "results": results}]
+        if args.save:
+            save(Path(args.save), cmd, args, parts[0]["elapsed"], results)
+    results = [r for p in parts for r in p["results"]]
+    names = list(dict.fromkeys(r.world for r in results))
+    methods = [m for m in METHODS if any(r.method == m for r in results)]
+    seeds = max(p["seeds"] for p in parts)
+    rows = summarise(results, parts[0]["budget"])
+    head = header(parts, methods)
+    wtable = markdown(world_rows(names, seeds))
     table = markdown(rows)
-    print(header)
+    print(head)
     print(wtable + "\n")
     print(table)
     if args.write_docs:
         path = Path(args.write_docs)
         path = path if path.is_absolute() else ROOT / path
         bench = path.parent / "benchmarks.md"
-        write_docs(path, f"{header}\nWorlds (calibration over the same seeds):\n\n{wtable}\n\n{table}",
-                   bench if bench != path else None, benchmark_rows(rows, cmd, args.seeds, seeds_gp))
+        write_docs(path, f"{head}\nWorlds (calibration over the first {seeds} seeds):\n\n{wtable}\n\n{table}",
+                   bench if bench != path else None, benchmark_rows(rows, parts))
         print(f"\nwrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} and benchmarks.md")
     return 0
 

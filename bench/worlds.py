@@ -149,6 +149,14 @@ WORLDS: dict[str, WorldSpec] = {w.name: w for w in (
     WorldSpec("with-lr", "linear loss; stage1, stage3 and an lr multiplier (0.70-1.30, step 0.05) searched: the "
               "best lr falls 0.03 per pp of time level from 1.0 +- 0.08, and 0.1 off it costs 0.0004",
               axes=(S1, S3, LR), curve_args=dict(_LINEAR), lr_ridge=(1.0, -0.03), jitter={"lr_ridge0": 0.08}),
+    # where the noise lets runs tell neighbours apart: the goals of a right pick in few trials can be met
+    WorldSpec("quiet", "linear loss, noise 0.0006 (a third of the reference's), the hint 0.0008; the baseline "
+              "0.0008 under the target: the best is about 2 pp (0.5 s) faster, one step 0.6 noise std",
+              curve_args={**_LINEAR, "b0": -0.0008}, offset_sd=0.0002, noise=0.0006, hint=0.0008,
+              regime="inside"),
+    WorldSpec("steep", "0.0015 per pp (4x the reference's slope), noise 0.0019, the baseline 0.003 under the "
+              "target: the best is about 2 pp (0.5 s) faster, one step 0.8 noise std",
+              curve_args={"b0": -0.003, "slope": 0.0015, "curv": 0.0}, offset_sd=0.001, regime="inside"),
     # beyond the calibration (baseline hit rate about 50%): where the baseline stands elsewhere
     WorldSpec("far-boundary", "linear loss, the baseline 0.003 under the target (hit rate ~0.94): the best is "
               "about 6 pp (1.5 s) faster", curve_args={**_LINEAR, "b0": -0.003}, regime="inside"),

@@ -32,3 +32,36 @@ def test_every_method_runs_the_same_draws_from_the_baseline_on_any_number_of_par
     for res in results.values():
         for i, r, _machine, loss in res.runs:
             assert losses.setdefault((i, r), loss) == loss
+
+
+def test_saved_runs_of_two_worlds_are_written_up_as_one_with_each_runs_command(tmp_path: Path) -> None:
+    """--save keeps a run's raw results; --load writes several up as one table (a world run apart, or on
+    another machine), each world's benchmarks.md line naming the command that produced it."""
+    common = ["--seeds", "2", "--seeds-gp", "1", "--budget", "8", "--workers", "1", "--methods", "ours,random",
+              "--write-docs", ""]
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    assert S.main([*common, "--worlds", "s1-only", "--save", str(first)]) == 0
+    assert S.main([*common, "--worlds", "linear", "--save", str(second)]) == 0
+    parts = [S.load(first), S.load(second)]
+    again = S.simulate("s1-only", "ours", seed=1, budget=8)
+    saved = next(r for r in parts[0]["results"] if r.method == "ours" and r.seed == 1)
+    assert saved.runs == again.runs and saved.picks == {c: again.picks[c] for c in saved.picks}
+    assert saved.until_right == again.until_right
+    docs = tmp_path / "search.md"
+    (tmp_path / "benchmarks.md").write_text("| benchmark | script | doc | command |\n| --- | --- | --- | --- |\n")
+    assert S.main(["--load", f"{first},{second}", "--write-docs", str(docs)]) == 0
+    text = docs.read_text()
+    assert "| s1-only | ours | 2 |" in text and "| linear | random | 2 |" in text
+    assert text.count("--save") == 2  # both runs' commands in the header
+    lines = [l for l in (tmp_path / "benchmarks.md").read_text().splitlines() if l.startswith(S.BENCH_ROW)]
+    assert [("`s1-only`" in l, "a.json" in l, "b.json" in l) for l in lines] == [(True, True, False),
+                                                                                 (False, False, True)]
+
+
+def test_load_refuses_a_file_that_is_not_a_saved_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"command": "x"}')
+    with pytest.raises(SystemExit) as e:
+        S.main(["--load", str(bad), "--write-docs", ""])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--load {bad}: not a file written by --save" in err and "KeyError" in err

@@ -36,7 +36,7 @@ def test_every_world_is_calibrated_on_the_reference(name: str) -> None:
         assert np.median(saved) <= 4 * W.PP_TIME + 1e-9 and np.mean(saved > -1e-9) >= 0.7
     elif spec.regime == "inside":  # e.g. the reference quadratic as fitted: baseline hit ~0.92, feasible beyond it
         assert nominal.hit_rate(nominal.base) > 0.7
-        assert all(s >= -1e-9 for s in saved) and np.median(saved) >= W.PP_TIME
+        assert all(s >= -1e-9 for s in saved) and np.median(saved) >= W.PP_TIME - 1e-9
     elif spec.regime == "misses":  # the best is slower than the baseline in most seeds
         assert nominal.hit_rate(nominal.base) < 0.3 and np.mean(saved < -1e-9) >= 0.9
     else:  # "edge": the baseline is the fastest feasible variant (keeping it is the right answer)
