@@ -73,6 +73,21 @@ def test_the_worlds_have_their_shapes() -> None:
     assert 0.1 < sat.hit_rate(fastest) < 0.3  # the aggressive end is flat: lucky hits stay likely
 
 
+def test_quiet_and_steep_let_a_method_that_knew_the_shape_be_right_early() -> None:
+    """The two worlds exist so that "trials until right <= 12 where the noise floor allows it" is measured where
+    the noise allows it: there the known-shape floor is right within a few rounds; in `linear` not within 40."""
+    def floor_runs(name: str) -> float:
+        return float(np.median([W.draw(name, s).shape_floor_runs(W.RIGHT_TOLERANCE) for s in SEEDS]))
+
+    assert floor_runs("steep") <= 16 and floor_runs("quiet") <= 24
+    assert floor_runs("linear") > 40
+    assert W.draw("quiet", None).sigma.max() == pytest.approx(0.0006)
+    steep = W.draw("steep", None)
+    on_line = sorted((i for i in range(len(steep.variants)) if steep.variants[i][1] == 0.33),
+                     key=lambda i: steep.variants[i][0])
+    assert np.diff(steep.mean[on_line]).min() > 0.75 * steep.sigma[steep.base]  # one step: about 0.8 noise std
+
+
 def test_runs_use_common_random_numbers() -> None:
     d = W.draw("hetero-heavy", 3)
     i = d.base
