@@ -350,12 +350,11 @@ def write_docs(search_md: Path, block: str, bench_md: Path | None, bench_lines: 
     bench_md.write_text("\n".join(kept) + "\n")
 
 
-def save(path: Path, cmd: str, args: argparse.Namespace, elapsed: float, results: list[SeedResult]) -> None:
-    """One run's raw results, so that runs of several worlds (or machines) can be written up as one."""
+def save(path: Path, part: dict[str, Any]) -> None:
+    """One run (its command, seeds, budget, workers, wall time and raw results), so that runs of several worlds
+    (or machines) can be written up as one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "command": cmd, "seeds": args.seeds, "seeds_gp": min(args.seeds_gp, args.seeds), "budget": args.budget,
-        "workers": args.workers, "elapsed": elapsed, "results": [dataclasses.asdict(r) for r in results]}))
+    path.write_text(json.dumps({**part, "results": [dataclasses.asdict(r) for r in part["results"]]}))
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -435,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         parts = [{"command": cmd, "seeds": args.seeds, "seeds_gp": seeds_gp, "budget": args.budget,
                   "workers": args.workers, "elapsed": time.time() - t0, "results": results}]
         if args.save:
-            save(Path(args.save), cmd, args, parts[0]["elapsed"], results)
+            save(Path(args.save), parts[0])
     results = [r for p in parts for r in p["results"]]
     names = list(dict.fromkeys(r.world for r in results))
     methods = [m for m in METHODS if any(r.method == m for r in results)]
