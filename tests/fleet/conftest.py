@@ -1,4 +1,4 @@
-"""Real sshd "machines" on loopback addresses (127.0.0.2, .3, ... each with its own host key and port) and an
+"""Real sshd "machines" on loopback addresses (127.0.2.2, .3, ... each with its own host key and port) and an
 offline podman image, for the ssh launcher's tests. Nothing is installed here: without openssh-server
 (or podman, runc, debootstrap for the container tests) the tests are skipped with the package to add."""
 
@@ -119,8 +119,14 @@ class SshMachine:
                 "cpu_slots": 1, "workdir": str(workdir), **extra}
 
 
+# The lab's own loopback range. The Ray labs' nodes have fixed addresses in 127.0.0.x (tests/helpers/ray_lab.py,
+# test_ray.py, launcher_cases.py); when the lab counted up from 127.0.0.2 too, a session that had made ten machines
+# before test_fleet_up_and_down_over_ssh gave its SSH worker 127.0.0.12, the address of that test's Ray head.
+SSH_LAB_NET = "127.0.2"
+
+
 class SshLab:
-    """Makes sshd machines on 127.0.0.N (N = 2, 3, ...), all trusting one client key."""
+    """Makes sshd machines on 127.0.2.N (N = 2, 3, ... 254), all trusting one client key."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -130,7 +136,8 @@ class SshLab:
 
     def machine(self, name: str, *, trusted: bool = True, start: bool = True) -> SshMachine:
         index = len(self.machines) + 2
-        host = f"127.0.0.{index}"
+        assert index < 255, "the SSH lab's loopback range is used up"
+        host = f"{SSH_LAB_NET}.{index}"
         directory = self.base / name
         directory.mkdir()
         host_key = directory / "host_key"

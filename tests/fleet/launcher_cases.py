@@ -4,7 +4,7 @@ infrastructure of this machine. A new launcher adds its case here (a function an
 | case | machine | lost machine |
 | --- | --- | --- |
 | local | this host | - (the controller's own host cannot be lost without the controller) |
-| ssh | a real sshd on 127.0.0.N (tests/fleet/conftest.py `ssh_lab`) | its sshd killed (SIGKILL, sessions too) |
+| ssh | a real sshd on 127.0.2.N (tests/fleet/conftest.py `ssh_lab`) | its sshd killed (SIGKILL, sessions too) |
 | ray | a node of a two-node Ray cluster on 127.0.0.8/.9 (`orch fleet up`) | the worker node's raylet killed |
 | slurm | a node of the session's Slurm cluster (tests/helpers/slurm_lab.py) | `scontrol update state=down` |
 | fake | bench/fake_fleet.py's simulated machine: jobs are timers, not commands | - |
