@@ -369,8 +369,9 @@ def load(path: Path) -> dict[str, Any]:
     return part
 
 
-def header(parts: list[dict[str, Any]], methods: list[str]) -> str:
-    """The tables' header: each run's command, seeds, worlds and wall time, the pick rule and the costs."""
+def header(parts: list[dict[str, Any]], methods: list[str], written_up_by: str | None = None) -> str:
+    """The tables' header: each run's command, seeds, worlds and wall time (and the ``--load`` command that
+    wrote several up as one), the pick rule and the costs."""
     runs = []
     for p in parts:
         worlds = list(dict.fromkeys(r.world for r in p["results"]))
@@ -380,6 +381,7 @@ def header(parts: list[dict[str, Any]], methods: list[str]) -> str:
     rule = f"`orchestrator.samplers.frontier.recommend` (level {W.LEVEL:g}, noise hint of the world)"
     return (
         ("Command: " if len(runs) == 1 else "Commands: ") + "; ".join(runs) + ".  \n"
+        + (f"Written up as one by `{written_up_by}`.  \n" if written_up_by else "") +
         f"Methods: {', '.join(methods)}; budget {parts[0]['budget']} trials in rounds of {W.MACHINES}. Pick rule "
         f"for every method: {rule}. Regret: true time of the pick minus the best feasible variant's (a None pick "
         f"scores the baseline's time minus the best's, at least 0); right = a feasible pick within {TOLERANCE} s. "
@@ -440,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in METHODS if any(r.method == m for r in results)]
     seeds = max(p["seeds"] for p in parts)
     rows = summarise(results, parts[0]["budget"])
-    head = header(parts, methods)
+    head = header(parts, methods, cmd if args.load else None)
     wtable = markdown(world_rows(names, seeds))
     table = markdown(rows)
     print(head)

@@ -52,7 +52,7 @@ def test_saved_runs_of_two_worlds_are_written_up_as_one_with_each_runs_command(t
     assert S.main(["--load", f"{first},{second}", "--write-docs", str(docs)]) == 0
     text = docs.read_text()
     assert "| s1-only | ours | 2 |" in text and "| linear | random | 2 |" in text
-    assert text.count("--save") == 2  # both runs' commands in the header
+    assert text.count("--save") == 2 and "Written up as one by" in text  # both runs' commands, and the --load
     lines = [l for l in (tmp_path / "benchmarks.md").read_text().splitlines() if l.startswith(S.BENCH_ROW)]
     assert [("`s1-only`" in l, "a.json" in l, "b.json" in l) for l in lines] == [(True, True, False),
                                                                                  (False, False, True)]
