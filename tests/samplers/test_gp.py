@@ -17,7 +17,7 @@ TRUE_STD = 0.0019  # the reference runs' replicate std
 def test_the_learned_noise_std_is_the_std_of_normal_runs(hint: float) -> None:
     """What the write-up reports as the learned noise, and what the confirmation-run count is computed from, is
     the runs' own std, whether the hint was right or 1.6x off. (It was once the std of the robust model's whole
-    t distribution: 1.3x the runs' std, and about twice the confirmation runs.)"""
+    t distribution: 1.3x the runs' std, and 1.7x the confirmation runs.)"""
     rng = np.random.default_rng(7)
     ratios = []
     for _ in range(30):

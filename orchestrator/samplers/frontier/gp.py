@@ -68,10 +68,10 @@ class Fit:
     @property
     def noise_std(self) -> float:
         """The learned run-to-run std (at the middle of the range), in the quantity's own units: the noise
-        scale itself. The robust fit reweights only runs beyond one scale of their prediction (weights clipped
+        scale itself (its root mean square over the hyperparameter sets' weights). The robust fit reweights only runs beyond one scale of their prediction (weights clipped
         at 1), so runs within it, nearly all of them, are modelled as normal with this std. Until 2026-12-07 it
         was reported times sqrt(nu / (nu - 2)), the std of a whole t distribution: 1.3x the std of normal runs,
-        which doubled the confirmation runs a pick was said to need."""
+        which put the confirmation runs a pick was said to need at 1.7x."""
         return float(np.sqrt(np.sum(self.weights * self.noise**2)) * self.y_scale)
 
     def heaviest(self, count: int) -> "Fit":
