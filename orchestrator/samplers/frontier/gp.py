@@ -53,12 +53,11 @@ class Fit:
     weights: np.ndarray  # (H,)
     lengthscale: np.ndarray  # (H,)
     amplitude: np.ndarray  # (H,)
-    noise: np.ndarray  # (H,) noise scale at u = 0.5, standardized units (a t scale when robust)
+    noise: np.ndarray  # (H,) noise scale at u = 0.5, standardized units (the std of runs within one scale)
     growth: np.ndarray  # (H,) log noise ratio across u in [0, 1]
     alpha: np.ndarray  # (H, n) K^-1 y
     chol: np.ndarray  # (H, n, n)
     slope_sd: float
-    robust: bool = True
 
     def noise_var(self, u: np.ndarray) -> np.ndarray:
         """(H, C) run-to-run noise variance at aggressiveness ``u``, in the quantity's units."""
@@ -68,10 +67,11 @@ class Fit:
     @property
     def noise_std(self) -> float:
         """The learned run-to-run std (at the middle of the range), in the quantity's own units: the noise
-        scale itself (its root mean square over the hyperparameter sets' weights). The robust fit reweights only runs beyond one scale of their prediction (weights clipped
-        at 1), so runs within it, nearly all of them, are modelled as normal with this std. Until 2026-12-07 it
-        was reported times sqrt(nu / (nu - 2)), the std of a whole t distribution: 1.3x the std of normal runs,
-        which put the confirmation runs a pick was said to need at 1.7x."""
+        scale itself (its root mean square over the hyperparameter sets' weights). The robust fit reweights only
+        runs beyond one scale of their prediction (weights clipped at 1), so runs within it, nearly all of them,
+        are modelled as normal with this std. Until 2026-12-07 it was reported times sqrt(nu / (nu - 2)), the
+        std of a whole t distribution: 1.3x the std of normal runs, which put the confirmation runs a pick was
+        said to need at 1.7x."""
         return float(np.sqrt(np.sum(self.weights * self.noise**2)) * self.y_scale)
 
     def heaviest(self, count: int) -> "Fit":
@@ -83,7 +83,7 @@ class Fit:
         w = self.weights[keep] / self.weights[keep].sum()
         return Fit(X=self.X, y_mean=self.y_mean, y_scale=self.y_scale, weights=w, lengthscale=self.lengthscale[keep],
                    amplitude=self.amplitude[keep], noise=self.noise[keep], growth=self.growth[keep],
-                   alpha=self.alpha[keep], chol=self.chol[keep], slope_sd=self.slope_sd, robust=self.robust)
+                   alpha=self.alpha[keep], chol=self.chol[keep], slope_sd=self.slope_sd)
 
     def predict(self, Xc: np.ndarray, full_cov: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Latent means (H, C) and covariances (H, C, C) or variances (H, C), in the quantity's units."""
@@ -181,7 +181,6 @@ def fit(
     return Fit(
         X=X, y_mean=y_mean, y_scale=y_scale, weights=wk, lengthscale=ls[keep], amplitude=amp[keep],
         noise=nf[keep], growth=gr[keep], alpha=alpha[keep], chol=L[keep], slope_sd=slope_sd,
-        robust=robust and n >= 4,
     )
 
 
