@@ -56,7 +56,9 @@
 # torch._inductor.compile_fx, opens the CUDA driver; the trainers started fresh), then forked:3 by hand with the new
 # preload (docs/fleet.md, "Fifth GPU session"). The sixth (2026-12-07) got no machine in 16 tries. The seventh
 # (2026-12-07) ran setup and forkduty (14 minutes; six failed starts took 10); keyprobe, written then, did not get a
-# machine. The eighth (2026-12-07) began with 155 s of device time: nothing ran; attn was written then.
+# machine. The eighth (2026-12-07) began with 155 s of device time: nothing ran; attn was written then. The thirteenth
+# (2026-12-08) ran setup and forkduty with DUTY_PHASES=prime,forked:3, then forkduty again with prime,forked:3,tuned:3
+# after removing forkduty.done and finished (docs/fleet.md, "Thirteenth GPU session").
 set -uo pipefail
 S=runs/gpu-session
 mkdir -p "$S"
