@@ -20,6 +20,8 @@ against the world's truth:
   seldom pick);
 * right: a pick, feasible and within 0.15 s of the best; trials until right: the first checkpoint after which
   every pick up to the budget is right (``>B`` when never);
+* where the floor allows: the seeds on which the known-shape floor (below) is right within 12 trials, and the
+  method's median trials until right over them (the issue's goal: <= 12 there);
 * ours: trials at ``FrontierSampler.settled()`` and the pick there;
 * noise floor (uses the truth; a reference): runs at the best variant for P(mean <= target) >= LEVEL and at
   its faster neighbour to call it infeasible (one-sided normal, the world's noise there);
@@ -34,6 +36,9 @@ Usage::
     # worlds run apart (a slow one, or on another machine), each saved, then written up as one table:
     .venv/bin/python bench/search_efficiency.py --worlds with-lr --write-docs '' --save runs/bench/with-lr.json
     .venv/bin/python bench/search_efficiency.py --load runs/bench/rest.json,runs/bench/with-lr.json
+    # one method run again after a change: a later file's results replace an earlier one's (world, method, seed)
+    .venv/bin/python bench/search_efficiency.py --methods ours --write-docs '' --save runs/bench/ours.json
+    .venv/bin/python bench/search_efficiency.py --load runs/bench/all.json,runs/bench/ours.json
 
 Writes the tables and the exact command into docs/search.md (between markers) and one line per world
 into docs/benchmarks.md unless ``--write-docs ''``.
@@ -76,6 +81,7 @@ END = "<!-- search-efficiency:end -->"
 BENCH_ROW = "| Search efficiency"
 CHECKPOINTS = (12, 24, 40)
 TOLERANCE = W.RIGHT_TOLERANCE  # s: "right" = feasible and within this of the best feasible variant's true time
+FLOOR_ALLOWS = 12  # the issue's goal: a right pick within this many trials on the seeds whose noise allows it
 METHODS = ("ours", "tpe", "gp", "random", "oracle")
 
 
@@ -259,6 +265,10 @@ def summarise(results: list[SeedResult], budget: int) -> list[dict[str, str]]:
                 row[f"@{c}: within {TOLERANCE} s"] = _pct(right)
             tt = [r.until_right for r in rs]
             row["trials until right, median / p90"] = f"{_trials(_q(tt, 50), budget)} / {_trials(_q(tt, 90), budget)}"
+            allows = [t for d, t in zip(ds, tt) if d.best is not None
+                      and d.shape_floor_runs(TOLERANCE) <= FLOOR_ALLOWS]
+            row[f"where the known-shape floor is right by {FLOOR_ALLOWS}: seeds; trials until right, median"] = (
+                f"{_pct(len(allows) / len(rs))}; {_trials(_q(allows, 50), budget)}" if allows else "0%; -")
             if m == "ours":
                 st = [(d, r) for d, r in zip(ds, rs) if r.settled_at is not None]
                 if st:
@@ -316,7 +326,8 @@ def cost_line(results: list[SeedResult]) -> str:
 def benchmark_rows(rows: list[dict[str, str]], parts: list[dict[str, Any]]) -> list[str]:
     out = []
     for wname in dict.fromkeys(r["world"] for r in rows):
-        part = next(p for p in parts if any(r.world == wname for r in p["results"]))
+        used = [p for p in parts if any(r.world == wname for r in p["results"])]
+        part = used[0]
         cells, at = [], ""
         for r in (r for r in rows if r["world"] == wname):
             right = [k for k in r if k.endswith(f"within {TOLERANCE} s")][-1]
@@ -325,7 +336,8 @@ def benchmark_rows(rows: list[dict[str, str]], parts: list[dict[str, Any]]) -> l
             until = r["trials until right, median / p90"].split(" / ")[0]
             cells.append(f"{r['method']} {r[right]} / {r[fw].split(' / ')[1]} ({until})")
         out.append(f"{BENCH_ROW}, world `{wname}` (bench/worlds.py; {W.WORLDS[wname].summary}) | "
-                   f"`bench/search_efficiency.py` | [search.md](search.md) | `{part['command']}`; {part['seeds']} "
+                   f"`bench/search_efficiency.py` | [search.md](search.md) | "
+                   + " + ".join(f"`{p['command']}`" for p in used) + f"; {part['seeds']} "
                    f"seeds (gp {part['seeds_gp']}), rounds of 4, one pick rule for all. At {at} trials, pick "
                    f"within {TOLERANCE} s of the best / wrong (median trials until right): " + ", ".join(cells) + " |")
     return out
@@ -369,14 +381,26 @@ def load(path: Path) -> dict[str, Any]:
     return part
 
 
+def supersede(parts: list[dict[str, Any]]) -> None:
+    """A later run's results replace an earlier one's for the same world, method and seed (one method run again
+    after a change, written up with the others' earlier runs); each part records how many it lost."""
+    for i, part in enumerate(parts):
+        later = {(r.world, r.method, r.seed) for q in parts[i + 1:] for r in q["results"]}
+        kept = [r for r in part["results"] if (r.world, r.method, r.seed) not in later]
+        part["replaced"] = len(part["results"]) - len(kept)
+        part["results"] = kept
+
+
 def header(parts: list[dict[str, Any]], methods: list[str], written_up_by: str | None = None) -> str:
     """The tables' header: each run's command, seeds, worlds and wall time (and the ``--load`` command that
     wrote several up as one), the pick rule and the costs."""
     runs = []
     for p in parts:
         worlds = list(dict.fromkeys(r.world for r in p["results"]))
-        runs.append(f"`{p['command']}`: {p['seeds']} seeds ({p['seeds_gp']} for gp) x {len(worlds)} world(s), "
-                    f"{p['workers']} worker(s), {p['elapsed']:.0f} s")
+        methods = list(dict.fromkeys(r.method for r in p["results"]))
+        runs.append(f"`{p['command']}`: {p['seeds']} seeds ({p['seeds_gp']} for gp) x {len(worlds)} world(s) "
+                    f"x {', '.join(methods)}, {p['workers']} worker(s), {p['elapsed']:.0f} s"
+                    + (f" ({p['replaced']} seed results replaced by a later run's)" if p.get("replaced") else ""))
     results = [r for p in parts for r in p["results"]]
     rule = f"`orchestrator.samplers.frontier.recommend` (level {W.LEVEL:g}, noise hint of the world)"
     return (
@@ -422,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         budgets = {p["budget"] for p in parts}
         if len(budgets) != 1:
             ap.error(f"--load: the runs have different budgets {sorted(budgets)}")
+        supersede(parts)
     else:
         seeds_gp = min(args.seeds_gp, args.seeds)
         tasks = [(w, m, s, args.budget) for w in names for m in methods

@@ -133,6 +133,27 @@ def test_recommend_on_plain_observations_uses_only_feasible_run_variants():
     assert none.params is None and "no run variant" in none.reason
 
 
+@pytest.mark.parametrize("gap, picked", [(0.001, (0.3, 0.5)), (3.0, (0.5, 0.3))])
+def test_of_variants_as_fast_as_the_pick_the_rule_takes_the_most_surely_feasible(gap, picked):
+    """Stage shares give several schedules of one speed: a + b = 0.8 here, a faster by ``gap`` s per unit of a.
+    Within half the regret tolerance (0.25% of ~92 s) they are equally good, and the pick is the one with the most
+    margin; a variant faster by more than that stays the pick."""
+    space = SearchSpace([Param("a", 0.3, 0.5, 0.1), Param("b", 0.3, 0.5, 0.1)])
+    margin = {1.0: 0.01, 0.9: 0.006, (0.3, 0.5): -0.006, (0.4, 0.4): -0.004, (0.5, 0.3): -0.002}
+    rng = np.random.default_rng(1)
+    obs = []
+    for a in (0.3, 0.4, 0.5):
+        for b in (0.3, 0.4, 0.5):
+            s = round(a + b, 1)
+            m = margin.get((a, b), margin.get(s, -0.008))
+            for k in range(3):
+                obs.append(Observation({"a": a, "b": b}, 100 - 10 * s - gap * a, TARGET + m + rng.normal(0, 0.001),
+                                       f"m{k}"))
+    rec = recommend(obs, space, TARGET, level=0.9, noise_hint=0.001)
+    assert rec.params is not None and (round(rec.params["a"], 1), round(rec.params["b"], 1)) == picked
+    assert rec.p_feasible >= 0.9
+
+
 def test_the_acquisition_values_only_runs_that_can_move_the_pick():
     """pick_gain (a knowledge gradient on the rule's pick): the gain is largest where the next runs could
     make a faster variant the pick, small at a slow variant whose feasibility is already certain, and the

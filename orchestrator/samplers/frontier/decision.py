@@ -6,7 +6,9 @@ the write-up's headline variant, `orch study status`'s best, the sampler's recom
 benchmark's pick, for every sampler: it reads only the runs (and the user's noise hint), never anything
 a user would not know.
 
-- The pick is a variant that has run (a reviewer needs its runs): the best one with P(feasible) >= level.
+- The pick is a variant that has run (a reviewer needs its runs): the best one with P(feasible) >= level. Variants
+  within half the regret tolerance of it count as equally good (a schedule of stage shares often has several of
+  one speed): of those, the pick is the one most surely feasible.
 - Settled: the pick has >= 2 runs, P(feasible) >= ``stop_level``, and the expected regret (its objective
   minus the best feasible variant's, over joint posterior draws of every variant) is <= ``regret_tolerance``.
 - The runs that settle it are chosen in acquisition.py.
@@ -33,6 +35,9 @@ RECORD_POWER = 0.8
 # 0.5: a baseline the runs leave at a coin flip is not kept (bench/search_efficiency.py, docs/search.md)
 KEEP_BASELINE_P = 0.7
 TOLERANCE_SHARE = 0.0025  # the default regret tolerance: this share of the objective's typical size
+# Variants within this share of the regret tolerance of the best eligible one are as good: the rule takes the surest.
+# Measured (60 seeds, 8 worlds): wrong picks at 24 trials 7% -> 5% in `quiet`, 5% -> 3% in `steep`, no world worse
+TIE_SHARE = 0.5
 
 
 @dataclass
@@ -119,8 +124,9 @@ def decide(model: StudyModel, observations: Sequence[Observation], rule: Rule, *
                    f"{_fmt(space.as_dict(rows[lead]))} at {p[lead]:.2f})")
         return Recommendation(None, float(p[lead]), None, None, None, None, 0, False, None, None,
                               _finite(post.noise_std), rule.level, best_unrun=best_unrun, counts=counts, reason=why)
-    pick = int(eligible[np.argmin(rank[eligible])])
     tol = _tolerance(rule, post)
+    as_good = eligible[rank[eligible] <= rank[eligible].min() + TIE_SHARE * tol]
+    pick = int(as_good[np.argmax(p[as_good])])
     base = index[space.key(space.row(baseline))] if has_base else None
     base_params = {k: float(baseline[k]) for k in space.names} if has_base else None
     if base is not None and keeps_baseline(rank[pick], rank[base] + tol, p[base]):
