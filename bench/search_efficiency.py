@@ -397,9 +397,9 @@ def header(parts: list[dict[str, Any]], methods: list[str], written_up_by: str |
     runs = []
     for p in parts:
         worlds = list(dict.fromkeys(r.world for r in p["results"]))
-        methods = list(dict.fromkeys(r.method for r in p["results"]))
+        ran = list(dict.fromkeys(r.method for r in p["results"]))
         runs.append(f"`{p['command']}`: {p['seeds']} seeds ({p['seeds_gp']} for gp) x {len(worlds)} world(s) "
-                    f"x {', '.join(methods)}, {p['workers']} worker(s), {p['elapsed']:.0f} s"
+                    f"x {', '.join(ran)}, {p['workers']} worker(s), {p['elapsed']:.0f} s"
                     + (f" ({p['replaced']} seed results replaced by a later run's)" if p.get("replaced") else ""))
     results = [r for p in parts for r in p["results"]]
     rule = f"`orchestrator.samplers.frontier.recommend` (level {W.LEVEL:g}, noise hint of the world)"

@@ -101,3 +101,4 @@ def test_a_later_run_of_one_method_replaces_that_methods_earlier_seeds_when_writ
     ours = next(l for l in text.splitlines() if l.startswith("| steep | ours |"))
     assert "| steep | ours | 2 |" in ours and "| 8 / 8 |" in ours  # the later run's seeds, each counted once
     assert "| steep | random | 2 |" in text and "(2 seed results replaced by a later run's)" in text
+    assert "Methods: ours, random;" in text  # every method written up, not only the last run's
