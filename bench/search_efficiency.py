@@ -247,9 +247,13 @@ def summarise(results: list[SeedResult], budget: int) -> list[dict[str, str]]:
     rows = []
     checkpoints = sorted({c for c in CHECKPOINTS if c < budget} | {budget})
     for wname in dict.fromkeys(r.world for r in results):
+        # each seed's world and its known-shape floor once, for every method that ran it
+        draws = {s: W.draw(wname, s) for s in dict.fromkeys(r.seed for r in results if r.world == wname)}
+        floor_allows = {s: d.best is not None and d.shape_floor_runs(TOLERANCE) <= FLOOR_ALLOWS
+                        for s, d in draws.items()}
         for m in [m for m in METHODS if any(r.world == wname and r.method == m for r in results)]:
             rs = [r for r in results if r.world == wname and r.method == m]
-            ds = [W.draw(wname, r.seed) for r in rs]
+            ds = [draws[r.seed] for r in rs]
             row = {"world": wname, "method": m, "seeds": str(len(rs))}
             for c in checkpoints:
                 picks = [r.picks[c] for r in rs]
@@ -265,8 +269,7 @@ def summarise(results: list[SeedResult], budget: int) -> list[dict[str, str]]:
                 row[f"@{c}: within {TOLERANCE} s"] = _pct(right)
             tt = [r.until_right for r in rs]
             row["trials until right, median / p90"] = f"{_trials(_q(tt, 50), budget)} / {_trials(_q(tt, 90), budget)}"
-            allows = [t for d, t in zip(ds, tt) if d.best is not None
-                      and d.shape_floor_runs(TOLERANCE) <= FLOOR_ALLOWS]
+            allows = [t for r, t in zip(rs, tt) if floor_allows[r.seed]]
             row[f"where the known-shape floor is right by {FLOOR_ALLOWS}: seeds; trials until right, median"] = (
                 f"{_pct(len(allows) / len(rs))}; {_trials(_q(allows, 50), budget)}" if allows else "0%; -")
             if m == "ours":
